@@ -1,0 +1,157 @@
+//! Provider-neutral clean-up of the conversation before it is sent.
+//!
+//! Every provider rejects a tool call without an answer, and OpenAI rejects
+//! an answer without its call (Trae issues #245, #353). So each assistant
+//! turn's calls are followed by exactly one result each: missing ones become
+//! failed results, stray ones become plain user text after the block.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::messages::{Message, Role, ToolCall, ToolResult};
+
+pub(crate) const MISSING_RESULT: &str = "no result was recorded for this tool call";
+
+pub(crate) fn paired(messages: &[Message]) -> Vec<Message> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut pending: Vec<(String, String)> = Vec::new();
+    let mut answered: HashSet<String> = HashSet::new();
+    let mut stray: Vec<Message> = Vec::new();
+    for m in messages {
+        if m.role == Role::Tool {
+            match &m.tool_result {
+                Some(r) if pending.iter().any(|(id, _)| *id == r.call_id) && answered.insert(r.call_id.clone()) => {
+                    out.push(m.clone());
+                }
+                Some(r) => stray.push(Message::user(format!(
+                    "[result of tool call {} ({})]\n{}",
+                    r.call_id,
+                    r.name,
+                    result_text(r)
+                ))),
+                None if !m.content.is_empty() => stray.push(Message::user(m.content.clone())),
+                None => {}
+            }
+            continue;
+        }
+        close_block(&mut out, &mut pending, &mut answered, &mut stray);
+        out.push(m.clone());
+        if m.role == Role::Assistant {
+            pending = m.tool_calls.iter().map(|c| (c.call_id.clone(), c.name.clone())).collect();
+        }
+    }
+    close_block(&mut out, &mut pending, &mut answered, &mut stray);
+    out
+}
+
+fn close_block(
+    out: &mut Vec<Message>,
+    pending: &mut Vec<(String, String)>,
+    answered: &mut HashSet<String>,
+    stray: &mut Vec<Message>,
+) {
+    for (call_id, name) in pending.drain(..) {
+        if !answered.contains(&call_id) {
+            out.push(Message::tool(ToolResult {
+                call_id,
+                name,
+                success: false,
+                result: String::new(),
+                error: Some(MISSING_RESULT.to_string()),
+            }));
+        }
+    }
+    answered.clear();
+    out.append(stray);
+}
+
+/// What the model reads as the answer: the output, then the error if any.
+pub(crate) fn result_text(r: &ToolResult) -> String {
+    match &r.error {
+        None => r.result.clone(),
+        Some(e) if r.result.is_empty() => e.clone(),
+        Some(e) => format!("{}\nError: {e}", r.result),
+    }
+}
+
+/// Providers that reject empty tool output get a placeholder.
+pub(crate) fn non_empty_result_text(r: &ToolResult) -> String {
+    let text = result_text(r);
+    if text.trim().is_empty() { "(no output)".to_string() } else { text }
+}
+
+/// Parses a model's tool arguments. Anything but a JSON object is malformed:
+/// `arguments` is `Null` and the text is kept in `raw_arguments`.
+pub(crate) fn tool_call(call_id: String, name: String, arguments: &Value) -> ToolCall {
+    let (arguments, raw_arguments) = match arguments {
+        Value::Object(_) => (arguments.clone(), None),
+        Value::Null => (json!({}), None),
+        Value::String(s) if s.trim().is_empty() => (json!({}), None),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(v @ Value::Object(_)) => (v, None),
+            _ => (Value::Null, Some(s.clone())),
+        },
+        other => (Value::Null, Some(other.to_string())),
+    };
+    ToolCall { call_id, name, arguments, raw_arguments }
+}
+
+/// The arguments to send back for an earlier call: providers that need an
+/// object get `{}` when the model's JSON was malformed.
+pub(crate) fn arguments_object(call: &ToolCall) -> Value {
+    if call.arguments.is_object() { call.arguments.clone() } else { json!({}) }
+}
+
+/// A tool schema with a missing/null `parameters` becomes an empty object schema.
+pub(crate) fn parameters(spec: &crate::messages::ToolSpec) -> Value {
+    if spec.parameters.is_null() { json!({"type": "object", "properties": {}}) } else { spec.parameters.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str) -> ToolCall {
+        ToolCall { call_id: id.into(), name: "bash".into(), arguments: json!({}), raw_arguments: None }
+    }
+    fn result(id: &str) -> Message {
+        Message::tool(ToolResult { call_id: id.into(), name: "bash".into(), success: true, result: "ok".into(), error: None })
+    }
+    fn assistant(calls: Vec<ToolCall>) -> Message {
+        Message { role: Role::Assistant, content: String::new(), tool_calls: calls, tool_result: None }
+    }
+
+    #[test]
+    fn missing_results_are_filled_and_strays_moved_after_the_block() {
+        let history =
+            vec![Message::user("go"), assistant(vec![call("a"), call("b")]), result("x"), result("a"), Message::user("next")];
+        let out = paired(&history);
+        let roles: Vec<Role> = out.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::User, Role::Assistant, Role::Tool, Role::Tool, Role::User, Role::User]);
+        assert_eq!(out[2].tool_result.as_ref().map(|r| r.call_id.as_str()), Some("a"));
+        let filled = out[3].tool_result.as_ref().expect("filled");
+        assert_eq!((filled.call_id.as_str(), filled.success), ("b", false));
+        assert!(out[4].content.contains("tool call x"));
+    }
+
+    #[test]
+    fn trailing_calls_are_answered() {
+        let out = paired(&[Message::user("go"), assistant(vec![call("a")])]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].tool_result.as_ref().map(|r| r.error.as_deref()), Some(Some(MISSING_RESULT)));
+    }
+
+    #[test]
+    fn malformed_arguments_are_kept_raw() {
+        let c = tool_call("1".into(), "bash".into(), &json!("{\"command\": \"ls"));
+        assert_eq!(c.arguments, Value::Null);
+        assert_eq!(c.raw_arguments.as_deref(), Some("{\"command\": \"ls"));
+        let c = tool_call("1".into(), "bash".into(), &json!("[1]"));
+        assert_eq!((c.arguments, c.raw_arguments.as_deref()), (Value::Null, Some("[1]")));
+        let c = tool_call("1".into(), "task_done".into(), &json!(""));
+        assert_eq!((c.arguments, c.raw_arguments), (json!({}), None));
+        let c = tool_call("1".into(), "bash".into(), &json!("{\"command\": \"ls\"}"));
+        assert_eq!(c.arguments, json!({"command": "ls"}));
+    }
+}

@@ -1,0 +1,291 @@
+//! The tools a model may call. Each runs in the task's working directory.
+//!
+//! Seam used by the agent loop: build a [`ToolSet`] from the configured tool
+//! names, offer `specs()` to the model, `call()` each tool call, and
+//! `shutdown()` when the run ends (kills every process the tools started).
+
+mod args;
+mod bash;
+mod clip;
+mod edit;
+mod json_edit;
+mod json_path;
+mod process_group;
+mod task_done;
+mod thinking;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::messages::{ToolCall, ToolResult, ToolSpec};
+
+pub use clip::MAX_RESPONSE_CHARS;
+pub use process_group::process_is_alive;
+pub use task_done::NAME as TASK_DONE;
+
+/// Every built-in tool, in the order they are listed to clients and models.
+pub const BUILTIN_TOOL_NAMES: [&str; 5] = [bash::NAME, edit::NAME, thinking::NAME, task_done::NAME, json_edit::NAME];
+
+/// Specs of all built-in tools in [`BUILTIN_TOOL_NAMES`] order (what
+/// `/api/tools` lists).
+pub fn builtin_tool_specs() -> Vec<ToolSpec> {
+    vec![bash::spec(), edit::spec(), thinking::spec(), task_done::spec(), json_edit::spec()]
+}
+
+/// The spec of one built-in tool.
+pub fn builtin_tool_spec(name: &str) -> Option<ToolSpec> {
+    builtin_tool_specs().into_iter().find(|s| s.name == name)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ToolSetError {
+    #[error("unknown tool `{name}`; the built-in tools are: {}", BUILTIN_TOOL_NAMES.join(", "))]
+    UnknownTool { name: String },
+    #[error("working directory {0} must be an absolute path to an existing directory")]
+    BadWorkingDir(PathBuf),
+}
+
+/// Limits of the tools; the defaults are Trae's.
+#[derive(Debug, Clone)]
+pub struct ToolSetOptions {
+    /// How long one bash command may run before the session must be restarted.
+    pub bash_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when ending a process group.
+    pub kill_grace: Duration,
+}
+
+impl Default for ToolSetOptions {
+    fn default() -> Self {
+        Self { bash_timeout: Duration::from_secs(120), kill_grace: Duration::from_secs(2) }
+    }
+}
+
+/// What a tool produced: text for the model and, when it failed, why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ToolOutput {
+    pub(crate) output: String,
+    pub(crate) error: Option<String>,
+}
+
+impl ToolOutput {
+    pub(crate) fn ok(output: impl Into<String>) -> Self {
+        Self { output: output.into(), error: None }
+    }
+    pub(crate) fn error(error: impl Into<String>) -> Self {
+        Self { output: String::new(), error: Some(error.into()) }
+    }
+    /// Output worth showing together with a failure (a failed command's output).
+    pub(crate) fn partial(output: impl Into<String>, error: impl Into<String>) -> Self {
+        Self { output: output.into(), error: Some(error.into()) }
+    }
+}
+
+#[async_trait]
+pub(crate) trait Tool: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn call(&self, args: &args::Args) -> ToolOutput;
+    /// Ends whatever the tool started (processes); the default has nothing to end.
+    async fn shutdown(&self) {}
+}
+
+/// The tools of one task, bound to its working directory. Dropping it kills
+/// any process group the tools started; `shutdown` does so gracefully.
+pub struct ToolSet {
+    tools: Vec<Box<dyn Tool>>,
+    specs: Vec<ToolSpec>,
+    working_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ToolSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolSet")
+            .field("tools", &self.tools.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .field("working_dir", &self.working_dir)
+            .finish()
+    }
+}
+
+impl ToolSet {
+    /// Tools by name (duplicates ignored), with Trae's limits.
+    pub fn new<S: AsRef<str>>(tool_names: &[S], working_dir: impl Into<PathBuf>) -> Result<Self, ToolSetError> {
+        Self::with_options(tool_names, working_dir, ToolSetOptions::default())
+    }
+
+    pub fn with_options<S: AsRef<str>>(
+        tool_names: &[S],
+        working_dir: impl Into<PathBuf>,
+        options: ToolSetOptions,
+    ) -> Result<Self, ToolSetError> {
+        let working_dir = working_dir.into();
+        if !working_dir.is_absolute() || !working_dir.is_dir() {
+            return Err(ToolSetError::BadWorkingDir(working_dir));
+        }
+        let mut tools: Vec<Box<dyn Tool>> = Vec::new();
+        let mut specs = Vec::new();
+        for name in tool_names {
+            let name = name.as_ref();
+            if specs.iter().any(|s: &ToolSpec| s.name == name) {
+                continue;
+            }
+            let tool: Box<dyn Tool> = match name {
+                bash::NAME => Box::new(bash::BashTool::new(working_dir.clone(), options.bash_timeout, options.kill_grace)),
+                edit::NAME => Box::new(edit::EditTool),
+                thinking::NAME => Box::new(thinking::ThinkingTool::default()),
+                task_done::NAME => Box::new(task_done::TaskDoneTool),
+                json_edit::NAME => Box::new(json_edit::JsonEditTool),
+                other => return Err(ToolSetError::UnknownTool { name: other.to_string() }),
+            };
+            specs.extend(builtin_tool_spec(name));
+            tools.push(tool);
+        }
+        Ok(Self { tools, specs, working_dir })
+    }
+
+    /// What the model is offered, in the order the tools were named.
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.tools.iter().map(|t| t.name()).collect()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tools.iter().any(|t| t.name() == name)
+    }
+
+    pub fn working_dir(&self) -> &Path {
+        &self.working_dir
+    }
+
+    /// Runs one tool call. Never fails: an unknown tool or malformed arguments
+    /// come back as an unsuccessful result the model can read and correct.
+    pub async fn call(&self, call: &ToolCall) -> ToolResult {
+        let output = match self.tools.iter().find(|t| t.name() == call.name) {
+            None => ToolOutput::error(format!(
+                "Tool '{}' not found. Available tools: [{}]",
+                call.name,
+                self.names().iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+            )),
+            Some(tool) => match arguments_of(call) {
+                Ok(args) => tool.call(&args).await,
+                Err(e) => ToolOutput::error(e),
+            },
+        };
+        ToolResult {
+            call_id: call.call_id.clone(),
+            name: call.name.clone(),
+            success: output.error.is_none(),
+            result: output.output,
+            error: output.error,
+        }
+    }
+
+    /// Ends every process the tools started: SIGTERM to each process group,
+    /// SIGKILL after the grace period. A command in progress is interrupted.
+    pub async fn shutdown(&self) {
+        for tool in &self.tools {
+            tool.shutdown().await;
+        }
+    }
+}
+
+/// The call's arguments as a JSON object: malformed JSON (kept in
+/// `raw_arguments` by the provider client) and non-objects are refused.
+fn arguments_of(call: &ToolCall) -> Result<args::Args, String> {
+    match &call.arguments {
+        Value::Object(map) => Ok(map.clone()),
+        Value::Null => match call.raw_arguments.as_deref().map(str::trim) {
+            None | Some("") => Ok(args::Args::new()),
+            Some(raw) => Err(format!(
+                "The arguments of `{}` are not valid JSON, so the tool was not run. Send a JSON object matching the \
+                 tool's schema. Received: {}",
+                call.name,
+                clip::clip_middle(raw, 2_000, 0)
+            )),
+        },
+        // Some models send the object JSON-encoded as a string.
+        Value::String(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(format!("The arguments of `{}` must be a JSON object, got a string", call.name)),
+        },
+        _ => Err(format!("The arguments of `{}` must be a JSON object", call.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call(name: &str, arguments: Value) -> ToolCall {
+        ToolCall { call_id: "c1".into(), name: name.into(), arguments, raw_arguments: None }
+    }
+
+    #[test]
+    fn builtin_specs_are_listed_in_a_stable_order() {
+        let names: Vec<_> = builtin_tool_specs().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["bash", "str_replace_based_edit_tool", "sequentialthinking", "task_done", "json_edit_tool"]);
+        for spec in builtin_tool_specs() {
+            assert_eq!(spec.parameters["type"], "object", "{}", spec.name);
+            assert!(!spec.description.is_empty());
+        }
+    }
+
+    #[test]
+    fn unknown_tool_names_and_bad_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ToolSet::new(&["bash", "ckg"], dir.path()).unwrap_err();
+        assert_eq!(err, ToolSetError::UnknownTool { name: "ckg".into() });
+        assert!(err.to_string().contains("unknown tool `ckg`"));
+        assert!(matches!(ToolSet::new(&["bash"], "relative"), Err(ToolSetError::BadWorkingDir(_))));
+        assert!(matches!(ToolSet::new(&["bash"], dir.path().join("missing")), Err(ToolSetError::BadWorkingDir(_))));
+        let set = ToolSet::new(&["task_done", "bash", "task_done"], dir.path()).unwrap();
+        assert_eq!(set.names(), ["task_done", "bash"]);
+        assert_eq!(set.specs().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_arguments_become_tool_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = ToolSet::new(&BUILTIN_TOOL_NAMES, dir.path()).unwrap();
+        let mut bad = call("str_replace_based_edit_tool", Value::Null);
+        bad.raw_arguments = Some("{\"command\": \"view\", \"path\": ".into());
+        let result = set.call(&bad).await;
+        assert!(!result.success);
+        assert_eq!(result.call_id, "c1");
+        assert!(result.error.as_deref().unwrap_or("").contains("not valid JSON"), "{result:?}");
+
+        let result = set.call(&call("bash", json!([1, 2]))).await;
+        assert!(!result.success);
+        let result = set.call(&call("bash", json!({"command": 42}))).await;
+        assert!(!result.success && result.error.as_deref().unwrap_or("").contains("No command provided"));
+        let result = set.call(&call("nope", json!({}))).await;
+        assert!(result.error.as_deref().unwrap_or("").starts_with("Tool 'nope' not found."));
+        // A JSON-encoded object in a string is accepted.
+        let result = set.call(&call("task_done", json!("{}"))).await;
+        assert!(result.success, "{result:?}");
+        assert_eq!(result.result, "Task done.");
+        set.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn tools_run_in_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = ToolSet::new(&["bash", "str_replace_based_edit_tool"], dir.path()).unwrap();
+        let path = dir.path().join("hello.txt");
+        let created = set
+            .call(&call(
+                "str_replace_based_edit_tool",
+                json!({"command": "create", "path": path.display().to_string(), "file_text": "hi\n"}),
+            ))
+            .await;
+        assert!(created.success, "{created:?}");
+        let result = set.call(&call("bash", json!({"command": "cat hello.txt"}))).await;
+        assert_eq!(result.result, "hi");
+        set.shutdown().await;
+    }
+}

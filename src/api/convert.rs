@@ -1,0 +1,68 @@
+//! Conversions shared by both dialects: JSON objects <-> protobuf `Struct`,
+//! and event-log entries -> `TaskEvent`.
+
+use prost_types::{ListValue, Struct, Value as PValue, value::Kind};
+use serde_json::{Map, Number, Value};
+
+use crate::{clock, proto::TaskEvent, store::Event};
+
+pub fn to_struct(map: &Map<String, Value>) -> Struct {
+    Struct { fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect() }
+}
+
+fn to_value(v: &Value) -> PValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(to_value).collect() }),
+        Value::Object(m) => Kind::StructValue(to_struct(m)),
+    };
+    PValue { kind: Some(kind) }
+}
+
+pub fn from_struct(s: Option<Struct>) -> Map<String, Value> {
+    s.map(|s| s.fields.into_iter().map(|(k, v)| (k, from_value(v))).collect())
+        .unwrap_or_default()
+}
+
+fn from_value(v: PValue) -> Value {
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        // Whole numbers come back as integers, so {"n": 1} stays 1, not 1.0.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::from(n as i64),
+        Some(Kind::NumberValue(n)) => Number::from_f64(n).map_or(Value::Null, Value::Number),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(from_value).collect()),
+        Some(Kind::StructValue(s)) => Value::Object(from_struct(Some(s))),
+    }
+}
+
+/// An event-log entry in the shape every stream prints.
+pub fn task_event(e: &Event) -> TaskEvent {
+    let text = |k: &str| e.body.get(k).and_then(Value::as_str).map(str::to_string);
+    TaskEvent {
+        r#type: e.kind.clone(),
+        task_id: e.task_id.clone(),
+        message: text("message"),
+        result: text("result"),
+        error: text("error"),
+        timestamp: clock::epoch_secs(e.timestamp),
+        seq: u32::try_from(e.seq).unwrap_or(u32::MAX),
+        data: e.body.get("data").and_then(Value::as_object).map(to_struct),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_survives_a_round_trip_through_struct() {
+        let v = serde_json::json!({"a": 1, "b": [true, null, "x", {"c": 1.5}], "d": {}});
+        let map = v.as_object().unwrap().clone();
+        assert_eq!(Value::Object(from_struct(Some(to_struct(&map)))), v);
+    }
+}

@@ -1,0 +1,129 @@
+//! The single mapping from the domain [`Error`] to a gRPC [`Status`].
+//!
+//! gRPC callers get a semantic code plus a `google.rpc.ErrorInfo` detail whose
+//! `reason` is the document's error code. For REST, Envoy's Lua filter
+//! (`envoy/envelope.lua`) builds each dialect's envelope from three metadata
+//! entries sent with the status: `x-error-code`, `x-http-status` (the
+//! document's HTTP status, which gRPC codes cannot always express: 409, 413,
+//! 502) and `x-error-details` (a JSON object).
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use tonic::{Code, Status, metadata::MetadataMap};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::error::{Error, Resource};
+
+/// The error domain in `ErrorInfo`.
+const DOMAIN: &str = "agentd";
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        error_status(e)
+    }
+}
+
+pub fn error_status(e: Error) -> Status {
+    let message = e.to_string();
+    let (code, reason, http, details, retry_after) = match &e {
+        Error::InvalidRequest(_) => (Code::InvalidArgument, "INVALID_REQUEST", 400, json!({}), None),
+        Error::NotFound { kind, id } => {
+            let (reason, key, suggestion) = match kind {
+                Resource::Task => ("TASK_NOT_FOUND", "task_id", "check the task id; listing tasks shows which exist"),
+                Resource::Step => ("STEP_NOT_FOUND", "step_id", "check the step id; listing the task's steps shows which exist"),
+                Resource::Artifact => {
+                    ("ARTIFACT_NOT_FOUND", "artifact_id", "check the artifact id; listing the task's artifacts shows which exist")
+                }
+            };
+            (Code::NotFound, reason, 404, json!({ key: id, "suggestion": suggestion }), None)
+        }
+        Error::TaskAlreadyRunning(id) => {
+            (Code::FailedPrecondition, "TASK_ALREADY_RUNNING", 409, json!({ "task_id": id }), None)
+        }
+        Error::InsufficientResources { retry_after, .. } => {
+            (Code::ResourceExhausted, "INSUFFICIENT_RESOURCES", 429, json!({}), *retry_after)
+        }
+        Error::PayloadTooLarge(_) => (Code::ResourceExhausted, "PAYLOAD_TOO_LARGE", 413, json!({}), None),
+        Error::Provider(_) => (Code::Unavailable, "OPENAI_API_ERROR", 502, json!({}), None),
+        Error::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED", 501, json!({}), None),
+        Error::Internal(inner) => {
+            tracing::error!(error = ?inner, "internal error");
+            return build(Code::Internal, "internal error", "INTERNAL_ERROR", 500, json!({}), None);
+        }
+    };
+    build(code, &message, reason, http, details, retry_after)
+}
+
+fn build(
+    code: Code,
+    message: &str,
+    reason: &str,
+    http: u16,
+    details: Value,
+    retry_after: Option<std::time::Duration>,
+) -> Status {
+    let mut md = MetadataMap::new();
+    md.insert("x-error-code", ascii(reason));
+    md.insert("x-http-status", ascii(&http.to_string()));
+    md.insert("x-error-details", ascii(&ascii_json(&details)));
+    if let Some(after) = retry_after {
+        md.insert("retry-after", ascii(&after.as_secs().max(1).to_string()));
+    }
+    let info: HashMap<String, String> = details
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Status::with_error_details_and_metadata(code, message, ErrorDetails::with_error_info(reason, DOMAIN, info), md)
+}
+
+fn ascii(s: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    // Callers pass printable ASCII only (codes, numbers, ascii_json output).
+    s.parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""))
+}
+
+/// JSON text with every non-ASCII character escaped (`\uXXXX`), so it can
+/// travel as a metadata value and still decode to the same JSON.
+pub fn ascii_json(v: &Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_ascii() && !ch.is_ascii_control() {
+            out.push(ch);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in ch.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_carries_code_status_and_details() {
+        let st = error_status(Error::not_found(Resource::Task, "tâsk-1"));
+        assert_eq!(st.code(), Code::NotFound);
+        let md = st.metadata();
+        assert_eq!(md.get("x-error-code").unwrap(), "TASK_NOT_FOUND");
+        assert_eq!(md.get("x-http-status").unwrap(), "404");
+        let details: Value = serde_json::from_str(md.get("x-error-details").unwrap().to_str().unwrap()).unwrap();
+        assert_eq!(details["task_id"], "tâsk-1");
+        assert_eq!(st.get_details_error_info().unwrap().reason, "TASK_NOT_FOUND");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let st = error_status(Error::Internal(anyhow::anyhow!("disk /secret/path failed")));
+        assert_eq!(st.code(), Code::Internal);
+        assert_eq!(st.message(), "internal error");
+    }
+}

@@ -1,0 +1,165 @@
+//! The Trae Agent facade (`agentd.trae.v1.TraeService`, REST under /api).
+//! Each handler: unpack the request, call the task layer, map the result.
+
+use std::{pin::Pin, sync::Arc};
+
+use agentd_engine::config::ConfigRequest;
+use futures_util::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{task_event, to_struct};
+use crate::{
+    clock,
+    error::Error,
+    proto::{
+        TaskEvent,
+        trae::{self, trae_service_server::TraeService},
+    },
+    store::{Task, TaskQuery, TaskStatus},
+};
+use crate::tasks::TaskManager;
+
+const SUCCESS: &str = "success";
+
+pub struct TraeApi {
+    tasks: Arc<TaskManager>,
+}
+
+impl TraeApi {
+    pub fn new(tasks: Arc<TaskManager>) -> Self {
+        Self { tasks }
+    }
+}
+
+type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl TraeService for TraeApi {
+    async fn health(&self, _req: Request<trae::HealthRequest>) -> Result<Response<trae::HealthResponse>, Status> {
+        Ok(Response::new(trae::HealthResponse {
+            status: "healthy".into(),
+            message: "Trae Agent API is running".into(),
+        }))
+    }
+
+    async fn run(&self, _req: Request<trae::RunRequest>) -> Result<Response<trae::RunResponse>, Status> {
+        Err(Error::Unimplemented("running tasks is not available in this build yet".into()).into())
+    }
+
+    async fn get_config(
+        &self,
+        req: Request<trae::GetConfigRequest>,
+    ) -> Result<Response<trae::GetConfigResponse>, Status> {
+        let req = req.into_inner();
+        let cfg = self.tasks.resolve_config(&ConfigRequest {
+            config_file: non_empty(req.config_file),
+            provider: non_empty(req.provider),
+            model: non_empty(req.model),
+            max_steps: None,
+        })?;
+        Ok(Response::new(trae::GetConfigResponse {
+            status: SUCCESS.into(),
+            config: Some(trae::ConfigReport {
+                config_file: cfg.config_file.display().to_string(),
+                config_exists: cfg.config_exists,
+                general_settings: Some(trae::GeneralSettings {
+                    default_provider: cfg.default_provider.clone(),
+                    max_steps: i32::try_from(cfg.max_steps).unwrap_or(i32::MAX),
+                }),
+                provider_settings: Some(trae::ProviderSettings {
+                    provider: cfg.provider.clone(),
+                    model: cfg.model.clone(),
+                    base_url: cfg.base_url.clone().unwrap_or_default(),
+                    api_version: cfg.api_version.clone().unwrap_or_default(),
+                    api_key_set: cfg.api_key.is_some(),
+                    max_tokens: i32::try_from(cfg.max_tokens).unwrap_or(i32::MAX),
+                    temperature: cfg.temperature,
+                    top_p: cfg.top_p,
+                }),
+            }),
+        }))
+    }
+
+    async fn list_tools(
+        &self,
+        _req: Request<trae::ListToolsRequest>,
+    ) -> Result<Response<trae::ListToolsResponse>, Status> {
+        let tools: Vec<trae::Tool> = Vec::<agentd_engine::messages::ToolSpec>::new() /*TODO-builtin-specs*/
+            .into_iter()
+            .map(|spec| trae::Tool {
+                name: spec.name,
+                description: spec.description,
+                parameters: spec.parameters.as_object().map(to_struct),
+            })
+            .collect();
+        Ok(Response::new(trae::ListToolsResponse {
+            status: SUCCESS.into(),
+            total_tools: tools.len() as i32,
+            tools,
+        }))
+    }
+
+    async fn list_tasks(&self, req: Request<trae::ListTasksRequest>) -> Result<Response<trae::ListTasksResponse>, Status> {
+        let status = req.into_inner().status;
+        let status = match status.as_str() {
+            "" => None,
+            s => Some(TaskStatus::parse(s).ok_or_else(|| Error::invalid(format!("unknown status {s:?}")))?),
+        };
+        let query = TaskQuery { status, created_after: None, offset: 0, limit: i64::MAX };
+        let (views, total) = self.tasks.list_tasks(&query).await?;
+        let now = clock::now_ms();
+        Ok(Response::new(trae::ListTasksResponse {
+            status: SUCCESS.into(),
+            active_tasks: views.iter().map(|v| summary(&v.task, now)).collect(),
+            total_tasks: i32::try_from(total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    type StreamTaskStream = ApiStream<TaskEvent>;
+
+    async fn stream_task(
+        &self,
+        req: Request<trae::StreamTaskRequest>,
+    ) -> Result<Response<Self::StreamTaskStream>, Status> {
+        self.tasks.get_task(&req.into_inner().task_id).await?;
+        Err(Error::Unimplemented("event streams are not available in this build yet".into()).into())
+    }
+
+    async fn get_task_status(
+        &self,
+        req: Request<trae::GetTaskStatusRequest>,
+    ) -> Result<Response<trae::GetTaskStatusResponse>, Status> {
+        let (task, events) = self.tasks.task_messages(&req.into_inner().task_id).await?;
+        let s = summary(&task, clock::now_ms());
+        Ok(Response::new(trae::GetTaskStatusResponse {
+            status: SUCCESS.into(),
+            task_id: s.task_id,
+            task_status: s.status,
+            start_time: s.start_time,
+            duration: s.duration,
+            messages: events.iter().map(task_event).collect(),
+        }))
+    }
+
+    async fn stop_task(&self, req: Request<trae::StopTaskRequest>) -> Result<Response<trae::StopTaskResponse>, Status> {
+        self.tasks.get_task(&req.into_inner().task_id).await?;
+        Err(Error::Unimplemented("stopping tasks is not available in this build yet".into()).into())
+    }
+}
+
+/// Start time (or creation time, before a run) and how long it ran so far.
+fn summary(t: &Task, now: i64) -> trae::TaskSummary {
+    let start = t.started_at.unwrap_or(t.created_at);
+    let end = if t.status.is_finished() { t.finished_at.unwrap_or(t.modified_at) } else { now };
+    let duration = if t.started_at.is_some() { (end - start).max(0) } else { 0 };
+    trae::TaskSummary {
+        task_id: t.task_id.clone(),
+        status: t.status.as_str().into(),
+        start_time: clock::epoch_secs(start),
+        duration: clock::epoch_secs(duration),
+    }
+}

@@ -1,0 +1,74 @@
+//! The one domain error type shared by the task layer and the store. The API
+//! layer maps it to a gRPC `Status` (and so to both REST envelopes) in
+//! `api::status`.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input from the caller (HTTP 400, INVALID_REQUEST).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A task, step or artifact that does not exist (HTTP 404).
+    #[error("{kind} {id} not found")]
+    NotFound { kind: Resource, id: String },
+    /// The task has a run in progress (HTTP 409, TASK_ALREADY_RUNNING).
+    #[error("task {0} is already running")]
+    TaskAlreadyRunning(String),
+    /// Out of capacity (HTTP 429, INSUFFICIENT_RESOURCES).
+    #[error("{message}")]
+    InsufficientResources { message: String, retry_after: Option<Duration> },
+    /// An upload over the size limit (HTTP 413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The LLM provider failed (HTTP 502, OPENAI_API_ERROR).
+    #[error("{0}")]
+    Provider(String),
+    /// Not available in this build (HTTP 501).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Anything else: a bug or an I/O failure (HTTP 500). The message is logged;
+    /// callers see a generic text.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Task,
+    Step,
+    Artifact,
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resource::Task => "task",
+            Resource::Step => "step",
+            Resource::Artifact => "artifact",
+        })
+    }
+}
+
+impl Error {
+    pub fn not_found(kind: Resource, id: impl Into<String>) -> Self {
+        Error::NotFound { kind, id: id.into() }
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidRequest(msg.into())
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Internal(anyhow::Error::new(e).context("file system"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

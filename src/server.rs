@@ -1,0 +1,124 @@
+//! Wiring: one port serves gRPC (HTTP/2), gRPC-Web (HTTP/1.1 or 2) and plain
+//! HTTP, with reflection and the standard health service. Envoy sits in front
+//! for REST; see `envoy/`.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_web::GrpcWebLayer;
+use tower::Layer as _;
+
+use crate::{
+    api::{AgentApi, TraeApi},
+    proto::{self, ap::agent_service_server::AgentServiceServer, trae::trae_service_server::TraeServiceServer},
+    store::SqliteStore,
+    tasks::{TaskManager, TaskSettings, workspace::Workspaces},
+};
+
+/// How long open streams may take to finish after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub trae_config: Option<PathBuf>,
+}
+
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
+    let store = Arc::new(SqliteStore::open(&opts.data_dir.join("agentd.db")).await?);
+    let workspaces = Workspaces::open(&opts.data_dir)?;
+    let tasks = Arc::new(TaskManager::new(
+        store,
+        workspaces,
+        TaskSettings { trae_config_file: opts.trae_config.clone() },
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TraeServiceServer<TraeApi>>().await;
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // gRPC-Web is layered per service: on the whole router it would answer
+    // 400 to plain HTTP/1.1 requests (WebSockets, /healthz).
+    let web = GrpcWebLayer::new();
+    let grpc = Routes::new(web.layer(TraeServiceServer::new(TraeApi::new(tasks.clone()))))
+        .add_service(web.layer(AgentServiceServer::new(AgentApi::new(tasks.clone()))))
+        .add_service(web.layer(health_service))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router();
+    let app: Router = grpc.fallback(unknown_route);
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %opts.data_dir.display(), "agentd serving");
+
+    let stop = CancellationToken::new();
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    tokio::select! {
+        served = server => served.context("serving")?,
+        () = async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new connections, open streams get {SHUTDOWN_GRACE:?}");
+            health.set_not_serving::<TraeServiceServer<TraeApi>>().await;
+            health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+            stop.cancel();
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("streams still open after the grace period; exiting"),
+    }
+    Ok(())
+}
+
+/// Unknown paths: gRPC callers get UNIMPLEMENTED, as gRPC expects; anything
+/// else a JSON 404 (tonic's default would answer 200 with a gRPC status).
+async fn unknown_route(req: axum::extract::Request) -> Response {
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if is_grpc {
+        let mut resp = tonic::Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http::<axum::body::Body>();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        return resp;
+    }
+    let body = serde_json::json!({"error": format!("no route for {} {}", req.method(), req.uri().path())});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,42 @@
+//! Durable state: tasks, steps, artifact metadata and the per-task event logs.
+//!
+//! [`Store`] is the seam: SQLite ([`SqliteStore`]) is the embedded default, and
+//! a PostgreSQL implementation for several replicas would implement the same
+//! trait. Artifact bytes are not here: they live in each task's workspace
+//! directory (see `tasks::workspace`).
+
+mod model;
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use crate::error::Result;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn insert_task(&self, task: &Task) -> Result<()>;
+    async fn get_task(&self, task_id: &str) -> Result<Option<Task>>;
+    /// One page of tasks in creation order, and how many match in all.
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, i64)>;
+    /// Removes the task with its steps, artifact rows and events. False if absent.
+    async fn delete_task(&self, task_id: &str) -> Result<bool>;
+    async fn totals(&self) -> Result<Totals>;
+
+    async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Option<Step>>;
+    async fn list_steps(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Step>, i64)>;
+
+    /// Records an artifact. An artifact already at the same location in the
+    /// workspace is replaced (its file was overwritten); its id is returned.
+    async fn upsert_artifact(&self, artifact: &Artifact) -> Result<Option<String>>;
+    async fn get_artifact(&self, task_id: &str, artifact_id: &str) -> Result<Option<Artifact>>;
+    async fn list_artifacts(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Artifact>, i64)>;
+    /// Artifacts of several tasks at once (for task listings), in creation order.
+    async fn artifacts_of(&self, task_ids: &[String]) -> Result<Vec<Artifact>>;
+    async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool>;
+
+    /// Events with `seq > after_seq`, in order, at most `limit`.
+    async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
+}

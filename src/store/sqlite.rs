@@ -1,0 +1,322 @@
+//! The SQLite store: WAL journal with `synchronous = FULL`, so a write is on
+//! disk when its call returns (see README, "Durability").
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+};
+
+use super::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals};
+use crate::error::Result;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening database {}", path.display()))?;
+        sqlx::migrate!("src/store/migrations")
+            .run(&pool)
+            .await
+            .context("applying database migrations")?;
+        Ok(Self { pool })
+    }
+}
+
+fn json_text(map: &Map<String, Value>) -> String {
+    Value::Object(map.clone()).to_string()
+}
+
+fn json_map(text: &str) -> Map<String, Value> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn task_from_row(r: &SqliteRow) -> Result<Task> {
+    let status: String = r.try_get("status")?;
+    Ok(Task {
+        task_id: r.try_get("task_id")?,
+        input: r.try_get("input")?,
+        additional_input: json_map(&r.try_get::<String, _>("additional_input")?),
+        status: TaskStatus::parse(&status)
+            .with_context(|| format!("unknown task status {status:?} in database"))?,
+        origin: Origin::parse(&r.try_get::<String, _>("origin")?),
+        run_spec: r
+            .try_get::<Option<String>, _>("run_spec")?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+        created_at: r.try_get("created_at")?,
+        modified_at: r.try_get("modified_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        result: r.try_get("result")?,
+        error: r.try_get("error")?,
+        input_tokens: r.try_get("input_tokens")?,
+        output_tokens: r.try_get("output_tokens")?,
+        cost_usd: r.try_get("cost_usd")?,
+    })
+}
+
+fn step_from_row(r: &SqliteRow) -> Result<Step> {
+    Ok(Step {
+        step_id: r.try_get("step_id")?,
+        task_id: r.try_get("task_id")?,
+        number: r.try_get("number")?,
+        name: r.try_get("name")?,
+        status: r.try_get("status")?,
+        state: r.try_get("state")?,
+        input: r.try_get("input")?,
+        additional_input: json_map(&r.try_get::<String, _>("additional_input")?),
+        output: r.try_get("output")?,
+        additional_output: json_map(&r.try_get::<String, _>("additional_output")?),
+        is_last: r.try_get("is_last")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn artifact_from_row(r: &SqliteRow) -> Result<Artifact> {
+    Ok(Artifact {
+        artifact_id: r.try_get("artifact_id")?,
+        task_id: r.try_get("task_id")?,
+        step_id: r.try_get("step_id")?,
+        file_name: r.try_get("file_name")?,
+        relative_path: r.try_get("relative_path")?,
+        location: r.try_get("location")?,
+        file_size: r.try_get("file_size")?,
+        agent_created: r.try_get("agent_created")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_task(&self, t: &Task) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, created_at, \
+             modified_at, started_at, finished_at, result, error, input_tokens, output_tokens, cost_usd) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.task_id)
+        .bind(&t.input)
+        .bind(json_text(&t.additional_input))
+        .bind(t.status.as_str())
+        .bind(t.origin.as_str())
+        .bind(t.run_spec.as_ref().map(Value::to_string))
+        .bind(t.created_at)
+        .bind(t.modified_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(&t.result)
+        .bind(&t.error)
+        .bind(t.input_tokens)
+        .bind(t.output_tokens)
+        .bind(t.cost_usd)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE task_id = ?")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn list_tasks(&self, q: &TaskQuery) -> Result<(Vec<Task>, i64)> {
+        let status = q.status.map(TaskStatus::as_str);
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR created_at > ?2)",
+        )
+            .bind(status)
+            .bind(q.created_after)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR created_at > ?2) \
+             ORDER BY created_at, task_id LIMIT ?3 OFFSET ?4",
+        )
+        .bind(status)
+        .bind(q.created_after)
+        .bind(q.limit)
+        .bind(q.offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let tasks = rows.iter().map(task_from_row).collect::<Result<_>>()?;
+        Ok((tasks, total))
+    }
+
+    async fn delete_task(&self, task_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn totals(&self) -> Result<Totals> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut by_status = Vec::new();
+        for r in &rows {
+            if let Some(st) = TaskStatus::parse(&r.try_get::<String, _>("status")?) {
+                by_status.push((st, r.try_get("n")?));
+            }
+        }
+        let sums = sqlx::query(
+            "SELECT COALESCE(SUM(input_tokens), 0) AS i, COALESCE(SUM(output_tokens), 0) AS o, \
+             COALESCE(SUM(cost_usd), 0.0) AS c FROM tasks",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Totals {
+            by_status,
+            input_tokens: sums.try_get("i")?,
+            output_tokens: sums.try_get("o")?,
+            cost_usd: sums.try_get("c")?,
+        })
+    }
+
+    async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Option<Step>> {
+        let row = sqlx::query("SELECT * FROM steps WHERE task_id = ? AND step_id = ?")
+            .bind(task_id)
+            .bind(step_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(step_from_row).transpose()
+    }
+
+    async fn list_steps(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Step>, i64)> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE task_id = ?")
+            .bind(task_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT * FROM steps WHERE task_id = ? ORDER BY number LIMIT ? OFFSET ?")
+            .bind(task_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((rows.iter().map(step_from_row).collect::<Result<_>>()?, total))
+    }
+
+    async fn upsert_artifact(&self, a: &Artifact) -> Result<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        let replaced: Option<String> =
+            sqlx::query_scalar("DELETE FROM artifacts WHERE task_id = ? AND location = ? RETURNING artifact_id")
+                .bind(&a.task_id)
+                .bind(&a.location)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO artifacts (artifact_id, task_id, step_id, file_name, relative_path, location, \
+             file_size, agent_created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.artifact_id)
+        .bind(&a.task_id)
+        .bind(&a.step_id)
+        .bind(&a.file_name)
+        .bind(&a.relative_path)
+        .bind(&a.location)
+        .bind(a.file_size)
+        .bind(a.agent_created)
+        .bind(a.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(replaced)
+    }
+
+    async fn get_artifact(&self, task_id: &str, artifact_id: &str) -> Result<Option<Artifact>> {
+        let row = sqlx::query("SELECT * FROM artifacts WHERE task_id = ? AND artifact_id = ?")
+            .bind(task_id)
+            .bind(artifact_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(artifact_from_row).transpose()
+    }
+
+    async fn list_artifacts(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Artifact>, i64)> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM artifacts WHERE task_id = ?")
+            .bind(task_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM artifacts WHERE task_id = ? ORDER BY created_at, artifact_id LIMIT ? OFFSET ?",
+        )
+        .bind(task_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((rows.iter().map(artifact_from_row).collect::<Result<_>>()?, total))
+    }
+
+    async fn artifacts_of(&self, task_ids: &[String]) -> Result<Vec<Artifact>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // json_each keeps this one statement whatever the number of ids.
+        let ids = Value::from(task_ids.to_vec()).to_string();
+        let rows = sqlx::query(
+            "SELECT * FROM artifacts WHERE task_id IN (SELECT value FROM json_each(?)) \
+             ORDER BY created_at, artifact_id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
+    async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
+            .bind(task_id)
+            .bind(artifact_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT task_id, seq, type, timestamp, body FROM events WHERE task_id = ? AND seq > ? \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(task_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Event {
+                    task_id: r.try_get("task_id")?,
+                    seq: r.try_get("seq")?,
+                    kind: r.try_get("type")?,
+                    timestamp: r.try_get("timestamp")?,
+                    body: json_map(&r.try_get::<String, _>("body")?),
+                })
+            })
+            .collect()
+    }
+}

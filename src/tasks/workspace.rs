@@ -1,0 +1,210 @@
+//! Each task's workspace directory and the files in it: path sanitising,
+//! streamed uploads (temp file, fsync, rename) and downloads.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::error::{Error, Result};
+
+/// Uploads larger than this are refused with 413 (the document's 100 MB).
+pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Where workspaces and in-flight uploads live, under the data directory.
+#[derive(Debug, Clone)]
+pub struct Workspaces {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Workspaces {
+    /// Creates the directories and removes uploads a crash left half-written.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        let root = data_dir.join("workspaces");
+        let tmp = data_dir.join("tmp");
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("cleaning {}", tmp.display()))?;
+        }
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Self { root, tmp })
+    }
+
+    /// The task's workspace directory (created on first use).
+    pub fn dir(&self, task_id: &str) -> PathBuf {
+        self.root.join(task_id)
+    }
+
+    pub async fn remove(&self, task_id: &str) -> Result<()> {
+        match tokio::fs::remove_dir_all(self.dir(task_id)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts receiving a file: bytes go to a temporary file until `finish`.
+    pub async fn begin_upload(&self) -> Result<Upload> {
+        let temp = self.tmp.join(format!("{}.part", uuid::Uuid::new_v4()));
+        let file = tokio::fs::File::create(&temp).await?;
+        Ok(Upload { temp, file: Some(file), written: 0 })
+    }
+
+    /// Moves a finished upload into the workspace at `location` (already
+    /// sanitised), refusing to follow a symlink out of the workspace.
+    pub async fn place(&self, task_id: &str, upload: Upload, location: &str) -> Result<()> {
+        let ws = self.dir(task_id);
+        let dest = ws.join(location);
+        let parent = dest.parent().unwrap_or(&ws).to_path_buf();
+        tokio::fs::create_dir_all(&parent).await?;
+        let ws_real = tokio::fs::canonicalize(&ws).await?;
+        let parent_real = tokio::fs::canonicalize(&parent).await?;
+        if !parent_real.starts_with(&ws_real) {
+            return Err(Error::invalid(format!("relative_path {location:?} leaves the task workspace")));
+        }
+        if tokio::fs::symlink_metadata(&dest).await.is_ok_and(|m| m.is_dir()) {
+            return Err(Error::invalid(format!("a directory already exists at {location:?}")));
+        }
+        upload.commit(&dest).await?;
+        // Make the rename itself durable.
+        tokio::fs::File::open(&parent).await?.sync_all().await?;
+        Ok(())
+    }
+}
+
+/// A file being received. Dropped without `commit`, the partial file is removed.
+pub struct Upload {
+    temp: PathBuf,
+    file: Option<tokio::fs::File>,
+    written: u64,
+}
+
+impl Upload {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.written += chunk.len() as u64;
+        if self.written > MAX_UPLOAD_BYTES {
+            return Err(Error::PayloadTooLarge(format!(
+                "upload exceeds the limit of {MAX_UPLOAD_BYTES} bytes (100 MB)"
+            )));
+        }
+        let file = self.file.as_mut().context("upload already finished")?;
+        file.write_all(chunk).await?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    async fn commit(mut self, dest: &Path) -> Result<()> {
+        let mut file = self.file.take().context("upload already finished")?;
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&self.temp, dest).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Normalises a client-supplied `relative_path`: '/'-separated, relative,
+/// no `..`, no NUL, no backslash; `.` and empty segments dropped. "" is the
+/// workspace root.
+pub fn sanitize_relative_path(raw: &str) -> Result<String> {
+    if raw.contains('\0') {
+        return Err(Error::invalid("relative_path must not contain NUL bytes"));
+    }
+    if raw.contains('\\') {
+        return Err(Error::invalid("relative_path must use '/' as separator"));
+    }
+    let path = Path::new(raw);
+    if path.is_absolute() {
+        return Err(Error::invalid(format!("relative_path {raw:?} must be relative to the task workspace")));
+    }
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str().unwrap_or_default()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(Error::invalid(format!("relative_path {raw:?} must not contain '..'")));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(Error::invalid(format!("relative_path {raw:?} must be relative")));
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// A file name from an upload: the last path segment, which must be a real
+/// name (not empty, `.` or `..`) without NUL.
+pub fn sanitize_file_name(raw: &str) -> Result<String> {
+    if raw.contains('\0') {
+        return Err(Error::invalid("file name must not contain NUL bytes"));
+    }
+    let name = raw.rsplit(['/', '\\']).next().unwrap_or_default();
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(Error::invalid(format!("invalid file name {raw:?}")));
+    }
+    if name.len() > 255 {
+        return Err(Error::invalid("file name is longer than 255 bytes"));
+    }
+    Ok(name.to_string())
+}
+
+/// Where a file lands in the workspace: `relative_path` is a directory (the
+/// official spec), unless its last segment is the file name itself (the
+/// AutoGPT document's `data/sales_data.csv`).
+pub fn location(relative_path: &str, file_name: &str) -> String {
+    if relative_path.is_empty() {
+        file_name.to_string()
+    } else if relative_path.rsplit('/').next() == Some(file_name) {
+        relative_path.to_string()
+    } else {
+        format!("{relative_path}/{file_name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_normalised_or_refused() {
+        assert_eq!(sanitize_relative_path("").unwrap(), "");
+        assert_eq!(sanitize_relative_path("./a//b/").unwrap(), "a/b");
+        assert_eq!(sanitize_relative_path("data/x.csv").unwrap(), "data/x.csv");
+        for bad in ["../x", "a/../../b", "/etc", "a\0b", "a\\b", "a/.."] {
+            assert!(sanitize_relative_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn file_names_keep_only_the_last_segment() {
+        assert_eq!(sanitize_file_name("report.pdf").unwrap(), "report.pdf");
+        assert_eq!(sanitize_file_name("dir/report.pdf").unwrap(), "report.pdf");
+        assert_eq!(sanitize_file_name("C:\\x\\report.pdf").unwrap(), "report.pdf");
+        for bad in ["", ".", "..", "a/..", "x\0y"] {
+            assert!(sanitize_file_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn location_accepts_directory_or_full_path() {
+        assert_eq!(location("", "a.txt"), "a.txt");
+        assert_eq!(location("data", "a.txt"), "data/a.txt");
+        assert_eq!(location("data/a.txt", "a.txt"), "data/a.txt");
+    }
+}
