@@ -9,7 +9,7 @@ use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    convert::{from_struct, to_struct},
+    convert::{event_stream, from_struct, to_struct},
     paging::Page,
     upload,
 };
@@ -215,8 +215,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::StreamTaskEventsRequest>,
     ) -> Result<Response<Self::StreamTaskEventsStream>, Status> {
-        self.tasks.get_task(&req.into_inner().task_id).await?;
-        Err(Error::Unimplemented("event streams are not available in this build yet".into()).into())
+        let req = req.into_inner();
+        let events = self.tasks.follow_events(&req.task_id, req.after_seq.map_or(0, i64::from)).await?;
+        Ok(Response::new(event_stream(events, req.task_id)))
     }
 }
 

@@ -40,6 +40,36 @@ fn from_value(v: PValue) -> Value {
     }
 }
 
+/// A task's event log as a gRPC stream (and so, through Envoy, SSE).
+/// Storage errors end the stream with an in-band `error` event: a gRPC error
+/// after the first message would be invisible to SSE clients.
+pub fn event_stream(
+    events: impl futures_util::Stream<Item = crate::error::Result<Event>> + Send + 'static,
+    task_id: String,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<TaskEvent, tonic::Status>> + Send>> {
+    use tokio_stream::StreamExt as _;
+    let mut failed = false;
+    Box::pin(events.map_while(move |item| {
+        if failed {
+            return None;
+        }
+        Some(Ok(match item {
+            Ok(event) => task_event(&event),
+            Err(e) => {
+                tracing::error!(task_id, error = %e, "event stream failed");
+                failed = true;
+                TaskEvent {
+                    r#type: "error".into(),
+                    task_id: task_id.clone(),
+                    error: Some("the event stream failed; resume with after_seq".into()),
+                    timestamp: clock::epoch_secs(clock::now_ms()),
+                    ..Default::default()
+                }
+            }
+        }))
+    }))
+}
+
 /// An event-log entry in the shape every stream prints.
 pub fn task_event(e: &Event) -> TaskEvent {
     let text = |k: &str| e.body.get(k).and_then(Value::as_str).map(str::to_string);

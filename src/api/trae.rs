@@ -7,7 +7,7 @@ use agentd_engine::config::ConfigRequest;
 use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{task_event, to_struct};
+use super::convert::{event_stream, task_event, to_struct};
 use crate::{
     clock,
     error::Error,
@@ -88,7 +88,7 @@ impl TraeService for TraeApi {
         &self,
         _req: Request<trae::ListToolsRequest>,
     ) -> Result<Response<trae::ListToolsResponse>, Status> {
-        let tools: Vec<trae::Tool> = Vec::<agentd_engine::messages::ToolSpec>::new() /*TODO-builtin-specs*/
+        let tools: Vec<trae::Tool> = agentd_engine::tools::builtin_tool_specs()
             .into_iter()
             .map(|spec| trae::Tool {
                 name: spec.name,
@@ -125,8 +125,9 @@ impl TraeService for TraeApi {
         &self,
         req: Request<trae::StreamTaskRequest>,
     ) -> Result<Response<Self::StreamTaskStream>, Status> {
-        self.tasks.get_task(&req.into_inner().task_id).await?;
-        Err(Error::Unimplemented("event streams are not available in this build yet".into()).into())
+        let req = req.into_inner();
+        let events = self.tasks.follow_events(&req.task_id, req.after_seq.map_or(0, i64::from)).await?;
+        Ok(Response::new(event_stream(events, req.task_id)))
     }
 
     async fn get_task_status(

@@ -19,12 +19,16 @@ use crate::error::Result;
 pub trait Store: Send + Sync + 'static {
     async fn insert_task(&self, task: &Task) -> Result<()>;
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>>;
+    /// Writes every mutable field of the task (status, times, result, usage).
+    async fn update_task(&self, task: &Task) -> Result<()>;
     /// One page of tasks in creation order, and how many match in all.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, i64)>;
     /// Removes the task with its steps, artifact rows and events. False if absent.
     async fn delete_task(&self, task_id: &str) -> Result<bool>;
     async fn totals(&self) -> Result<Totals>;
 
+    /// Inserts the step, or replaces it when its id exists.
+    async fn save_step(&self, step: &Step) -> Result<()>;
     async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Option<Step>>;
     async fn list_steps(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Step>, i64)>;
 
@@ -37,6 +41,9 @@ pub trait Store: Send + Sync + 'static {
     async fn artifacts_of(&self, task_ids: &[String]) -> Result<Vec<Artifact>>;
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool>;
 
+    async fn append_event(&self, event: &Event) -> Result<()>;
+    /// The highest seq of the task's log, 0 when it is empty.
+    async fn last_event_seq(&self, task_id: &str) -> Result<i64>;
     /// Events with `seq > after_seq`, in order, at most `limit`.
     async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
 }

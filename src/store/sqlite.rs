@@ -142,6 +142,27 @@ impl Store for SqliteStore {
         row.as_ref().map(task_from_row).transpose()
     }
 
+    async fn update_task(&self, t: &Task) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET status = ?, run_spec = ?, modified_at = ?, started_at = ?, finished_at = ?, \
+             result = ?, error = ?, input_tokens = ?, output_tokens = ?, cost_usd = ? WHERE task_id = ?",
+        )
+        .bind(t.status.as_str())
+        .bind(t.run_spec.as_ref().map(Value::to_string))
+        .bind(t.modified_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(&t.result)
+        .bind(&t.error)
+        .bind(t.input_tokens)
+        .bind(t.output_tokens)
+        .bind(t.cost_usd)
+        .bind(&t.task_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn list_tasks(&self, q: &TaskQuery) -> Result<(Vec<Task>, i64)> {
         let status = q.status.map(TaskStatus::as_str);
         let total: i64 = sqlx::query_scalar(
@@ -195,6 +216,29 @@ impl Store for SqliteStore {
             output_tokens: sums.try_get("o")?,
             cost_usd: sums.try_get("c")?,
         })
+    }
+
+    async fn save_step(&self, s: &Step) -> Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO steps (step_id, task_id, number, name, status, state, input, \
+             additional_input, output, additional_output, is_last, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.step_id)
+        .bind(&s.task_id)
+        .bind(s.number)
+        .bind(&s.name)
+        .bind(&s.status)
+        .bind(&s.state)
+        .bind(&s.input)
+        .bind(json_text(&s.additional_input))
+        .bind(&s.output)
+        .bind(json_text(&s.additional_output))
+        .bind(s.is_last)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Option<Step>> {
@@ -295,6 +339,25 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn append_event(&self, e: &Event) -> Result<()> {
+        sqlx::query("INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)")
+            .bind(&e.task_id)
+            .bind(e.seq)
+            .bind(&e.kind)
+            .bind(e.timestamp)
+            .bind(json_text(&e.body))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn last_event_seq(&self, task_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?")
+            .bind(task_id)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {

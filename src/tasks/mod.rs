@@ -4,11 +4,16 @@
 //! Running tasks (engine runs, steps, stop, the live event log) arrives with
 //! the task runner; everything here already goes through the durable store.
 
+pub mod events;
 pub mod workspace;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
+use agentd_engine::config::{self, ConfigError, ConfigRequest, ResolvedConfig};
 use serde_json::{Map, Value};
+
+/// The environment variable naming the default Trae config file.
+const CONFIG_FILE_ENV: &str = "TRAE_CONFIG_FILE";
 
 use crate::{
     clock,
@@ -16,6 +21,7 @@ use crate::{
     store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals},
 };
 pub use workspace::{MAX_UPLOAD_BYTES, Upload};
+use events::EventLog;
 use workspace::{Workspaces, location, sanitize_file_name, sanitize_relative_path};
 
 /// A task together with its artifacts, as both dialects show it.
@@ -45,6 +51,7 @@ pub struct RuntimeStatus {
 
 pub struct TaskManager {
     store: Arc<dyn Store>,
+    events: Arc<EventLog>,
     workspaces: Workspaces,
     settings: TaskSettings,
     started_at: i64,
@@ -52,7 +59,8 @@ pub struct TaskManager {
 
 impl TaskManager {
     pub fn new(store: Arc<dyn Store>, workspaces: Workspaces, settings: TaskSettings) -> Self {
-        Self { store, workspaces, settings, started_at: clock::now_ms() }
+        let events = Arc::new(EventLog::new(store.clone()));
+        Self { store, events, workspaces, settings, started_at: clock::now_ms() }
     }
 
     pub async fn create_task(&self, input: String, additional_input: Map<String, Value>) -> Result<TaskView> {
@@ -115,6 +123,7 @@ impl TaskManager {
         if !self.store.delete_task(task_id).await? {
             return Err(Error::not_found(Resource::Task, task_id));
         }
+        self.events.close(task_id);
         self.workspaces.remove(task_id).await
     }
 
@@ -123,6 +132,21 @@ impl TaskManager {
         let task = self.task(task_id).await?;
         let events = self.store.list_events(task_id, 0, i64::MAX).await?;
         Ok((task, events))
+    }
+
+    /// The task's event log after `after_seq`, then live events until `end`.
+    pub async fn follow_events(
+        &self,
+        task_id: &str,
+        after_seq: i64,
+    ) -> Result<impl futures_util::Stream<Item = Result<Event>> + Send + 'static> {
+        self.task(task_id).await?;
+        Ok(self.events.follow(task_id, after_seq))
+    }
+
+    /// Live events of every task (the logs WebSocket).
+    pub fn subscribe_all_events(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe_all()
     }
 
     pub async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Step> {
@@ -227,20 +251,27 @@ impl TaskManager {
         })
     }
 
-    /// The Trae configuration a run would use, for `/api/config`.
-    pub fn resolve_config(
-        &self,
-        req: &agentd_engine::config::ConfigRequest,
-    ) -> Result<agentd_engine::config::ResolvedConfig> {
+    /// The Trae configuration a run would use, for `/api/config`. A named
+    /// file that does not exist is reported (`config_exists: false`, with
+    /// defaults) rather than refused: this is a report, not a run.
+    pub fn resolve_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
         let default_file = self.settings.trae_config_file.clone();
-        let env = move |key: &str| -> Option<String> {
-            if key == "TRAE_CONFIG_FILE"
-                && let Some(path) = &default_file
-            {
-                return Some(path.display().to_string());
+        let env = |key: &str| -> Option<String> {
+            match &default_file {
+                Some(path) if key == CONFIG_FILE_ENV => Some(path.display().to_string()),
+                _ => config::process_env(key),
             }
-            std::env::var(key).ok()
         };
-        agentd_engine::config::resolve(req, &env).map_err(|e| Error::invalid(e.to_string()))
+        match config::resolve(req, &env) {
+            Err(ConfigError::NotFound { path }) => {
+                // Resolve as if the missing file were the default one.
+                let as_default = |key: &str| {
+                    if key == CONFIG_FILE_ENV { Some(path.display().to_string()) } else { config::process_env(key) }
+                };
+                let req = ConfigRequest { config_file: None, ..req.clone() };
+                config::resolve(&req, &as_default).map_err(|e| Error::invalid(e.to_string()))
+            }
+            other => other.map_err(|e| Error::invalid(e.to_string())),
+        }
     }
 }

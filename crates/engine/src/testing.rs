@@ -49,10 +49,14 @@ impl ScriptedResponse {
     }
     /// An error in the shape OpenAI, Anthropic and Gemini all share: `{"error": {"message": …}}`.
     pub fn error(status: u16, message: &str) -> Self {
-        Self::json(status, &serde_json::json!({"error": {"message": message, "type": "scripted_error"}}))
+        Self::json(
+            status,
+            &serde_json::json!({"error": {"message": message, "type": "scripted_error"}}),
+        )
     }
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
         self
     }
     pub fn with_delay(mut self, delay: Duration) -> Self {
@@ -74,7 +78,10 @@ pub struct RecordedRequest {
 
 impl RecordedRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// The body as JSON (`Null` if it is not JSON).
     pub fn json(&self) -> Value {
@@ -98,7 +105,11 @@ pub struct ScriptedServer {
 
 impl ScriptedServer {
     pub async fn start(script: Vec<ScriptedResponse>) -> std::io::Result<Self> {
-        Self::start_with_fallback(script, ScriptedResponse::error(500, "scripted server: script exhausted")).await
+        Self::start_with_fallback(
+            script,
+            ScriptedResponse::error(500, "scripted server: script exhausted"),
+        )
+        .await
     }
 
     /// `fallback` answers every request after the script (e.g. "always 500").
@@ -108,7 +119,11 @@ impl ScriptedServer {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let state = Arc::new(Mutex::new(State { script: script.into(), fallback, requests: Vec::new() }));
+        let state = Arc::new(Mutex::new(State {
+            script: script.into(),
+            fallback,
+            requests: Vec::new(),
+        }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -139,7 +154,9 @@ impl ScriptedServer {
     pub fn config(&self, provider: Provider) -> ResolvedConfig {
         let mut cfg = ResolvedConfig::defaults(provider);
         cfg.base_url = Some(match provider {
-            Provider::OpenAi | Provider::OpenRouter | Provider::Doubao | Provider::Ollama => format!("{}/v1", self.url),
+            Provider::OpenAi | Provider::OpenRouter | Provider::Doubao | Provider::Ollama => {
+                format!("{}/v1", self.url)
+            }
             Provider::Anthropic | Provider::Google | Provider::Azure => self.url.clone(),
         });
         cfg.api_key = Some(Secret::new(TEST_API_KEY));
@@ -162,7 +179,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
     let mut reader = BufReader::new(stream);
     loop {
-        let Ok(Some(request)) = read_request(&mut reader).await else { return };
+        let Ok(Some(request)) = read_request(&mut reader).await else {
+            return;
+        };
         let response = {
             let mut s = lock(&state);
             s.requests.push(request);
@@ -174,7 +193,11 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
         if let Some(d) = response.delay {
             tokio::time::sleep(d).await;
         }
-        let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            response.status,
+            reason(response.status)
+        );
         for (k, v) in &response.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -189,7 +212,9 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
     }
 }
 
-async fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<RecordedRequest>> {
+async fn read_request(
+    reader: &mut BufReader<TcpStream>,
+) -> std::io::Result<Option<RecordedRequest>> {
     let mut line = String::new();
     if reader.read_line(&mut line).await? == 0 {
         return Ok(None);
@@ -212,10 +237,19 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Opti
         }
     }
     // The clients under test always send a Content-Length body.
-    let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; len];
     reader.read_exact(&mut body).await?;
-    Ok(Some(RecordedRequest { method, path, headers, body }))
+    Ok(Some(RecordedRequest {
+        method,
+        path,
+        headers,
+        body,
+    }))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -268,8 +302,13 @@ pub mod anthropic {
 
     /// A message with `text` and tool uses `(id, name, input)`.
     pub fn response(text: Option<&str>, calls: &[(&str, &str, Value)]) -> Value {
-        let mut content: Vec<Value> = text.map(|t| json!({"type": "text", "text": t})).into_iter().collect();
-        content.extend(calls.iter().map(|(id, name, input)| json!({"type": "tool_use", "id": id, "name": name, "input": input})));
+        let mut content: Vec<Value> = text
+            .map(|t| json!({"type": "text", "text": t}))
+            .into_iter()
+            .collect();
+        content.extend(calls.iter().map(
+            |(id, name, input)| json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+        ));
         json!({
             "id": "msg_test", "type": "message", "role": "assistant", "model": "scripted-model",
             "content": content, "stop_reason": if calls.is_empty() { "end_turn" } else { "tool_use" },
@@ -292,7 +331,11 @@ pub mod gemini {
     /// A candidate with `text` and function calls `(name, args)`.
     pub fn response(text: Option<&str>, calls: &[(&str, Value)]) -> Value {
         let mut parts: Vec<Value> = text.map(|t| json!({"text": t})).into_iter().collect();
-        parts.extend(calls.iter().map(|(name, args)| json!({"functionCall": {"name": name, "args": args}})));
+        parts.extend(
+            calls
+                .iter()
+                .map(|(name, args)| json!({"functionCall": {"name": name, "args": args}})),
+        );
         json!({
             "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 20, "totalTokenCount": 128,
@@ -351,20 +394,42 @@ impl ScriptedLlm {
     fn response(text: &str, tool_calls: Vec<crate::messages::ToolCall>) -> LlmResponse {
         LlmResponse {
             content: text.to_string(),
-            finish_reason: Some(if tool_calls.is_empty() { "stop" } else { "tool_calls" }.to_string()),
+            finish_reason: Some(
+                if tool_calls.is_empty() {
+                    "stop"
+                } else {
+                    "tool_calls"
+                }
+                .to_string(),
+            ),
             tool_calls,
             model: "scripted-model".into(),
-            usage: Usage { input_tokens: 10, output_tokens: 5, ..Default::default() },
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                ..Default::default()
+            },
         }
     }
 }
 
 #[async_trait]
 impl LlmClient for ScriptedLlm {
-    async fn chat(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<LlmResponse, LlmError> {
-        lock(&self.calls).push((messages.to_vec(), tools.iter().map(|t| t.name.clone()).collect()));
+    async fn chat(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<LlmResponse, LlmError> {
+        lock(&self.calls).push((
+            messages.to_vec(),
+            tools.iter().map(|t| t.name.clone()).collect(),
+        ));
         lock(&self.script).pop_front().unwrap_or_else(|| {
-            Err(LlmError::Http { provider: self.provider.clone(), status: 500, message: "script exhausted".into() })
+            Err(LlmError::Http {
+                provider: self.provider.clone(),
+                status: 500,
+                message: "script exhausted".into(),
+            })
         })
     }
     fn provider(&self) -> &str {

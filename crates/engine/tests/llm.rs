@@ -9,7 +9,10 @@ use agentd_engine::testing::{self, ScriptedResponse, ScriptedServer, TEST_API_KE
 use serde_json::{Value, json};
 
 fn fast() -> ClientOptions {
-    ClientOptions { retry_base_delay: Duration::from_millis(10), ..ClientOptions::default() }
+    ClientOptions {
+        retry_base_delay: Duration::from_millis(10),
+        ..ClientOptions::default()
+    }
 }
 
 fn client(cfg: &ResolvedConfig) -> std::sync::Arc<dyn LlmClient> {
@@ -59,14 +62,20 @@ fn history_with_results() -> Vec<Message> {
 #[tokio::test]
 async fn openai_text_and_tool_call_round_trip() {
     let server = ScriptedServer::start(vec![
-        ScriptedResponse::ok(testing::openai::response(Some("Let me look."), &[("call_9", "bash", r#"{"command":"ls -la"}"#)])),
+        ScriptedResponse::ok(testing::openai::response(
+            Some("Let me look."),
+            &[("call_9", "bash", r#"{"command":"ls -la"}"#)],
+        )),
         ScriptedResponse::ok(testing::openai::text("Done.")),
     ])
     .await
     .expect("server");
     let llm = client(&server.config(Provider::OpenAi));
 
-    let first = llm.chat(&[Message::user("hi")], &[bash_tool()]).await.expect("chat");
+    let first = llm
+        .chat(&[Message::user("hi")], &[bash_tool()])
+        .await
+        .expect("chat");
     assert_eq!(first.content, "Let me look.");
     assert_eq!(first.finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(first.model, "scripted-model");
@@ -74,58 +83,105 @@ async fn openai_text_and_tool_call_round_trip() {
     assert_eq!(first.tool_calls[0].call_id, "call_9");
     assert_eq!(first.tool_calls[0].arguments, json!({"command": "ls -la"}));
     let u = first.usage;
-    assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.reasoning_tokens), (100, 20, 40, 5));
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_input_tokens,
+            u.reasoning_tokens
+        ),
+        (100, 20, 40, 5)
+    );
 
     let second = llm.chat(&[Message::user("hi")], &[]).await.expect("chat");
-    assert_eq!((second.content.as_str(), second.finish_reason.as_deref()), ("Done.", Some("stop")));
+    assert_eq!(
+        (second.content.as_str(), second.finish_reason.as_deref()),
+        ("Done.", Some("stop"))
+    );
     assert!(second.tool_calls.is_empty());
 
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2);
-    assert_eq!((reqs[0].method.as_str(), reqs[0].path.as_str()), ("POST", "/v1/chat/completions"));
-    assert_eq!(reqs[0].header("authorization"), Some(format!("Bearer {TEST_API_KEY}").as_str()));
+    assert_eq!(
+        (reqs[0].method.as_str(), reqs[0].path.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
+    assert_eq!(
+        reqs[0].header("authorization"),
+        Some(format!("Bearer {TEST_API_KEY}").as_str())
+    );
     let body = reqs[0].json();
     assert_eq!(body["model"], "gpt-4o");
     assert_eq!(body["messages"], json!([{"role": "user", "content": "hi"}]));
     assert_eq!(body["tools"][0]["type"], "function");
     assert_eq!(body["tools"][0]["function"]["name"], "bash");
-    assert_eq!(body["tools"][0]["function"]["parameters"]["required"], json!(["command"]));
+    assert_eq!(
+        body["tools"][0]["function"]["parameters"]["required"],
+        json!(["command"])
+    );
     assert_eq!(body["parallel_tool_calls"], false);
     assert!(body["max_completion_tokens"].is_u64());
-    assert!(reqs[1].json().get("tools").is_none(), "no tools offered, none sent");
+    assert!(
+        reqs[1].json().get("tools").is_none(),
+        "no tools offered, none sent"
+    );
 }
 
 #[tokio::test]
 async fn openai_tool_results_are_role_tool_messages() {
-    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("ok"))]).await.expect("server");
+    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("ok"))])
+        .await
+        .expect("server");
     let mut cfg = server.config(Provider::OpenRouter);
     cfg.model = "anthropic/claude-sonnet-4".into();
-    client(&cfg).chat(&history_with_results(), &[bash_tool()]).await.expect("chat");
+    client(&cfg)
+        .chat(&history_with_results(), &[bash_tool()])
+        .await
+        .expect("chat");
 
     let body = server.requests()[0].json();
     assert_eq!(server.requests()[0].path, "/v1/chat/completions");
     let messages = body["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 6);
-    assert_eq!(messages[0], json!({"role": "system", "content": "You are a coder."}));
+    assert_eq!(
+        messages[0],
+        json!({"role": "system", "content": "You are a coder."})
+    );
     assert_eq!(messages[2]["role"], "assistant");
     assert_eq!(messages[2]["content"], "Looking.");
     assert_eq!(
         messages[2]["tool_calls"][0],
         json!({"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}})
     );
-    assert_eq!(messages[3], json!({"role": "tool", "tool_call_id": "call_1", "content": "a.txt\nb.txt"}));
-    assert_eq!(messages[4], json!({"role": "tool", "tool_call_id": "call_2", "content": "exit status 1"}));
+    assert_eq!(
+        messages[3],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "a.txt\nb.txt"})
+    );
+    assert_eq!(
+        messages[4],
+        json!({"role": "tool", "tool_call_id": "call_2", "content": "exit status 1"})
+    );
     assert_eq!(messages[5], json!({"role": "user", "content": "Go on"}));
 }
 
 #[tokio::test]
 async fn unanswered_tool_calls_get_a_failed_result() {
-    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("ok"))]).await.expect("server");
+    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("ok"))])
+        .await
+        .expect("server");
     let mut history = history_with_results();
     history.remove(4); // drop call_2's result
-    client(&server.config(Provider::OpenAi)).chat(&history, &[]).await.expect("chat");
+    client(&server.config(Provider::OpenAi))
+        .chat(&history, &[])
+        .await
+        .expect("chat");
     let body = server.requests()[0].json();
-    let tool_msgs: Vec<&Value> = body["messages"].as_array().expect("messages").iter().filter(|m| m["role"] == "tool").collect();
+    let tool_msgs: Vec<&Value> = body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
     assert_eq!(tool_msgs.len(), 2);
     assert_eq!(tool_msgs[1]["tool_call_id"], "call_2");
 }
@@ -139,7 +195,10 @@ async fn malformed_tool_arguments_do_not_fail_the_call() {
     ))])
     .await
     .expect("server");
-    let resp = client(&server.config(Provider::Doubao)).chat(&[Message::user("hi")], &[bash_tool()]).await.expect("chat");
+    let resp = client(&server.config(Provider::Doubao))
+        .chat(&[Message::user("hi")], &[bash_tool()])
+        .await
+        .expect("chat");
     let call = &resp.tool_calls[0];
     assert_eq!(call.arguments, Value::Null);
     assert_eq!(call.raw_arguments.as_deref(), Some(r#"{"command": "ls"#));
@@ -157,30 +216,50 @@ async fn retry_after_is_honoured() {
     let mut cfg = server.config(Provider::OpenAi);
     cfg.max_retries = 3;
     let started = Instant::now();
-    let resp = client(&cfg).chat(&[Message::user("hi")], &[]).await.expect("retried");
+    let resp = client(&cfg)
+        .chat(&[Message::user("hi")], &[])
+        .await
+        .expect("retried");
     assert_eq!(resp.content, "finally");
     assert_eq!(server.requests().len(), 2);
-    assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn server_errors_retry_until_the_budget_is_spent() {
-    let server = ScriptedServer::start_with_fallback(vec![], ScriptedResponse::error(500, "upstream exploded"))
-        .await
-        .expect("server");
+    let server = ScriptedServer::start_with_fallback(
+        vec![],
+        ScriptedResponse::error(500, "upstream exploded"),
+    )
+    .await
+    .expect("server");
     let mut cfg = server.config(Provider::OpenAi);
     cfg.max_retries = 2;
-    let err = client(&cfg).chat(&[Message::user("hi")], &[]).await.expect_err("fails");
+    let err = client(&cfg)
+        .chat(&[Message::user("hi")], &[])
+        .await
+        .expect_err("fails");
     assert_eq!(server.requests().len(), 3);
     match &err {
-        LlmError::Http { provider, status, message } => {
+        LlmError::Http {
+            provider,
+            status,
+            message,
+        } => {
             assert_eq!((provider.as_str(), *status), ("openai", 500));
             assert!(message.contains("upstream exploded"), "{message}");
         }
         other => panic!("unexpected {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains("openai") && text.contains("500") && text.contains("3 attempts"), "{text}");
+    assert!(
+        text.contains("openai") && text.contains("500") && text.contains("3 attempts"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -193,11 +272,17 @@ async fn client_errors_are_not_retried_and_never_show_the_key() {
     .expect("server");
     let mut cfg = server.config(Provider::OpenAi);
     cfg.max_retries = 5;
-    let err = client(&cfg).chat(&[Message::user("hi")], &[]).await.expect_err("fails");
+    let err = client(&cfg)
+        .chat(&[Message::user("hi")], &[])
+        .await
+        .expect_err("fails");
     assert_eq!(server.requests().len(), 1);
     assert!(matches!(err, LlmError::Http { status: 401, .. }));
     let text = format!("{err} {err:?}");
-    assert!(!text.contains(TEST_API_KEY) && text.contains("[redacted]"), "{text}");
+    assert!(
+        !text.contains(TEST_API_KEY) && text.contains("[redacted]"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -210,28 +295,50 @@ async fn timeouts_and_refused_connections_are_retried() {
     .expect("server");
     let mut cfg = server.config(Provider::OpenAi);
     cfg.max_retries = 1;
-    let opts = ClientOptions { request_timeout: Duration::from_millis(300), ..fast() };
-    let resp = client_with_options(&cfg, &opts).expect("client").chat(&[Message::user("hi")], &[]).await.expect("retried");
+    let opts = ClientOptions {
+        request_timeout: Duration::from_millis(300),
+        ..fast()
+    };
+    let resp = client_with_options(&cfg, &opts)
+        .expect("client")
+        .chat(&[Message::user("hi")], &[])
+        .await
+        .expect("retried");
     assert_eq!(resp.content, "on time");
     assert_eq!(server.requests().len(), 2);
 
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     cfg.base_url = Some(format!("http://127.0.0.1:{port}/v1"));
-    let err = client(&cfg).chat(&[Message::user("hi")], &[]).await.expect_err("refused");
+    let err = client(&cfg)
+        .chat(&[Message::user("hi")], &[])
+        .await
+        .expect_err("refused");
     assert!(matches!(err, LlmError::Transport { .. }), "{err:?}");
     assert!(err.to_string().contains("2 attempts"), "{err}");
 }
 
 #[tokio::test]
 async fn azure_uses_deployment_url_api_version_and_api_key_header() {
-    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("hi"))]).await.expect("server");
+    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("hi"))])
+        .await
+        .expect("server");
     let mut cfg = server.config(Provider::Azure);
     cfg.model = "my-gpt4o".into();
     cfg.api_version = Some("2024-06-01".into());
-    client(&cfg).chat(&[Message::user("hi")], &[]).await.expect("chat");
+    client(&cfg)
+        .chat(&[Message::user("hi")], &[])
+        .await
+        .expect("chat");
     let req = &server.requests()[0];
-    assert_eq!(req.path, "/openai/deployments/my-gpt4o/chat/completions?api-version=2024-06-01");
+    assert_eq!(
+        req.path,
+        "/openai/deployments/my-gpt4o/chat/completions?api-version=2024-06-01"
+    );
     assert_eq!(req.header("api-key"), Some(TEST_API_KEY));
     assert_eq!(req.header("authorization"), None);
     assert!(req.json()["max_tokens"].is_u64());
@@ -239,11 +346,16 @@ async fn azure_uses_deployment_url_api_version_and_api_key_header() {
 
 #[tokio::test]
 async fn ollama_needs_no_key_and_honours_base_url() {
-    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("local"))]).await.expect("server");
+    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("local"))])
+        .await
+        .expect("server");
     let mut cfg = server.config(Provider::Ollama);
     cfg.api_key = None;
     cfg.base_url = Some(server.url().to_string()); // bare server URL: /v1 is added
-    let resp = client(&cfg).chat(&[Message::user("hi")], &[]).await.expect("chat");
+    let resp = client(&cfg)
+        .chat(&[Message::user("hi")], &[])
+        .await
+        .expect("chat");
     assert_eq!(resp.content, "local");
     let req = &server.requests()[0];
     assert_eq!(req.path, "/v1/chat/completions");
@@ -263,13 +375,24 @@ async fn anthropic_round_trip_and_tool_results() {
     .expect("server");
     let mut cfg = server.config(Provider::Anthropic);
     cfg.max_retries = 1;
-    let resp = client(&cfg).chat(&history_with_results(), &[bash_tool()]).await.expect("chat");
+    let resp = client(&cfg)
+        .chat(&history_with_results(), &[bash_tool()])
+        .await
+        .expect("chat");
     assert_eq!(resp.content, "Checking.");
     assert_eq!(resp.finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(resp.tool_calls[0].call_id, "toolu_1");
     assert_eq!(resp.tool_calls[0].arguments, json!({"command": "pwd"}));
     let u = resp.usage;
-    assert_eq!((u.input_tokens, u.output_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens), (100, 20, 10, 30));
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_creation_input_tokens,
+            u.cache_read_input_tokens
+        ),
+        (100, 20, 10, 30)
+    );
 
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2, "529 is retried");
@@ -280,11 +403,20 @@ async fn anthropic_round_trip_and_tool_results() {
     let body = req.json();
     assert_eq!(body["system"], "You are a coder.");
     assert_eq!(body["tools"][0]["name"], "bash");
-    assert_eq!(body["tools"][0]["input_schema"]["required"], json!(["command"]));
-    assert_eq!(body["tool_choice"], json!({"type": "auto", "disable_parallel_tool_use": true}));
+    assert_eq!(
+        body["tools"][0]["input_schema"]["required"],
+        json!(["command"])
+    );
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
     let messages = body["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 3, "{messages:#?}");
-    assert_eq!(messages[0], json!({"role": "user", "content": [{"type": "text", "text": "List files"}]}));
+    assert_eq!(
+        messages[0],
+        json!({"role": "user", "content": [{"type": "text", "text": "List files"}]})
+    );
     assert_eq!(messages[1]["role"], "assistant");
     assert_eq!(
         messages[1]["content"][1],
@@ -310,20 +442,34 @@ async fn gemini_round_trip_and_function_responses() {
     .await
     .expect("server");
     let cfg = server.config(Provider::Google);
-    let resp = client(&cfg).chat(&history_with_results(), &[bash_tool()]).await.expect("chat");
+    let resp = client(&cfg)
+        .chat(&history_with_results(), &[bash_tool()])
+        .await
+        .expect("chat");
     assert_eq!(resp.content, "Sure.");
     assert_eq!(resp.finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(resp.tool_calls[0].name, "bash");
     assert_eq!(resp.tool_calls[0].arguments, json!({"command": "ls"}));
     assert!(!resp.tool_calls[0].call_id.is_empty());
     let u = resp.usage;
-    assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.reasoning_tokens), (100, 28, 30, 8));
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_input_tokens,
+            u.reasoning_tokens
+        ),
+        (100, 28, 30, 8)
+    );
 
     let req = &server.requests()[0];
     assert_eq!(req.path, "/v1beta/models/gemini-2.5-flash:generateContent");
     assert_eq!(req.header("x-goog-api-key"), Some(TEST_API_KEY));
     let body = req.json();
-    assert_eq!(body["systemInstruction"], json!({"parts": [{"text": "You are a coder."}]}));
+    assert_eq!(
+        body["systemInstruction"],
+        json!({"parts": [{"text": "You are a coder."}]})
+    );
     assert_eq!(body["tools"][0]["functionDeclarations"][0]["name"], "bash");
     let contents = body["contents"].as_array().expect("contents");
     assert_eq!(contents.len(), 3);
@@ -334,14 +480,20 @@ async fn gemini_round_trip_and_function_responses() {
         contents[2]["parts"][0]["functionResponse"],
         json!({"id": "call_1", "name": "bash", "response": {"output": "a.txt\nb.txt"}})
     );
-    assert_eq!(contents[2]["parts"][1]["functionResponse"]["response"], json!({"error": "exit status 1"}));
+    assert_eq!(
+        contents[2]["parts"][1]["functionResponse"]["response"],
+        json!({"error": "exit status 1"})
+    );
     assert_eq!(contents[2]["parts"][2], json!({"text": "Go on"}));
 }
 
 #[tokio::test]
 async fn gemini_call_ids_it_did_not_send_are_not_echoed() {
     let server = ScriptedServer::start(vec![
-        ScriptedResponse::ok(testing::gemini::function_call("bash", json!({"command": "ls"}))),
+        ScriptedResponse::ok(testing::gemini::function_call(
+            "bash",
+            json!({"command": "ls"}),
+        )),
         ScriptedResponse::ok(testing::gemini::text("done")),
     ])
     .await
@@ -350,7 +502,12 @@ async fn gemini_call_ids_it_did_not_send_are_not_echoed() {
     let mut history = vec![Message::user("go")];
     let first = llm.chat(&history, &[bash_tool()]).await.expect("chat");
     let call = first.tool_calls[0].clone();
-    history.push(Message { role: Role::Assistant, content: String::new(), tool_calls: vec![call.clone()], tool_result: None });
+    history.push(Message {
+        role: Role::Assistant,
+        content: String::new(),
+        tool_calls: vec![call.clone()],
+        tool_result: None,
+    });
     history.push(Message::tool(ToolResult {
         call_id: call.call_id,
         name: "bash".into(),
@@ -360,15 +517,28 @@ async fn gemini_call_ids_it_did_not_send_are_not_echoed() {
     }));
     llm.chat(&history, &[bash_tool()]).await.expect("chat");
     let contents = server.requests()[1].json()["contents"].clone();
-    assert_eq!(contents[1]["parts"][0], json!({"functionCall": {"name": "bash", "args": {"command": "ls"}}}));
-    assert_eq!(contents[2]["parts"][0], json!({"functionResponse": {"name": "bash", "response": {"output": "a.txt"}}}));
+    assert_eq!(
+        contents[1]["parts"][0],
+        json!({"functionCall": {"name": "bash", "args": {"command": "ls"}}})
+    );
+    assert_eq!(
+        contents[2]["parts"][0],
+        json!({"functionResponse": {"name": "bash", "response": {"output": "a.txt"}}})
+    );
 }
 
 #[tokio::test]
 async fn scripted_llm_records_calls() {
     use agentd_engine::testing::ScriptedLlm;
-    let llm = ScriptedLlm::new(vec![Ok(ScriptedLlm::tool_calls(&[("c1", "task_done", json!({}))]))]);
-    let resp = llm.chat(&[Message::user("x")], &[bash_tool()]).await.expect("scripted");
+    let llm = ScriptedLlm::new(vec![Ok(ScriptedLlm::tool_calls(&[(
+        "c1",
+        "task_done",
+        json!({}),
+    )]))]);
+    let resp = llm
+        .chat(&[Message::user("x")], &[bash_tool()])
+        .await
+        .expect("scripted");
     assert_eq!(resp.tool_calls[0].name, "task_done");
     assert!(llm.chat(&[], &[]).await.is_err(), "script exhausted");
     assert_eq!(llm.calls()[0].1, ["bash"]);

@@ -20,9 +20,14 @@ impl AnthropicClient {
     pub(crate) fn new(cfg: ResolvedConfig, base_url: &str, opts: &ClientOptions) -> Self {
         let base = base_url.trim_end_matches('/');
         // Accept both https://api.anthropic.com and https://api.anthropic.com/v1.
-        let url = if base.ends_with("/v1") { format!("{base}/messages") } else { format!("{base}/v1/messages") };
-        let mut endpoint =
-            opts.endpoint(Provider::Anthropic, &cfg, url).with_header("anthropic-version", ANTHROPIC_VERSION);
+        let url = if base.ends_with("/v1") {
+            format!("{base}/messages")
+        } else {
+            format!("{base}/v1/messages")
+        };
+        let mut endpoint = opts
+            .endpoint(Provider::Anthropic, &cfg, url)
+            .with_header("anthropic-version", ANTHROPIC_VERSION);
         if let Some(key) = cfg.api_key.as_ref() {
             endpoint = endpoint.with_secret_header("x-api-key", key.expose());
         }
@@ -31,8 +36,11 @@ impl AnthropicClient {
 
     pub(crate) fn request_body(&self, messages: &[Message], tools: &[ToolSpec]) -> Value {
         let history = paired(messages);
-        let system: Vec<&str> =
-            history.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect();
+        let system: Vec<&str> = history
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
         let mut body = Map::new();
         body.insert("model".into(), json!(self.cfg.model));
         body.insert("max_tokens".into(), json!(self.cfg.max_tokens));
@@ -100,26 +108,44 @@ fn wire_messages(history: &[Message]) -> Vec<Value> {
             _ => turns.push((role, blocks)),
         }
     }
-    turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect()
+    turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect()
 }
 
 /// Anthropic rejects empty text blocks.
 fn text_block(text: &str) -> Vec<Value> {
-    if text.trim().is_empty() { vec![] } else { vec![json!({"type": "text", "text": text})] }
+    if text.trim().is_empty() {
+        vec![]
+    } else {
+        vec![json!({"type": "text", "text": text})]
+    }
 }
 
 pub(crate) fn parse_response(fallback_model: &str, v: &Value) -> Result<LlmResponse, LlmError> {
     let Some(blocks) = v.get("content").and_then(Value::as_array) else {
-        return Err(LlmError::Decode { provider: "anthropic".into(), message: "no content in the response".into() });
+        return Err(LlmError::Decode {
+            provider: "anthropic".into(),
+            message: "no content in the response".into(),
+        });
     };
     let mut content = String::new();
     let mut tool_calls = Vec::new();
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => content.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("text") => {
+                content.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default())
+            }
             Some("tool_use") => tool_calls.push(history::tool_call(
-                b.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
-                b.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                b.get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                b.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 b.get("input").unwrap_or(&Value::Null),
             )),
             _ => {} // thinking and other blocks are not part of the answer text
@@ -136,16 +162,27 @@ pub(crate) fn parse_response(fallback_model: &str, v: &Value) -> Result<LlmRespo
     };
     Ok(LlmResponse {
         content,
-        finish_reason: normalise_finish_reason(v.get("stop_reason").and_then(Value::as_str), !tool_calls.is_empty()),
+        finish_reason: normalise_finish_reason(
+            v.get("stop_reason").and_then(Value::as_str),
+            !tool_calls.is_empty(),
+        ),
         tool_calls,
-        model: v.get("model").and_then(Value::as_str).unwrap_or(fallback_model).to_string(),
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(fallback_model)
+            .to_string(),
         usage,
     })
 }
 
 #[async_trait]
 impl LlmClient for AnthropicClient {
-    async fn chat(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<LlmResponse, LlmError> {
+    async fn chat(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<LlmResponse, LlmError> {
         let body = self.request_body(messages, tools);
         let v = self.endpoint.post(&body).await?;
         parse_response(&self.cfg.model, &v)

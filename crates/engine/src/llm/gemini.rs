@@ -29,26 +29,43 @@ impl GeminiClient {
     pub(crate) fn new(cfg: ResolvedConfig, base_url: &str, opts: &ClientOptions) -> Self {
         let base = base_url.trim_end_matches('/');
         let versioned = base.ends_with("/v1beta") || base.ends_with("/v1");
-        let prefix = if versioned { base.to_string() } else { format!("{base}/v1beta") };
+        let prefix = if versioned {
+            base.to_string()
+        } else {
+            format!("{base}/v1beta")
+        };
         let model = cfg.model.trim_start_matches("models/");
         let url = format!("{prefix}/models/{model}:generateContent");
         let mut endpoint = opts.endpoint(Provider::Google, &cfg, url);
         if let Some(key) = cfg.api_key.as_ref() {
             endpoint = endpoint.with_secret_header("x-goog-api-key", key.expose());
         }
-        GeminiClient { cfg, endpoint, signatures: Mutex::new(HashMap::new()) }
+        GeminiClient {
+            cfg,
+            endpoint,
+            signatures: Mutex::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn request_body(&self, messages: &[Message], tools: &[ToolSpec]) -> Value {
         let history = paired(messages);
         let mut body = Map::new();
-        let system: Vec<&str> =
-            history.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect();
+        let system: Vec<&str> = history
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
         if !system.is_empty() {
-            body.insert("systemInstruction".into(), json!({"parts": [{"text": system.join("\n\n")}]}));
+            body.insert(
+                "systemInstruction".into(),
+                json!({"parts": [{"text": system.join("\n\n")}]}),
+            );
         }
         let signatures = self.signatures.lock().unwrap_or_else(|e| e.into_inner());
-        body.insert("contents".into(), Value::Array(wire_contents(&history, &signatures)));
+        body.insert(
+            "contents".into(),
+            Value::Array(wire_contents(&history, &signatures)),
+        );
         drop(signatures);
         if !tools.is_empty() && self.cfg.supports_tool_calling {
             let decls: Vec<Value> = tools.iter().map(function_declaration).collect();
@@ -72,30 +89,55 @@ impl GeminiClient {
     }
 
     fn parse(&self, v: &Value) -> Result<LlmResponse, LlmError> {
-        let decode = |message: String| LlmError::Decode { provider: "google".into(), message };
-        let Some(candidate) = v.get("candidates").and_then(Value::as_array).and_then(|c| c.first()) else {
-            let why = v.pointer("/promptFeedback/blockReason").and_then(Value::as_str);
+        let decode = |message: String| LlmError::Decode {
+            provider: "google".into(),
+            message,
+        };
+        let Some(candidate) = v
+            .get("candidates")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first())
+        else {
+            let why = v
+                .pointer("/promptFeedback/blockReason")
+                .and_then(Value::as_str);
             return Err(decode(match why {
                 Some(reason) => format!("the prompt was blocked ({reason})"),
                 None => "no candidates in the response".into(),
             }));
         };
-        let parts = candidate.pointer("/content/parts").and_then(Value::as_array).cloned().unwrap_or_default();
+        let parts = candidate
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let mut content = String::new();
         let mut tool_calls = Vec::new();
         let mut signatures = self.signatures.lock().unwrap_or_else(|e| e.into_inner());
         for p in &parts {
             if let Some(call) = p.get("functionCall") {
-                let id = call.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).map_or_else(
-                    || format!("{LOCAL_ID_PREFIX}{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-                    str::to_string,
-                );
+                let id = call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map_or_else(
+                        || {
+                            format!(
+                                "{LOCAL_ID_PREFIX}{}",
+                                NEXT_ID.fetch_add(1, Ordering::Relaxed)
+                            )
+                        },
+                        str::to_string,
+                    );
                 if let Some(sig) = p.get("thoughtSignature").and_then(Value::as_str) {
                     signatures.insert(id.clone(), sig.to_string());
                 }
                 tool_calls.push(history::tool_call(
                     id,
-                    call.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    call.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
                     call.get("args").unwrap_or(&Value::Null),
                 ));
             } else if p.get("thought").and_then(Value::as_bool) != Some(true) {
@@ -119,7 +161,11 @@ impl GeminiClient {
                 !tool_calls.is_empty(),
             ),
             tool_calls,
-            model: v.get("modelVersion").and_then(Value::as_str).unwrap_or(&self.cfg.model).to_string(),
+            model: v
+                .get("modelVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(&self.cfg.model)
+                .to_string(),
             usage,
         })
     }
@@ -154,7 +200,8 @@ fn wire_contents(history: &[Message], signatures: &HashMap<String, String>) -> V
             Role::Tool => match &m.tool_result {
                 Some(r) => {
                     let key = if r.success { "output" } else { "error" };
-                    let mut response = json!({"name": r.name, "response": {key: non_empty_result_text(r)}});
+                    let mut response =
+                        json!({"name": r.name, "response": {key: non_empty_result_text(r)}});
                     if !r.call_id.starts_with(LOCAL_ID_PREFIX) {
                         response["id"] = json!(r.call_id);
                     }
@@ -171,11 +218,18 @@ fn wire_contents(history: &[Message], signatures: &HashMap<String, String>) -> V
             _ => turns.push((role, parts)),
         }
     }
-    turns.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect()
+    turns
+        .into_iter()
+        .map(|(role, parts)| json!({"role": role, "parts": parts}))
+        .collect()
 }
 
 fn text_part(text: &str) -> Vec<Value> {
-    if text.is_empty() { vec![] } else { vec![json!({"text": text})] }
+    if text.is_empty() {
+        vec![]
+    } else {
+        vec![json!({"text": text})]
+    }
 }
 
 /// Gemini's `parameters` is an OpenAPI subset: unknown JSON Schema keywords
@@ -183,7 +237,10 @@ fn text_part(text: &str) -> Vec<Value> {
 fn function_declaration(t: &ToolSpec) -> Value {
     let mut decl = json!({"name": t.name, "description": t.description});
     let params = gemini_schema(&history::parameters(t));
-    let empty = params.get("properties").and_then(Value::as_object).is_none_or(Map::is_empty);
+    let empty = params
+        .get("properties")
+        .and_then(Value::as_object)
+        .is_none_or(Map::is_empty);
     if !empty {
         decl["parameters"] = params;
     }
@@ -191,31 +248,72 @@ fn function_declaration(t: &ToolSpec) -> Value {
 }
 
 const SCHEMA_KEYS: [&str; 22] = [
-    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
-    "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf",
-    "default", "items", "minimum", "maximum", "propertyOrdering",
+    "type",
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "maxItems",
+    "minItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "example",
+    "anyOf",
+    "default",
+    "items",
+    "minimum",
+    "maximum",
+    "propertyOrdering",
 ];
 
 fn gemini_schema(schema: &Value) -> Value {
-    let Value::Object(obj) = schema else { return schema.clone() };
+    let Value::Object(obj) = schema else {
+        return schema.clone();
+    };
     let mut out = Map::new();
     for (k, v) in obj {
         let v = match k.as_str() {
             "properties" => match v {
-                Value::Object(props) => {
-                    Value::Object(props.iter().map(|(name, s)| (name.clone(), gemini_schema(s))).collect())
-                }
+                Value::Object(props) => Value::Object(
+                    props
+                        .iter()
+                        .map(|(name, s)| (name.clone(), gemini_schema(s)))
+                        .collect(),
+                ),
                 other => other.clone(),
             },
             "items" => gemini_schema(v),
-            "anyOf" => Value::Array(v.as_array().into_iter().flatten().map(gemini_schema).collect()),
+            "anyOf" => Value::Array(
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(gemini_schema)
+                    .collect(),
+            ),
             // ["string", "null"] → "string" + nullable.
             "type" if v.is_array() => {
-                let types: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let types: Vec<&str> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 if types.contains(&"null") {
                     out.insert("nullable".into(), json!(true));
                 }
-                json!(types.iter().find(|t| **t != "null").copied().unwrap_or("string"))
+                json!(
+                    types
+                        .iter()
+                        .find(|t| **t != "null")
+                        .copied()
+                        .unwrap_or("string")
+                )
             }
             key if SCHEMA_KEYS.contains(&key) => v.clone(),
             _ => continue,
@@ -227,7 +325,11 @@ fn gemini_schema(schema: &Value) -> Value {
 
 #[async_trait]
 impl LlmClient for GeminiClient {
-    async fn chat(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<LlmResponse, LlmError> {
+    async fn chat(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<LlmResponse, LlmError> {
         let body = self.request_body(messages, tools);
         let v = self.endpoint.post(&body).await?;
         self.parse(&v)
@@ -261,6 +363,9 @@ mod tests {
             description: "d".into(),
             parameters: json!({"type": "object", "properties": {}}),
         };
-        assert_eq!(function_declaration(&no_args), json!({"name": "task_done", "description": "d"}));
+        assert_eq!(
+            function_declaration(&no_args),
+            json!({"name": "task_done", "description": "d"})
+        );
     }
 }

@@ -21,7 +21,10 @@ pub(crate) fn paired(messages: &[Message]) -> Vec<Message> {
     for m in messages {
         if m.role == Role::Tool {
             match &m.tool_result {
-                Some(r) if pending.iter().any(|(id, _)| *id == r.call_id) && answered.insert(r.call_id.clone()) => {
+                Some(r)
+                    if pending.iter().any(|(id, _)| *id == r.call_id)
+                        && answered.insert(r.call_id.clone()) =>
+                {
                     out.push(m.clone());
                 }
                 Some(r) => stray.push(Message::user(format!(
@@ -38,7 +41,11 @@ pub(crate) fn paired(messages: &[Message]) -> Vec<Message> {
         close_block(&mut out, &mut pending, &mut answered, &mut stray);
         out.push(m.clone());
         if m.role == Role::Assistant {
-            pending = m.tool_calls.iter().map(|c| (c.call_id.clone(), c.name.clone())).collect();
+            pending = m
+                .tool_calls
+                .iter()
+                .map(|c| (c.call_id.clone(), c.name.clone()))
+                .collect();
         }
     }
     close_block(&mut out, &mut pending, &mut answered, &mut stray);
@@ -78,7 +85,11 @@ pub(crate) fn result_text(r: &ToolResult) -> String {
 /// Providers that reject empty tool output get a placeholder.
 pub(crate) fn non_empty_result_text(r: &ToolResult) -> String {
     let text = result_text(r);
-    if text.trim().is_empty() { "(no output)".to_string() } else { text }
+    if text.trim().is_empty() {
+        "(no output)".to_string()
+    } else {
+        text
+    }
 }
 
 /// Parses a model's tool arguments. Anything but a JSON object is malformed:
@@ -94,18 +105,31 @@ pub(crate) fn tool_call(call_id: String, name: String, arguments: &Value) -> Too
         },
         other => (Value::Null, Some(other.to_string())),
     };
-    ToolCall { call_id, name, arguments, raw_arguments }
+    ToolCall {
+        call_id,
+        name,
+        arguments,
+        raw_arguments,
+    }
 }
 
 /// The arguments to send back for an earlier call: providers that need an
 /// object get `{}` when the model's JSON was malformed.
 pub(crate) fn arguments_object(call: &ToolCall) -> Value {
-    if call.arguments.is_object() { call.arguments.clone() } else { json!({}) }
+    if call.arguments.is_object() {
+        call.arguments.clone()
+    } else {
+        json!({})
+    }
 }
 
 /// A tool schema with a missing/null `parameters` becomes an empty object schema.
 pub(crate) fn parameters(spec: &crate::messages::ToolSpec) -> Value {
-    if spec.parameters.is_null() { json!({"type": "object", "properties": {}}) } else { spec.parameters.clone() }
+    if spec.parameters.is_null() {
+        json!({"type": "object", "properties": {}})
+    } else {
+        spec.parameters.clone()
+    }
 }
 
 #[cfg(test)]
@@ -113,23 +137,57 @@ mod tests {
     use super::*;
 
     fn call(id: &str) -> ToolCall {
-        ToolCall { call_id: id.into(), name: "bash".into(), arguments: json!({}), raw_arguments: None }
+        ToolCall {
+            call_id: id.into(),
+            name: "bash".into(),
+            arguments: json!({}),
+            raw_arguments: None,
+        }
     }
     fn result(id: &str) -> Message {
-        Message::tool(ToolResult { call_id: id.into(), name: "bash".into(), success: true, result: "ok".into(), error: None })
+        Message::tool(ToolResult {
+            call_id: id.into(),
+            name: "bash".into(),
+            success: true,
+            result: "ok".into(),
+            error: None,
+        })
     }
     fn assistant(calls: Vec<ToolCall>) -> Message {
-        Message { role: Role::Assistant, content: String::new(), tool_calls: calls, tool_result: None }
+        Message {
+            role: Role::Assistant,
+            content: String::new(),
+            tool_calls: calls,
+            tool_result: None,
+        }
     }
 
     #[test]
     fn missing_results_are_filled_and_strays_moved_after_the_block() {
-        let history =
-            vec![Message::user("go"), assistant(vec![call("a"), call("b")]), result("x"), result("a"), Message::user("next")];
+        let history = vec![
+            Message::user("go"),
+            assistant(vec![call("a"), call("b")]),
+            result("x"),
+            result("a"),
+            Message::user("next"),
+        ];
         let out = paired(&history);
         let roles: Vec<Role> = out.iter().map(|m| m.role).collect();
-        assert_eq!(roles, [Role::User, Role::Assistant, Role::Tool, Role::Tool, Role::User, Role::User]);
-        assert_eq!(out[2].tool_result.as_ref().map(|r| r.call_id.as_str()), Some("a"));
+        assert_eq!(
+            roles,
+            [
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::Tool,
+                Role::User,
+                Role::User
+            ]
+        );
+        assert_eq!(
+            out[2].tool_result.as_ref().map(|r| r.call_id.as_str()),
+            Some("a")
+        );
         let filled = out[3].tool_result.as_ref().expect("filled");
         assert_eq!((filled.call_id.as_str(), filled.success), ("b", false));
         assert!(out[4].content.contains("tool call x"));
@@ -139,7 +197,10 @@ mod tests {
     fn trailing_calls_are_answered() {
         let out = paired(&[Message::user("go"), assistant(vec![call("a")])]);
         assert_eq!(out.len(), 3);
-        assert_eq!(out[2].tool_result.as_ref().map(|r| r.error.as_deref()), Some(Some(MISSING_RESULT)));
+        assert_eq!(
+            out[2].tool_result.as_ref().map(|r| r.error.as_deref()),
+            Some(Some(MISSING_RESULT))
+        );
     }
 
     #[test]
@@ -148,7 +209,10 @@ mod tests {
         assert_eq!(c.arguments, Value::Null);
         assert_eq!(c.raw_arguments.as_deref(), Some("{\"command\": \"ls"));
         let c = tool_call("1".into(), "bash".into(), &json!("[1]"));
-        assert_eq!((c.arguments, c.raw_arguments.as_deref()), (Value::Null, Some("[1]")));
+        assert_eq!(
+            (c.arguments, c.raw_arguments.as_deref()),
+            (Value::Null, Some("[1]"))
+        );
         let c = tool_call("1".into(), "task_done".into(), &json!(""));
         assert_eq!((c.arguments, c.raw_arguments), (json!({}), None));
         let c = tool_call("1".into(), "bash".into(), &json!("{\"command\": \"ls\"}"));

@@ -40,7 +40,14 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     pub fn new(provider: &str, url: String, timeout: Duration, retry: RetryPolicy) -> Self {
-        Endpoint { provider: provider.to_string(), url, headers: HeaderMap::new(), timeout, retry, secret: None }
+        Endpoint {
+            provider: provider.to_string(),
+            url,
+            headers: HeaderMap::new(),
+            timeout,
+            retry,
+            secret: None,
+        }
     }
 
     /// A credential header: marked sensitive so it never shows in Debug output.
@@ -54,14 +61,18 @@ impl Endpoint {
     }
 
     pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
-        self.headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        self.headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
         self
     }
 
     /// POSTs `body`, retrying transient failures, and returns the JSON answer.
     pub async fn post(&self, body: &Value) -> Result<Value, LlmError> {
         let client = shared_client().map_err(|message| self.transport(message))?;
-        let bytes = serde_json::to_vec(body).map_err(|e| self.transport(format!("cannot encode the request: {e}")))?;
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| self.transport(format!("cannot encode the request: {e}")))?;
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -82,12 +93,19 @@ impl Endpoint {
                         Ok(body) if (200..300).contains(&status) => {
                             return serde_json::from_slice(&body).map_err(|e| LlmError::Decode {
                                 provider: self.provider.clone(),
-                                message: format!("invalid JSON ({e}): {}", self.scrub(&snippet(&body))),
+                                message: format!(
+                                    "invalid JSON ({e}): {}",
+                                    self.scrub(&snippet(&body))
+                                ),
                             });
                         }
                         Ok(body) => {
                             let message = self.scrub(&provider_message(&body));
-                            let err = LlmError::Http { provider: self.provider.clone(), status, message };
+                            let err = LlmError::Http {
+                                provider: self.provider.clone(),
+                                status,
+                                message,
+                            };
                             if !is_retryable_status(status) {
                                 return Err(err);
                             }
@@ -113,7 +131,10 @@ impl Endpoint {
     fn transport(&self, message: String) -> LlmError {
         // The URL never carries the key (headers do), but drop the query anyway.
         let url = self.url.split('?').next().unwrap_or_default();
-        LlmError::Transport { provider: self.provider.clone(), message: format!("{url}: {}", self.scrub(&message)) }
+        LlmError::Transport {
+            provider: self.provider.clone(),
+            message: format!("{url}: {}", self.scrub(&message)),
+        }
     }
 
     fn scrub(&self, text: &str) -> String {
@@ -128,10 +149,24 @@ fn with_attempts(err: LlmError, attempts: u32, elapsed: Duration) -> LlmError {
     if attempts <= 1 {
         return err;
     }
-    let note = format!(" (gave up after {attempts} attempts in {:.1} s)", elapsed.as_secs_f64());
+    let note = format!(
+        " (gave up after {attempts} attempts in {:.1} s)",
+        elapsed.as_secs_f64()
+    );
     match err {
-        LlmError::Http { provider, status, message } => LlmError::Http { provider, status, message: message + &note },
-        LlmError::Transport { provider, message } => LlmError::Transport { provider, message: message + &note },
+        LlmError::Http {
+            provider,
+            status,
+            message,
+        } => LlmError::Http {
+            provider,
+            status,
+            message: message + &note,
+        },
+        LlmError::Transport { provider, message } => LlmError::Transport {
+            provider,
+            message: message + &note,
+        },
         other => other,
     }
 }
@@ -167,7 +202,11 @@ fn provider_message(body: &[u8]) -> String {
         }
     }
     let text = snippet(body);
-    if text.is_empty() { "(empty body)".to_string() } else { text }
+    if text.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        text
+    }
 }
 
 fn snippet(body: &[u8]) -> String {
@@ -186,9 +225,14 @@ mod tests {
 
     #[test]
     fn provider_messages_are_extracted() {
-        assert_eq!(provider_message(br#"{"error":{"message":"bad key","type":"auth"}}"#), "bad key");
         assert_eq!(
-            provider_message(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            provider_message(br#"{"error":{"message":"bad key","type":"auth"}}"#),
+            "bad key"
+        );
+        assert_eq!(
+            provider_message(
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
             "Overloaded"
         );
         assert_eq!(provider_message(br#"{"error":"nope"}"#), "nope");

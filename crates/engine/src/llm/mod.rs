@@ -27,7 +27,8 @@ pub use retry::RetryPolicy;
 #[async_trait]
 pub trait LlmClient: Send + Sync {
     /// One turn: the whole conversation so far plus the tools on offer.
-    async fn chat(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<LlmResponse, LlmError>;
+    async fn chat(&self, messages: &[Message], tools: &[ToolSpec])
+    -> Result<LlmResponse, LlmError>;
     /// Provider name as configured (openai, anthropic, azure, …).
     fn provider(&self) -> &str;
     fn model(&self) -> &str;
@@ -38,7 +39,11 @@ pub trait LlmClient: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     #[error("{provider} answered HTTP {status}: {message}")]
-    Http { provider: String, status: u16, message: String },
+    Http {
+        provider: String,
+        status: u16,
+        message: String,
+    },
     #[error("{provider} could not be reached: {message}")]
     Transport { provider: String, message: String },
     #[error("{provider} sent a response that could not be read: {message}")]
@@ -88,7 +93,10 @@ pub fn client_for(cfg: &ResolvedConfig) -> Result<Arc<dyn LlmClient>, ConfigErro
     client_with_options(cfg, &ClientOptions::default())
 }
 
-pub fn client_with_options(cfg: &ResolvedConfig, opts: &ClientOptions) -> Result<Arc<dyn LlmClient>, ConfigError> {
+pub fn client_with_options(
+    cfg: &ResolvedConfig,
+    opts: &ClientOptions,
+) -> Result<Arc<dyn LlmClient>, ConfigError> {
     let kind = cfg.provider_kind()?;
     cfg.require_api_key()?;
     let base_url = cfg
@@ -96,14 +104,18 @@ pub fn client_with_options(cfg: &ResolvedConfig, opts: &ClientOptions) -> Result
         .clone()
         .or_else(|| kind.default_base_url().map(str::to_string))
         .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| ConfigError::MissingBaseUrl { provider: kind.as_str().to_string() })?;
+        .ok_or_else(|| ConfigError::MissingBaseUrl {
+            provider: kind.as_str().to_string(),
+        })?;
     let cfg = cfg.clone();
     Ok(match kind {
         Provider::Anthropic => Arc::new(anthropic::AnthropicClient::new(cfg, &base_url, opts)),
         Provider::Google => Arc::new(gemini::GeminiClient::new(cfg, &base_url, opts)),
-        Provider::OpenAi | Provider::Azure | Provider::OpenRouter | Provider::Doubao | Provider::Ollama => {
-            Arc::new(openai::OpenAiClient::new(kind, cfg, &base_url, opts))
-        }
+        Provider::OpenAi
+        | Provider::Azure
+        | Provider::OpenRouter
+        | Provider::Doubao
+        | Provider::Ollama => Arc::new(openai::OpenAiClient::new(kind, cfg, &base_url, opts)),
     })
 }
 
@@ -120,8 +132,8 @@ pub(crate) fn normalise_finish_reason(raw: Option<&str>, has_tool_calls: bool) -
         "stop" | "end_turn" | "stop_sequence" => "stop",
         "length" | "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_calls" | "tool_use" | "function_call" => "tool_calls",
-        "content_filter" | "refusal" | "safety" | "recitation" | "blocklist" | "prohibited_content" | "spii"
-        | "image_safety" => "content_filter",
+        "content_filter" | "refusal" | "safety" | "recitation" | "blocklist"
+        | "prohibited_content" | "spii" | "image_safety" => "content_filter",
         other => other,
     };
     Some(reason.to_string())
@@ -146,18 +158,27 @@ mod tests {
     #[test]
     fn factory_checks_key_and_base_url() {
         let mut cfg = ResolvedConfig::defaults(Provider::OpenAi);
-        assert!(matches!(client_for(&cfg), Err(ConfigError::MissingApiKey { .. })));
+        assert!(matches!(
+            client_for(&cfg),
+            Err(ConfigError::MissingApiKey { .. })
+        ));
         cfg.api_key = Some(crate::config::Secret::new("k"));
         let client = client_for(&cfg).expect("client");
         assert_eq!((client.provider(), client.model()), ("openai", "gpt-4o"));
 
         let mut azure = ResolvedConfig::defaults(Provider::Azure);
         azure.api_key = Some(crate::config::Secret::new("k"));
-        assert!(matches!(client_for(&azure), Err(ConfigError::MissingBaseUrl { .. })));
+        assert!(matches!(
+            client_for(&azure),
+            Err(ConfigError::MissingBaseUrl { .. })
+        ));
         assert!(client_for(&ResolvedConfig::defaults(Provider::Ollama)).is_ok());
 
         let mut bad = ResolvedConfig::defaults(Provider::OpenAi);
         bad.provider = "acme".into();
-        assert!(matches!(client_for(&bad), Err(ConfigError::UnknownProvider { .. })));
+        assert!(matches!(
+            client_for(&bad),
+            Err(ConfigError::UnknownProvider { .. })
+        ));
     }
 }

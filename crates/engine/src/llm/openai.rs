@@ -23,11 +23,19 @@ pub(crate) struct OpenAiClient {
 }
 
 impl OpenAiClient {
-    pub(crate) fn new(kind: Provider, cfg: ResolvedConfig, base_url: &str, opts: &ClientOptions) -> Self {
+    pub(crate) fn new(
+        kind: Provider,
+        cfg: ResolvedConfig,
+        base_url: &str,
+        opts: &ClientOptions,
+    ) -> Self {
         let base = base_url.trim_end_matches('/');
         let url = match kind {
             Provider::Azure => {
-                let version = cfg.api_version.as_deref().unwrap_or(AZURE_DEFAULT_API_VERSION);
+                let version = cfg
+                    .api_version
+                    .as_deref()
+                    .unwrap_or(AZURE_DEFAULT_API_VERSION);
                 // base_url is the resource (https://x.openai.azure.com) or already a deployment URL.
                 let deployment = if base.contains("/deployments/") {
                     base.to_string()
@@ -44,7 +52,8 @@ impl OpenAiClient {
         if let Some(key) = cfg.api_key.as_ref() {
             endpoint = match kind {
                 Provider::Azure => endpoint.with_secret_header("api-key", key.expose()),
-                _ => endpoint.with_secret_header("authorization", &format!("Bearer {}", key.expose())),
+                _ => endpoint
+                    .with_secret_header("authorization", &format!("Bearer {}", key.expose())),
             };
             // Keep the bare key for scrubbing too, not only "Bearer <key>".
             endpoint.secret = Some(key.expose().to_string());
@@ -52,19 +61,32 @@ impl OpenAiClient {
         if kind == Provider::OpenRouter {
             endpoint = endpoint.with_header("x-title", "agentd");
         }
-        OpenAiClient { kind, cfg, endpoint }
+        OpenAiClient {
+            kind,
+            cfg,
+            endpoint,
+        }
     }
 
     /// o-series and gpt-5 reasoning models reject `temperature`/`top_p` and `max_tokens`.
     fn is_reasoning_model(&self) -> bool {
-        let m = self.cfg.model.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+        let m = self
+            .cfg
+            .model
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p))
     }
 
     pub(crate) fn request_body(&self, messages: &[Message], tools: &[ToolSpec]) -> Value {
         let mut body = Map::new();
         body.insert("model".into(), json!(self.cfg.model));
-        body.insert("messages".into(), Value::Array(paired(messages).iter().map(wire_message).collect()));
+        body.insert(
+            "messages".into(),
+            Value::Array(paired(messages).iter().map(wire_message).collect()),
+        );
         if !tools.is_empty() && self.cfg.supports_tool_calling {
             let tools: Vec<Value> = tools
                 .iter()
@@ -74,8 +96,14 @@ impl OpenAiClient {
                 })
                 .collect();
             body.insert("tools".into(), Value::Array(tools));
-            if matches!(self.kind, Provider::OpenAi | Provider::Azure | Provider::OpenRouter) {
-                body.insert("parallel_tool_calls".into(), json!(self.cfg.parallel_tool_calls));
+            if matches!(
+                self.kind,
+                Provider::OpenAi | Provider::Azure | Provider::OpenRouter
+            ) {
+                body.insert(
+                    "parallel_tool_calls".into(),
+                    json!(self.cfg.parallel_tool_calls),
+                );
             }
         }
         let reasoning = self.is_reasoning_model();
@@ -84,7 +112,10 @@ impl OpenAiClient {
             body.insert("top_p".into(), json!(self.cfg.top_p));
         }
         if self.kind == Provider::OpenAi || reasoning {
-            let n = self.cfg.max_completion_tokens.unwrap_or(self.cfg.max_tokens);
+            let n = self
+                .cfg
+                .max_completion_tokens
+                .unwrap_or(self.cfg.max_tokens);
             body.insert("max_completion_tokens".into(), json!(n));
         } else {
             body.insert("max_tokens".into(), json!(self.cfg.max_tokens));
@@ -122,24 +153,43 @@ fn wire_message(m: &Message) -> Value {
             out
         }
         Role::Tool => match &m.tool_result {
-            Some(r) => json!({"role": "tool", "tool_call_id": r.call_id, "content": result_text(r)}),
+            Some(r) => {
+                json!({"role": "tool", "tool_call_id": r.call_id, "content": result_text(r)})
+            }
             None => json!({"role": "user", "content": m.content}),
         },
     }
 }
 
-pub(crate) fn parse_response(provider: &str, fallback_model: &str, v: &Value) -> Result<LlmResponse, LlmError> {
-    let decode = |message: String| LlmError::Decode { provider: provider.to_string(), message };
-    let Some(choice) = v.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else {
+pub(crate) fn parse_response(
+    provider: &str,
+    fallback_model: &str,
+    v: &Value,
+) -> Result<LlmResponse, LlmError> {
+    let decode = |message: String| LlmError::Decode {
+        provider: provider.to_string(),
+        message,
+    };
+    let Some(choice) = v
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+    else {
         // Some gateways (OpenRouter) answer 200 with an error object.
-        let why = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("no choices in the response");
+        let why = v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("no choices in the response");
         return Err(decode(why.to_string()));
     };
     let message = choice.get("message").unwrap_or(&Value::Null);
     let content = match message.get("content") {
         Some(Value::String(s)) => s.clone(),
         // Some compatible servers send content parts.
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
         _ => String::new(),
     };
     let tool_calls = message
@@ -151,10 +201,16 @@ pub(crate) fn parse_response(provider: &str, fallback_model: &str, v: &Value) ->
                 .enumerate()
                 .map(|(i, c)| {
                     let f = c.get("function").unwrap_or(&Value::Null);
-                    let id = c.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
+                    let id = c
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty());
                     history::tool_call(
                         id.map_or_else(|| format!("call_{i}"), str::to_string),
-                        f.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        f.get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
                         f.get("arguments").unwrap_or(&Value::Null),
                     )
                 })
@@ -175,14 +231,22 @@ pub(crate) fn parse_response(provider: &str, fallback_model: &str, v: &Value) ->
         content,
         finish_reason: normalise_finish_reason(raw_finish, !tool_calls.is_empty()),
         tool_calls,
-        model: v.get("model").and_then(Value::as_str).unwrap_or(fallback_model).to_string(),
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(fallback_model)
+            .to_string(),
         usage,
     })
 }
 
 #[async_trait]
 impl LlmClient for OpenAiClient {
-    async fn chat(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<LlmResponse, LlmError> {
+    async fn chat(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<LlmResponse, LlmError> {
         let body = self.request_body(messages, tools);
         let v = self.endpoint.post(&body).await?;
         parse_response(self.kind.as_str(), &self.cfg.model, &v)

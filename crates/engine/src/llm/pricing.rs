@@ -45,26 +45,42 @@ pub fn estimate_cost_usd(provider: &str, model: &str, usage: &Usage) -> f64 {
     if provider.eq_ignore_ascii_case("ollama") {
         return 0.0; // local
     }
-    let Some((input, cached, output)) = price(model) else { return 0.0 };
+    let Some((input, cached, output)) = price(model) else {
+        return 0.0;
+    };
     // Anthropic reports cached tokens apart from input_tokens; the others
     // (OpenAI-compatible, Gemini) count them inside input_tokens.
     let uncached = if provider.eq_ignore_ascii_case("anthropic") {
         usage.input_tokens
     } else {
-        usage.input_tokens.saturating_sub(usage.cache_read_input_tokens)
+        usage
+            .input_tokens
+            .saturating_sub(usage.cache_read_input_tokens)
     };
     let per_token = |tokens: u64, price: f64| tokens as f64 * price / 1_000_000.0;
     per_token(uncached, input)
         + per_token(usage.cache_read_input_tokens, cached)
-        + per_token(usage.cache_creation_input_tokens, input * CACHE_WRITE_FACTOR)
+        + per_token(
+            usage.cache_creation_input_tokens,
+            input * CACHE_WRITE_FACTOR,
+        )
         + per_token(usage.output_tokens, output)
 }
 
 /// Prices of a model, ignoring a gateway prefix (`anthropic/claude-…`, `models/gemini-…`).
 fn price(model: &str) -> Option<(f64, f64, f64)> {
-    let name = model.rsplit('/').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let name = model
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     // OpenRouter spells Claude versions with dots (claude-sonnet-4.5).
-    let name = if name.starts_with("claude") { name.replace('.', "-") } else { name };
+    let name = if name.starts_with("claude") {
+        name.replace('.', "-")
+    } else {
+        name
+    };
     PRICES
         .iter()
         .filter(|(prefix, ..)| name.starts_with(prefix) && boundary(&name[prefix.len()..]))
@@ -82,7 +98,11 @@ mod tests {
     use super::*;
 
     fn usage(input: u64, output: u64) -> Usage {
-        Usage { input_tokens: input, output_tokens: output, ..Default::default() }
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -90,20 +110,39 @@ mod tests {
         let u = usage(1_000_000, 1_000_000);
         assert!((estimate_cost_usd("openai", "gpt-4o", &u) - 12.5).abs() < 1e-9);
         assert!((estimate_cost_usd("openai", "gpt-4o-mini-2024-07-18", &u) - 0.75).abs() < 1e-9);
-        assert!((estimate_cost_usd("anthropic", "claude-sonnet-4-20250514", &u) - 18.0).abs() < 1e-9);
-        assert!((estimate_cost_usd("openrouter", "anthropic/claude-sonnet-4.5", &u) - 18.0).abs() < 1e-9);
+        assert!(
+            (estimate_cost_usd("anthropic", "claude-sonnet-4-20250514", &u) - 18.0).abs() < 1e-9
+        );
+        assert!(
+            (estimate_cost_usd("openrouter", "anthropic/claude-sonnet-4.5", &u) - 18.0).abs()
+                < 1e-9
+        );
         assert!((estimate_cost_usd("google", "gemini-2.5-flash-lite", &u) - 0.5).abs() < 1e-9);
     }
 
     #[test]
     fn cached_tokens_and_unknown_models() {
         // OpenAI: 400k of the 1M input tokens were cache hits.
-        let u = Usage { cache_read_input_tokens: 400_000, ..usage(1_000_000, 0) };
-        assert!((estimate_cost_usd("openai", "gpt-4o", &u) - (0.6 * 2.5 + 0.4 * 1.25)).abs() < 1e-9);
+        let u = Usage {
+            cache_read_input_tokens: 400_000,
+            ..usage(1_000_000, 0)
+        };
+        assert!(
+            (estimate_cost_usd("openai", "gpt-4o", &u) - (0.6 * 2.5 + 0.4 * 1.25)).abs() < 1e-9
+        );
         // Anthropic: cache reads and writes are on top of input_tokens.
-        let u = Usage { cache_read_input_tokens: 1_000_000, cache_creation_input_tokens: 1_000_000, ..usage(0, 0) };
-        assert!((estimate_cost_usd("anthropic", "claude-sonnet-4", &u) - (0.3 + 3.75)).abs() < 1e-9);
-        assert_eq!(estimate_cost_usd("azure", "my-deployment", &usage(10, 10)), 0.0);
+        let u = Usage {
+            cache_read_input_tokens: 1_000_000,
+            cache_creation_input_tokens: 1_000_000,
+            ..usage(0, 0)
+        };
+        assert!(
+            (estimate_cost_usd("anthropic", "claude-sonnet-4", &u) - (0.3 + 3.75)).abs() < 1e-9
+        );
+        assert_eq!(
+            estimate_cost_usd("azure", "my-deployment", &usage(10, 10)),
+            0.0
+        );
         assert_eq!(estimate_cost_usd("ollama", "gpt-4o", &usage(10, 10)), 0.0);
         assert_eq!(estimate_cost_usd("openai", "gpt-4o1", &usage(10, 10)), 0.0);
     }

@@ -35,7 +35,10 @@ impl RetryPolicy {
         if let Some(wait) = retry_after {
             return wait.min(self.max_retry_after);
         }
-        let exp = self.base_delay.saturating_mul(2u32.saturating_pow(attempt.min(16))).min(self.max_delay);
+        let exp = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+            .min(self.max_delay);
         let half = exp / 2;
         let jitter_ms = fastrand::u64(0..=half.as_millis().min(u64::MAX as u128) as u64);
         half + Duration::from_millis(jitter_ms)
@@ -50,7 +53,12 @@ pub fn is_retryable_status(status: u16) -> bool {
 
 /// `retry-after-ms` (OpenAI) or `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         return secs(ms / 1000.0);
     }
@@ -82,13 +90,28 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(retry_after(&headers(&[("retry-after", "2")]), now), Some(Duration::from_secs(2)));
-        assert_eq!(retry_after(&headers(&[("retry-after", "0.5")]), now), Some(Duration::from_millis(500)));
-        assert_eq!(retry_after(&headers(&[("retry-after-ms", "250")]), now), Some(Duration::from_millis(250)));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2")]), now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "0.5")]), now),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "250")]), now),
+            Some(Duration::from_millis(250))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(retry_after(&headers(&[("retry-after", &date)]), now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &date)]), now),
+            Some(Duration::from_secs(30))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(retry_after(&headers(&[("retry-after", &past)]), now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &past)]), now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "-1")]), now), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
@@ -102,8 +125,14 @@ mod tests {
             let exp = Duration::from_secs(1u64 << attempt.min(16)).min(p.max_delay);
             assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
         }
-        assert_eq!(p.delay(0, Some(Duration::from_secs(3600))), p.max_retry_after);
-        assert_eq!(p.delay(5, Some(Duration::from_secs(1))), Duration::from_secs(1));
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(3600))),
+            p.max_retry_after
+        );
+        assert_eq!(
+            p.delay(5, Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! The per-task event log: every event gets the next `seq` and is stored
+//! durably before anyone sees it; readers replay the stored history and then
+//! follow live events. Reading consumes nothing, so any number of readers
+//! (SSE, WebSocket, gRPC) see the same events in the same order, and a reader
+//! can resume after any `seq`.
+//!
+//! Live fan-out is an in-process broadcast per task. With several replicas,
+//! this is the seam where PostgreSQL LISTEN/NOTIFY would wake readers; they
+//! already fall back to the store whenever they miss something.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::Stream;
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+use crate::{
+    clock,
+    error::Result,
+    store::{Event, Store},
+};
+
+/// The type of the last event of every finished task's log.
+pub const END: &str = "end";
+/// Sent to live readers when nothing happened for a while; never stored.
+pub const HEARTBEAT: &str = "heartbeat";
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// Events read from the store per query while replaying.
+const REPLAY_BATCH: i64 = 500;
+/// Live events buffered per task for slow readers; past this a reader
+/// catches up from the store.
+const LIVE_BUFFER: usize = 1024;
+
+pub struct EventLog {
+    store: Arc<dyn Store>,
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    /// Every task's events, live only (the logs WebSocket).
+    all: broadcast::Sender<Arc<Event>>,
+}
+
+struct Topic {
+    /// The last seq written; held while writing so seq order is commit order.
+    last_seq: tokio::sync::Mutex<Option<i64>>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+impl EventLog {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, topics: Mutex::new(HashMap::new()), all: broadcast::channel(LIVE_BUFFER).0 }
+    }
+
+    fn topic(&self, task_id: &str) -> Arc<Topic> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        topics
+            .entry(task_id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Topic { last_seq: tokio::sync::Mutex::new(None), live: broadcast::channel(LIVE_BUFFER).0 })
+            })
+            .clone()
+    }
+
+    /// Forgets the live state of a task (after its `end`, or when deleted).
+    pub fn close(&self, task_id: &str) {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner()).remove(task_id);
+    }
+
+    /// Appends one event: stored (durably) first, then delivered to readers.
+    pub async fn append(&self, task_id: &str, kind: &str, body: Map<String, Value>) -> Result<Event> {
+        let topic = self.topic(task_id);
+        let mut last = topic.last_seq.lock().await;
+        let prev = match *last {
+            Some(seq) => seq,
+            None => self.store.last_event_seq(task_id).await?,
+        };
+        let event = Event {
+            task_id: task_id.to_string(),
+            seq: prev + 1,
+            kind: kind.to_string(),
+            timestamp: clock::now_ms(),
+            body,
+        };
+        self.store.append_event(&event).await?;
+        *last = Some(event.seq);
+        // No receivers is fine: readers that come later replay from the store.
+        let shared = Arc::new(event.clone());
+        let _ = topic.live.send(shared.clone());
+        let _ = self.all.send(shared);
+        drop(last);
+        if kind == END {
+            self.close(task_id);
+        }
+        Ok(event)
+    }
+
+    /// Live events of every task, from now on. A reader that falls more than
+    /// the buffer behind misses events (it is told by `Lagged`).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.all.subscribe()
+    }
+
+    /// Every event after `after_seq`, then live ones, ending after `end`.
+    /// While idle, a heartbeat (never stored, carrying the last seq) keeps
+    /// proxies and clients from timing the stream out.
+    pub fn follow(self: &Arc<Self>, task_id: &str, after_seq: i64) -> impl Stream<Item = Result<Event>> + Send + 'static {
+        let log = self.clone();
+        let task_id = task_id.to_string();
+        async_stream::try_stream! {
+            // Subscribe before reading history, so nothing falls in between.
+            let mut live = log.topic(&task_id).live.subscribe();
+            let mut last = after_seq;
+            let mut closed = false;
+            'replay: loop {
+                // Replay what the store has after `last`.
+                loop {
+                    let batch = log.store.list_events(&task_id, last, REPLAY_BATCH).await?;
+                    let full = batch.len() as i64 == REPLAY_BATCH;
+                    for event in batch {
+                        last = event.seq;
+                        let ended = event.kind == END;
+                        yield event;
+                        if ended { break 'replay; }
+                    }
+                    if !full { break; }
+                }
+                if closed { break; }
+                // Follow live events until a gap sends us back to the store.
+                loop {
+                    match tokio::time::timeout(HEARTBEAT_EVERY, live.recv()).await {
+                        Err(_) => yield heartbeat(&task_id, last),
+                        Ok(Ok(event)) if event.seq <= last => {}
+                        Ok(Ok(event)) if event.seq == last + 1 => {
+                            last = event.seq;
+                            yield Event::clone(&event);
+                            if event.kind == END { break 'replay; }
+                        }
+                        // A gap or a lagging reader: catch up from the store.
+                        Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue 'replay,
+                        // The task ended or was deleted: what is stored now is all there is.
+                        Ok(Err(broadcast::error::RecvError::Closed)) => {
+                            closed = true;
+                            continue 'replay;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn heartbeat(task_id: &str, last_seq: i64) -> Event {
+    Event {
+        task_id: task_id.to_string(),
+        seq: last_seq,
+        kind: HEARTBEAT.to_string(),
+        timestamp: clock::now_ms(),
+        body: Map::new(),
+    }
+}
