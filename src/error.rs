@@ -17,7 +17,10 @@ pub enum Error {
     TaskAlreadyRunning(String),
     /// Out of capacity (HTTP 429, INSUFFICIENT_RESOURCES).
     #[error("{message}")]
-    InsufficientResources { message: String, retry_after: Option<Duration> },
+    InsufficientResources {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// An upload over the size limit (HTTP 413).
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -52,7 +55,10 @@ impl std::fmt::Display for Resource {
 
 impl Error {
     pub fn not_found(kind: Resource, id: impl Into<String>) -> Self {
-        Error::NotFound { kind, id: id.into() }
+        Error::NotFound {
+            kind,
+            id: id.into(),
+        }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidRequest(msg.into())

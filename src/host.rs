@@ -9,7 +9,10 @@ pub fn process_rss_bytes() -> u64 {
 /// (total, available) memory of the machine, in bytes.
 pub fn machine_memory_bytes() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    (kib_field(&text, "MemTotal:"), kib_field(&text, "MemAvailable:"))
+    (
+        kib_field(&text, "MemTotal:"),
+        kib_field(&text, "MemAvailable:"),
+    )
 }
 
 /// A "Name:   1234 kB" line of a /proc file, in bytes.
@@ -28,7 +31,11 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{}MB", mb.round() as u64)
     } else {
         let gb = (mb / 1024.0 * 10.0).round() / 10.0;
-        if gb.fract() == 0.0 { format!("{}GB", gb as u64) } else { format!("{gb}GB") }
+        if gb.fract() == 0.0 {
+            format!("{}GB", gb as u64)
+        } else {
+            format!("{gb}GB")
+        }
     }
 }
 

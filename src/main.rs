@@ -5,7 +5,11 @@ use std::{io::Write as _, net::SocketAddr, path::PathBuf};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "agentd", version, about = "Runs AI coding-agent tasks as a service (gRPC, gRPC-Web, REST via Envoy)")]
+#[command(
+    name = "agentd",
+    version,
+    about = "Runs AI coding-agent tasks as a service (gRPC, gRPC-Web, REST via Envoy)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +28,12 @@ enum Command {
         /// Default Trae Agent configuration file (YAML, or legacy JSON).
         #[arg(long, env = "TRAE_CONFIG_FILE")]
         trae_config: Option<PathBuf>,
+        /// Tasks that may run at once; further runs get 429 INSUFFICIENT_RESOURCES.
+        #[arg(long, env = "AGENTD_MAX_RUNNING_TASKS", default_value_t = 5)]
+        max_running_tasks: usize,
+        /// Wall-clock limit of one task's run, in seconds.
+        #[arg(long, env = "AGENTD_TASK_TIMEOUT_SECS", default_value_t = 3600)]
+        task_timeout_secs: u64,
     },
     /// Write the protobuf descriptor set (with HTTP annotations) that Envoy's
     /// transcoder loads, to a file or standard output.
@@ -37,14 +47,30 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, data_dir, trae_config } => {
+        Command::Serve {
+            listen,
+            data_dir,
+            trae_config,
+            max_running_tasks,
+            task_timeout_secs,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,sqlx=warn".into()),
                 )
                 .init();
-            agentd::server::serve(agentd::server::ServeOptions { listen, data_dir, trae_config }).await
+            let runner = agentd::tasks::RunnerSettings {
+                max_running: max_running_tasks.max(1),
+                task_timeout: std::time::Duration::from_secs(task_timeout_secs.max(1)),
+            };
+            agentd::server::serve(agentd::server::ServeOptions {
+                listen,
+                data_dir,
+                trae_config,
+                runner,
+            })
+            .await
         }
         Command::DescriptorSet { out } => {
             match out {

@@ -28,7 +28,8 @@ pub mod google {
 
 /// The encoded FileDescriptorSet of every proto above, with `google.api.http`
 /// options intact: served by reflection and written out for Envoy.
-pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agentd_descriptor.bin"));
+pub const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/agentd_descriptor.bin"));
 
 pub use agentd::agent::v1 as ap;
 pub use agentd::trae::v1 as trae;

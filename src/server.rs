@@ -16,10 +16,13 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer as _;
 
 use crate::{
-    api::{AgentApi, TraeApi},
-    proto::{self, ap::agent_service_server::AgentServiceServer, trae::trae_service_server::TraeServiceServer},
+    api::{AgentApi, TraeApi, websocket},
+    proto::{
+        self, ap::agent_service_server::AgentServiceServer,
+        trae::trae_service_server::TraeServiceServer,
+    },
     store::SqliteStore,
-    tasks::{TaskManager, TaskSettings, workspace::Workspaces},
+    tasks::{RunnerSettings, TaskManager, TaskSettings, workspace::Workspaces},
 };
 
 /// How long open streams may take to finish after SIGTERM/SIGINT.
@@ -30,6 +33,7 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub trae_config: Option<PathBuf>,
+    pub runner: RunnerSettings,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -37,11 +41,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
     let store = Arc::new(SqliteStore::open(&opts.data_dir.join("agentd.db")).await?);
     let workspaces = Workspaces::open(&opts.data_dir)?;
-    let tasks = Arc::new(TaskManager::new(
-        store,
-        workspaces,
-        TaskSettings { trae_config_file: opts.trae_config.clone() },
-    ));
+    let tasks = Arc::new(
+        TaskManager::start(
+            store,
+            workspaces,
+            TaskSettings {
+                trae_config_file: opts.trae_config.clone(),
+                runner: opts.runner.clone(),
+            },
+        )
+        .await?,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TraeServiceServer<TraeApi>>().await;
@@ -64,7 +74,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router();
-    let app: Router = grpc.fallback(unknown_route);
+    let app: Router = grpc
+        .merge(websocket::routes(tasks.clone()))
+        .fallback(unknown_route);
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -80,6 +92,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             tracing::info!("shutting down: no new connections, open streams get {SHUTDOWN_GRACE:?}");
             health.set_not_serving::<TraeServiceServer<TraeApi>>().await;
             health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+            // End every run (and its processes) so their streams end with `end`.
+            let ended = tasks.shutdown().await;
+            if ended > 0 {
+                tracing::info!(ended, "ended running tasks");
+            }
             stop.cancel();
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!("streams still open after the grace period; exiting"),
@@ -96,12 +113,16 @@ async fn unknown_route(req: axum::extract::Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if is_grpc {
-        let mut resp = tonic::Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http::<axum::body::Body>();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let mut resp = tonic::Status::unimplemented(format!("unknown method {}", req.uri().path()))
+            .into_http::<axum::body::Body>();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         return resp;
     }
-    let body = serde_json::json!({"error": format!("no route for {} {}", req.method(), req.uri().path())});
+    let body =
+        serde_json::json!({"error": format!("no route for {} {}", req.method(), req.uri().path())});
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 

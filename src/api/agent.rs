@@ -44,13 +44,22 @@ type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn create_task(&self, req: Request<ap::CreateTaskRequest>) -> Result<Response<ap::Task>, Status> {
+    async fn create_task(
+        &self,
+        req: Request<ap::CreateTaskRequest>,
+    ) -> Result<Response<ap::Task>, Status> {
         let req = req.into_inner();
-        let view = self.tasks.create_task(req.input, from_struct(req.additional_input)).await?;
+        let view = self
+            .tasks
+            .create_task(req.input, from_struct(req.additional_input))
+            .await?;
         Ok(Response::new(task(&view)))
     }
 
-    async fn list_tasks(&self, req: Request<ap::ListTasksRequest>) -> Result<Response<ap::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<ap::ListTasksRequest>,
+    ) -> Result<Response<ap::ListTasksResponse>, Status> {
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
         let query = TaskQuery {
@@ -66,7 +75,10 @@ impl AgentService for AgentApi {
         }))
     }
 
-    async fn get_task(&self, req: Request<ap::GetTaskRequest>) -> Result<Response<ap::Task>, Status> {
+    async fn get_task(
+        &self,
+        req: Request<ap::GetTaskRequest>,
+    ) -> Result<Response<ap::Task>, Status> {
         let view = self.tasks.get_task(&req.into_inner().task_id).await?;
         Ok(Response::new(task(&view)))
     }
@@ -76,28 +88,50 @@ impl AgentService for AgentApi {
         req: Request<ap::DeleteTaskRequest>,
     ) -> Result<Response<ap::DeleteTaskResponse>, Status> {
         self.tasks.delete_task(&req.into_inner().task_id).await?;
-        Ok(Response::new(ap::DeleteTaskResponse { success: true, message: "Task deleted successfully".into() }))
+        Ok(Response::new(ap::DeleteTaskResponse {
+            success: true,
+            message: "Task deleted successfully".into(),
+        }))
     }
 
-    async fn execute_step(&self, req: Request<ap::ExecuteStepRequest>) -> Result<Response<ap::Step>, Status> {
+    async fn execute_step(
+        &self,
+        req: Request<ap::ExecuteStepRequest>,
+    ) -> Result<Response<ap::Step>, Status> {
         let req = req.into_inner();
-        self.tasks.get_task(&req.task_id).await?;
-        Err(Error::Unimplemented("executing steps is not available in this build yet".into()).into())
+        let view = self
+            .tasks
+            .execute_step(&req.task_id, req.input, from_struct(req.additional_input))
+            .await?;
+        let mut out = step(&view.step);
+        out.artifacts = view.artifacts.iter().map(artifact).collect();
+        Ok(Response::new(out))
     }
 
-    async fn list_steps(&self, req: Request<ap::ListStepsRequest>) -> Result<Response<ap::ListStepsResponse>, Status> {
+    async fn list_steps(
+        &self,
+        req: Request<ap::ListStepsRequest>,
+    ) -> Result<Response<ap::ListStepsResponse>, Status> {
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
-        let (steps, total) = self.tasks.list_steps(&req.task_id, page.offset(), page.limit()).await?;
+        let (steps, total) = self
+            .tasks
+            .list_steps(&req.task_id, page.offset(), page.limit())
+            .await?;
         Ok(Response::new(ap::ListStepsResponse {
             steps: steps.iter().map(step).collect(),
             pagination: Some(page.pagination(total)),
         }))
     }
 
-    async fn get_step(&self, req: Request<ap::GetStepRequest>) -> Result<Response<ap::Step>, Status> {
+    async fn get_step(
+        &self,
+        req: Request<ap::GetStepRequest>,
+    ) -> Result<Response<ap::Step>, Status> {
         let req = req.into_inner();
-        Ok(Response::new(step(&self.tasks.get_step(&req.task_id, &req.step_id).await?)))
+        Ok(Response::new(step(
+            &self.tasks.get_step(&req.task_id, &req.step_id).await?,
+        )))
     }
 
     async fn upload_artifact(
@@ -114,7 +148,10 @@ impl AgentService for AgentApi {
     ) -> Result<Response<ap::ListArtifactsResponse>, Status> {
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
-        let (artifacts, total) = self.tasks.list_artifacts(&req.task_id, page.offset(), page.limit()).await?;
+        let (artifacts, total) = self
+            .tasks
+            .list_artifacts(&req.task_id, page.offset(), page.limit())
+            .await?;
         Ok(Response::new(ap::ListArtifactsResponse {
             artifacts: artifacts.iter().map(artifact).collect(),
             pagination: Some(page.pagination(total)),
@@ -128,13 +165,20 @@ impl AgentService for AgentApi {
         req: Request<ap::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let req = req.into_inner();
-        let (meta, file) = self.tasks.open_artifact(&req.task_id, &req.artifact_id).await?;
+        let (meta, file) = self
+            .tasks
+            .open_artifact(&req.task_id, &req.artifact_id)
+            .await?;
         let chunks = ReaderStream::with_capacity(file, DOWNLOAD_CHUNK).map(|chunk| {
-            chunk.map(body).map_err(|e| Status::internal(format!("reading artifact: {e}")))
+            chunk
+                .map(body)
+                .map_err(|e| Status::internal(format!("reading artifact: {e}")))
         });
         // An empty file still needs one message to carry the content type.
         let stream: Self::DownloadArtifactStream = if meta.file_size == 0 {
-            Box::pin(futures_util::stream::once(async { Ok(body(Default::default())) }))
+            Box::pin(futures_util::stream::once(async {
+                Ok(body(Default::default()))
+            }))
         } else {
             Box::pin(chunks)
         };
@@ -150,7 +194,9 @@ impl AgentService for AgentApi {
         req: Request<ap::DeleteArtifactRequest>,
     ) -> Result<Response<ap::DeleteArtifactResponse>, Status> {
         let req = req.into_inner();
-        self.tasks.delete_artifact(&req.task_id, &req.artifact_id).await?;
+        self.tasks
+            .delete_artifact(&req.task_id, &req.artifact_id)
+            .await?;
         Ok(Response::new(ap::DeleteArtifactResponse {
             success: true,
             message: "Artifact deleted successfully".into(),
@@ -163,18 +209,30 @@ impl AgentService for AgentApi {
     ) -> Result<Response<ap::GetAgentStatusResponse>, Status> {
         let st = self.tasks.runtime_status().await?;
         let count = |s: TaskStatus| {
-            let n = st.totals.by_status.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+            let n = st
+                .totals
+                .by_status
+                .iter()
+                .find(|(k, _)| *k == s)
+                .map_or(0, |(_, n)| *n);
             i32::try_from(n).unwrap_or(i32::MAX)
         };
         let total: i64 = st.totals.by_status.iter().map(|(_, n)| n).sum();
-        let machine_used = st.machine_total_bytes.saturating_sub(st.machine_available_bytes);
+        let machine_used = st
+            .machine_total_bytes
+            .saturating_sub(st.machine_available_bytes);
         Ok(Response::new(ap::GetAgentStatusResponse {
             agent_id: "agent-main".into(),
             status: "running".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            capabilities: ["code_execution", "file_operations", "shell_commands", "patch_generation"]
-                .map(String::from)
-                .to_vec(),
+            capabilities: [
+                "code_execution",
+                "file_operations",
+                "shell_commands",
+                "patch_generation",
+            ]
+            .map(String::from)
+            .to_vec(),
             active_tasks: count(TaskStatus::Running),
             total_tasks: i32::try_from(total).unwrap_or(i32::MAX),
             uptime: clock::iso(st.started_at),
@@ -206,7 +264,12 @@ impl AgentService for AgentApi {
         &self,
         _req: Request<ap::RestartAgentRequest>,
     ) -> Result<Response<ap::RestartAgentResponse>, Status> {
-        Err(Error::Unimplemented("restarting the agent runtime is not available in this build yet".into()).into())
+        let ended = self.tasks.restart().await;
+        Ok(Response::new(ap::RestartAgentResponse {
+            success: true,
+            message: format!("Agent runtime restarted; {ended} running task(s) were ended"),
+            estimated_downtime: "0s".into(),
+        }))
     }
 
     type StreamTaskEventsStream = ApiStream<TaskEvent>;
@@ -216,7 +279,10 @@ impl AgentService for AgentApi {
         req: Request<ap::StreamTaskEventsRequest>,
     ) -> Result<Response<Self::StreamTaskEventsStream>, Status> {
         let req = req.into_inner();
-        let events = self.tasks.follow_events(&req.task_id, req.after_seq.map_or(0, i64::from)).await?;
+        let events = self
+            .tasks
+            .follow_events(&req.task_id, req.after_seq.map_or(0, i64::from))
+            .await?;
         Ok(Response::new(event_stream(events, req.task_id)))
     }
 }
@@ -226,7 +292,9 @@ fn parse_status(s: &str) -> Result<Option<TaskStatus>, Error> {
         return Ok(None);
     }
     TaskStatus::parse(s).map(Some).ok_or_else(|| {
-        Error::invalid(format!("unknown status {s:?}; use created, running, completed, failed or stopped"))
+        Error::invalid(format!(
+            "unknown status {s:?}; use created, running, completed, failed or stopped"
+        ))
     })
 }
 
@@ -281,14 +349,26 @@ fn artifact(a: &store::Artifact) -> ap::Artifact {
 }
 
 fn body(data: bytes::Bytes) -> HttpBody {
-    HttpBody { content_type: "application/octet-stream".into(), data: data.into(), extensions: Vec::new() }
+    HttpBody {
+        content_type: "application/octet-stream".into(),
+        data: data.into(),
+        extensions: Vec::new(),
+    }
 }
 
 /// `attachment; filename="…"` with an ASCII fallback, plus RFC 5987
 /// `filename*` when the name is not plain ASCII.
 fn content_disposition(name: &str) -> String {
-    let fallback: String =
-        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if fallback == name {
         format!("attachment; filename=\"{name}\"")
     } else {
@@ -310,7 +390,10 @@ fn content_disposition(name: &str) -> String {
 mod tests {
     #[test]
     fn content_disposition_is_ascii_with_utf8_fallback() {
-        assert_eq!(super::content_disposition("a b.csv"), "attachment; filename=\"a b.csv\"");
+        assert_eq!(
+            super::content_disposition("a b.csv"),
+            "attachment; filename=\"a b.csv\""
+        );
         assert_eq!(
             super::content_disposition("报告.pdf"),
             "attachment; filename=\"__.pdf\"; filename*=UTF-8''%E6%8A%A5%E5%91%8A.pdf"

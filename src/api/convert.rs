@@ -7,7 +7,9 @@ use serde_json::{Map, Number, Value};
 use crate::{clock, proto::TaskEvent, store::Event};
 
 pub fn to_struct(map: &Map<String, Value>) -> Struct {
-    Struct { fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect() }
+    Struct {
+        fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+    }
 }
 
 fn to_value(v: &Value) -> PValue {
@@ -16,15 +18,22 @@ fn to_value(v: &Value) -> PValue {
         Value::Bool(b) => Kind::BoolValue(*b),
         Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(to_value).collect() }),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(to_value).collect(),
+        }),
         Value::Object(m) => Kind::StructValue(to_struct(m)),
     };
     PValue { kind: Some(kind) }
 }
 
 pub fn from_struct(s: Option<Struct>) -> Map<String, Value> {
-    s.map(|s| s.fields.into_iter().map(|(k, v)| (k, from_value(v))).collect())
-        .unwrap_or_default()
+    s.map(|s| {
+        s.fields
+            .into_iter()
+            .map(|(k, v)| (k, from_value(v)))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn from_value(v: PValue) -> Value {

@@ -8,6 +8,7 @@ mod paging;
 pub mod status;
 pub mod trae;
 mod upload;
+pub mod websocket;
 
 pub use agent::AgentApi;
 pub use trae::TraeApi;

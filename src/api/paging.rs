@@ -28,12 +28,19 @@ impl Page {
         let page = pick("page", "current_page", page, current_page)?.unwrap_or(1);
         let size = pick("size", "page_size", size, page_size)?.unwrap_or(DEFAULT_SIZE);
         if page < 1 {
-            return Err(Error::invalid(format!("page must be at least 1, got {page}")));
+            return Err(Error::invalid(format!(
+                "page must be at least 1, got {page}"
+            )));
         }
         if size < 1 {
-            return Err(Error::invalid(format!("size must be at least 1, got {size}")));
+            return Err(Error::invalid(format!(
+                "size must be at least 1, got {size}"
+            )));
         }
-        Ok(Page { page, size: size.min(MAX_SIZE) })
+        Ok(Page {
+            page,
+            size: size.min(MAX_SIZE),
+        })
     }
 
     pub fn offset(self) -> i64 {
@@ -46,7 +53,8 @@ impl Page {
 
     /// Both key sets, filled from one page and the total.
     pub fn pagination(self, total: i64) -> Pagination {
-        let pages = i32::try_from((total + i64::from(self.size) - 1) / i64::from(self.size)).unwrap_or(i32::MAX);
+        let pages = i32::try_from((total + i64::from(self.size) - 1) / i64::from(self.size))
+            .unwrap_or(i32::MAX);
         let total = i32::try_from(total).unwrap_or(i32::MAX);
         Pagination {
             page: self.page,
@@ -76,9 +84,18 @@ mod tests {
 
     #[test]
     fn defaults_aliases_and_limits() {
-        assert_eq!(Page::resolve(None, None, None, None).unwrap(), Page { page: 1, size: 10 });
-        assert_eq!(Page::resolve(None, None, Some(2), Some(25)).unwrap(), Page { page: 2, size: 25 });
-        assert_eq!(Page::resolve(Some(3), Some(500), None, None).unwrap(), Page { page: 3, size: 100 });
+        assert_eq!(
+            Page::resolve(None, None, None, None).unwrap(),
+            Page { page: 1, size: 10 }
+        );
+        assert_eq!(
+            Page::resolve(None, None, Some(2), Some(25)).unwrap(),
+            Page { page: 2, size: 25 }
+        );
+        assert_eq!(
+            Page::resolve(Some(3), Some(500), None, None).unwrap(),
+            Page { page: 3, size: 100 }
+        );
         assert!(Page::resolve(Some(0), None, None, None).is_err());
         assert!(Page::resolve(None, Some(-1), None, None).is_err());
         assert!(Page::resolve(Some(1), None, Some(2), None).is_err());

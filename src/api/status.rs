@@ -27,29 +27,72 @@ impl From<Error> for Status {
 pub fn error_status(e: Error) -> Status {
     let message = e.to_string();
     let (code, reason, http, details, retry_after) = match &e {
-        Error::InvalidRequest(_) => (Code::InvalidArgument, "INVALID_REQUEST", 400, json!({}), None),
+        Error::InvalidRequest(_) => (
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+            400,
+            json!({}),
+            None,
+        ),
         Error::NotFound { kind, id } => {
             let (reason, key, suggestion) = match kind {
-                Resource::Task => ("TASK_NOT_FOUND", "task_id", "check the task id; listing tasks shows which exist"),
-                Resource::Step => ("STEP_NOT_FOUND", "step_id", "check the step id; listing the task's steps shows which exist"),
-                Resource::Artifact => {
-                    ("ARTIFACT_NOT_FOUND", "artifact_id", "check the artifact id; listing the task's artifacts shows which exist")
-                }
+                Resource::Task => (
+                    "TASK_NOT_FOUND",
+                    "task_id",
+                    "check the task id; listing tasks shows which exist",
+                ),
+                Resource::Step => (
+                    "STEP_NOT_FOUND",
+                    "step_id",
+                    "check the step id; listing the task's steps shows which exist",
+                ),
+                Resource::Artifact => (
+                    "ARTIFACT_NOT_FOUND",
+                    "artifact_id",
+                    "check the artifact id; listing the task's artifacts shows which exist",
+                ),
             };
-            (Code::NotFound, reason, 404, json!({ key: id, "suggestion": suggestion }), None)
+            (
+                Code::NotFound,
+                reason,
+                404,
+                json!({ key: id, "suggestion": suggestion }),
+                None,
+            )
         }
-        Error::TaskAlreadyRunning(id) => {
-            (Code::FailedPrecondition, "TASK_ALREADY_RUNNING", 409, json!({ "task_id": id }), None)
-        }
-        Error::InsufficientResources { retry_after, .. } => {
-            (Code::ResourceExhausted, "INSUFFICIENT_RESOURCES", 429, json!({}), *retry_after)
-        }
-        Error::PayloadTooLarge(_) => (Code::ResourceExhausted, "PAYLOAD_TOO_LARGE", 413, json!({}), None),
+        Error::TaskAlreadyRunning(id) => (
+            Code::FailedPrecondition,
+            "TASK_ALREADY_RUNNING",
+            409,
+            json!({ "task_id": id }),
+            None,
+        ),
+        Error::InsufficientResources { retry_after, .. } => (
+            Code::ResourceExhausted,
+            "INSUFFICIENT_RESOURCES",
+            429,
+            json!({}),
+            *retry_after,
+        ),
+        Error::PayloadTooLarge(_) => (
+            Code::ResourceExhausted,
+            "PAYLOAD_TOO_LARGE",
+            413,
+            json!({}),
+            None,
+        ),
         Error::Provider(_) => (Code::Unavailable, "OPENAI_API_ERROR", 502, json!({}), None),
         Error::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED", 501, json!({}), None),
         Error::Internal(inner) => {
             tracing::error!(error = ?inner, "internal error");
-            return build(Code::Internal, "internal error", "INTERNAL_ERROR", 500, json!({}), None);
+            return build(
+                Code::Internal,
+                "internal error",
+                "INTERNAL_ERROR",
+                500,
+                json!({}),
+                None,
+            );
         }
     };
     build(code, &message, reason, http, details, retry_after)
@@ -74,16 +117,27 @@ fn build(
         .as_object()
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
-    Status::with_error_details_and_metadata(code, message, ErrorDetails::with_error_info(reason, DOMAIN, info), md)
+    Status::with_error_details_and_metadata(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, info),
+        md,
+    )
 }
 
 fn ascii(s: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
     // Callers pass printable ASCII only (codes, numbers, ascii_json output).
-    s.parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""))
+    s.parse()
+        .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""))
 }
 
 /// JSON text with every non-ASCII character escaped (`\uXXXX`), so it can
@@ -115,9 +169,13 @@ mod tests {
         let md = st.metadata();
         assert_eq!(md.get("x-error-code").unwrap(), "TASK_NOT_FOUND");
         assert_eq!(md.get("x-http-status").unwrap(), "404");
-        let details: Value = serde_json::from_str(md.get("x-error-details").unwrap().to_str().unwrap()).unwrap();
+        let details: Value =
+            serde_json::from_str(md.get("x-error-details").unwrap().to_str().unwrap()).unwrap();
         assert_eq!(details["task_id"], "tâsk-1");
-        assert_eq!(st.get_details_error_info().unwrap().reason, "TASK_NOT_FOUND");
+        assert_eq!(
+            st.get_details_error_info().unwrap().reason,
+            "TASK_NOT_FOUND"
+        );
     }
 
     #[test]

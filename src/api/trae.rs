@@ -8,6 +8,7 @@ use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{event_stream, task_event, to_struct};
+use crate::tasks::{RunRequest, TaskManager};
 use crate::{
     clock,
     error::Error,
@@ -17,7 +18,6 @@ use crate::{
     },
     store::{Task, TaskQuery, TaskStatus},
 };
-use crate::tasks::TaskManager;
 
 const SUCCESS: &str = "success";
 
@@ -39,15 +39,47 @@ fn non_empty(s: String) -> Option<String> {
 
 #[tonic::async_trait]
 impl TraeService for TraeApi {
-    async fn health(&self, _req: Request<trae::HealthRequest>) -> Result<Response<trae::HealthResponse>, Status> {
+    async fn health(
+        &self,
+        _req: Request<trae::HealthRequest>,
+    ) -> Result<Response<trae::HealthResponse>, Status> {
         Ok(Response::new(trae::HealthResponse {
             status: "healthy".into(),
             message: "Trae Agent API is running".into(),
         }))
     }
 
-    async fn run(&self, _req: Request<trae::RunRequest>) -> Result<Response<trae::RunResponse>, Status> {
-        Err(Error::Unimplemented("running tasks is not available in this build yet".into()).into())
+    async fn run(
+        &self,
+        req: Request<trae::RunRequest>,
+    ) -> Result<Response<trae::RunResponse>, Status> {
+        let r = req.into_inner();
+        let max_steps = match r.max_steps {
+            Some(n) if n < 1 => {
+                return Err(Error::invalid(format!("max_steps must be at least 1, got {n}")).into());
+            }
+            n => n.map(|n| n as u32),
+        };
+        let task_id = self
+            .tasks
+            .run_trae(RunRequest {
+                task: r.task,
+                working_dir: r.working_dir,
+                provider: non_empty(r.provider),
+                model: non_empty(r.model),
+                max_steps,
+                must_patch: r.must_patch,
+                agent_type: r.agent_type,
+                config_file: non_empty(r.config_file),
+                trajectory_file: non_empty(r.trajectory_file),
+                patch_path: non_empty(r.patch_path),
+            })
+            .await?;
+        Ok(Response::new(trae::RunResponse {
+            status: SUCCESS.into(),
+            message: "Task started successfully".into(),
+            task_id,
+        }))
     }
 
     async fn get_config(
@@ -103,13 +135,24 @@ impl TraeService for TraeApi {
         }))
     }
 
-    async fn list_tasks(&self, req: Request<trae::ListTasksRequest>) -> Result<Response<trae::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<trae::ListTasksRequest>,
+    ) -> Result<Response<trae::ListTasksResponse>, Status> {
         let status = req.into_inner().status;
         let status = match status.as_str() {
             "" => None,
-            s => Some(TaskStatus::parse(s).ok_or_else(|| Error::invalid(format!("unknown status {s:?}")))?),
+            s => Some(
+                TaskStatus::parse(s)
+                    .ok_or_else(|| Error::invalid(format!("unknown status {s:?}")))?,
+            ),
         };
-        let query = TaskQuery { status, created_after: None, offset: 0, limit: i64::MAX };
+        let query = TaskQuery {
+            status,
+            created_after: None,
+            offset: 0,
+            limit: i64::MAX,
+        };
         let (views, total) = self.tasks.list_tasks(&query).await?;
         let now = clock::now_ms();
         Ok(Response::new(trae::ListTasksResponse {
@@ -126,7 +169,10 @@ impl TraeService for TraeApi {
         req: Request<trae::StreamTaskRequest>,
     ) -> Result<Response<Self::StreamTaskStream>, Status> {
         let req = req.into_inner();
-        let events = self.tasks.follow_events(&req.task_id, req.after_seq.map_or(0, i64::from)).await?;
+        let events = self
+            .tasks
+            .follow_events(&req.task_id, req.after_seq.map_or(0, i64::from))
+            .await?;
         Ok(Response::new(event_stream(events, req.task_id)))
     }
 
@@ -146,17 +192,31 @@ impl TraeService for TraeApi {
         }))
     }
 
-    async fn stop_task(&self, req: Request<trae::StopTaskRequest>) -> Result<Response<trae::StopTaskResponse>, Status> {
-        self.tasks.get_task(&req.into_inner().task_id).await?;
-        Err(Error::Unimplemented("stopping tasks is not available in this build yet".into()).into())
+    async fn stop_task(
+        &self,
+        req: Request<trae::StopTaskRequest>,
+    ) -> Result<Response<trae::StopTaskResponse>, Status> {
+        let message = self.tasks.stop_task(&req.into_inner().task_id).await?;
+        Ok(Response::new(trae::StopTaskResponse {
+            status: SUCCESS.into(),
+            message,
+        }))
     }
 }
 
 /// Start time (or creation time, before a run) and how long it ran so far.
 fn summary(t: &Task, now: i64) -> trae::TaskSummary {
     let start = t.started_at.unwrap_or(t.created_at);
-    let end = if t.status.is_finished() { t.finished_at.unwrap_or(t.modified_at) } else { now };
-    let duration = if t.started_at.is_some() { (end - start).max(0) } else { 0 };
+    let end = if t.status.is_finished() {
+        t.finished_at.unwrap_or(t.modified_at)
+    } else {
+        now
+    };
+    let duration = if t.started_at.is_some() {
+        (end - start).max(0)
+    } else {
+        0
+    };
     trae::TaskSummary {
         task_id: t.task_id.clone(),
         status: t.status.as_str().into(),

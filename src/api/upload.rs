@@ -21,7 +21,10 @@ use crate::{
 /// Form fields other than the file are small; this bounds what we buffer.
 const MAX_FIELD_BYTES: u64 = 64 * 1024;
 
-pub async fn receive(tasks: &TaskManager, mut messages: Streaming<UploadArtifactRequest>) -> Result<Artifact> {
+pub async fn receive(
+    tasks: &TaskManager,
+    mut messages: Streaming<UploadArtifactRequest>,
+) -> Result<Artifact> {
     let first = messages
         .message()
         .await
@@ -30,7 +33,11 @@ pub async fn receive(tasks: &TaskManager, mut messages: Streaming<UploadArtifact
     let task_id = first.task_id.clone();
     // Refuse a bad path before receiving 100 MB.
     let mut relative_path = sanitize_relative_path(&first.relative_path)?;
-    let content_type = first.file.as_ref().map(|f| f.content_type.clone()).unwrap_or_default();
+    let content_type = first
+        .file
+        .as_ref()
+        .map(|f| f.content_type.clone())
+        .unwrap_or_default();
     let raw_file_name = first.file_name.clone();
     let mut upload = tasks.begin_upload(&task_id).await?;
 
@@ -50,14 +57,18 @@ pub async fn receive(tasks: &TaskManager, mut messages: Streaming<UploadArtifact
             return Err(Error::invalid("multipart body without a boundary"));
         }
         Err(_) if raw_file_name.is_empty() => {
-            return Err(Error::invalid("a non-multipart upload needs file_name in its first message"));
+            return Err(Error::invalid(
+                "a non-multipart upload needs file_name in its first message",
+            ));
         }
         Err(_) => {
             receive_raw(body, &mut upload).await?;
             raw_file_name
         }
     };
-    tasks.finish_upload(&task_id, upload, &file_name, &relative_path).await
+    tasks
+        .finish_upload(&task_id, upload, &file_name, &relative_path)
+        .await
 }
 
 /// Returns the file's name and the `relative_path` form field, if any.
@@ -78,14 +89,18 @@ async fn receive_multipart(
         match field.name() {
             Some("file") => {
                 if file_name.is_some() {
-                    return Err(Error::invalid("more than one 'file' part; upload one file per request"));
+                    return Err(Error::invalid(
+                        "more than one 'file' part; upload one file per request",
+                    ));
                 }
                 file_name = Some(field.file_name().unwrap_or("file").to_string());
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                     upload.write(&chunk).await?;
                 }
             }
-            Some("relative_path") => relative_path = Some(field.text().await.map_err(multipart_error)?),
+            Some("relative_path") => {
+                relative_path = Some(field.text().await.map_err(multipart_error)?)
+            }
             // Unknown parts are read and dropped, within the stream limit.
             _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
         }
@@ -100,7 +115,8 @@ async fn receive_raw(
 ) -> Result<()> {
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|s| Error::invalid(format!("upload interrupted: {}", s.message())))?;
+        let chunk =
+            chunk.map_err(|s| Error::invalid(format!("upload interrupted: {}", s.message())))?;
         upload.write(&chunk).await?;
     }
     Ok(())
@@ -109,7 +125,9 @@ async fn receive_raw(
 fn multipart_error(e: multer::Error) -> Error {
     match e {
         multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
-            Error::PayloadTooLarge(format!("upload exceeds the limit of {MAX_UPLOAD_BYTES} bytes (100 MB)"))
+            Error::PayloadTooLarge(format!(
+                "upload exceeds the limit of {MAX_UPLOAD_BYTES} bytes (100 MB)"
+            ))
         }
         _ => Error::invalid(format!("malformed multipart body: {e}")),
     }

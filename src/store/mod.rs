@@ -36,7 +36,12 @@ pub trait Store: Send + Sync + 'static {
     /// workspace is replaced (its file was overwritten); its id is returned.
     async fn upsert_artifact(&self, artifact: &Artifact) -> Result<Option<String>>;
     async fn get_artifact(&self, task_id: &str, artifact_id: &str) -> Result<Option<Artifact>>;
-    async fn list_artifacts(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Artifact>, i64)>;
+    async fn list_artifacts(
+        &self,
+        task_id: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<Artifact>, i64)>;
     /// Artifacts of several tasks at once (for task listings), in creation order.
     async fn artifacts_of(&self, task_ids: &[String]) -> Result<Vec<Artifact>>;
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool>;

@@ -37,7 +37,10 @@ impl TaskStatus {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Stopped)
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Stopped
+        )
     }
 }
 
@@ -56,7 +59,11 @@ impl Origin {
         }
     }
     pub fn parse(s: &str) -> Self {
-        if s == "trae" { Origin::Trae } else { Origin::AgentProtocol }
+        if s == "trae" {
+            Origin::Trae
+        } else {
+            Origin::AgentProtocol
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sqlx::{
     Row, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
 };
 
 use super::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals};
@@ -255,23 +257,28 @@ impl Store for SqliteStore {
             .bind(task_id)
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query("SELECT * FROM steps WHERE task_id = ? ORDER BY number LIMIT ? OFFSET ?")
-            .bind(task_id)
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok((rows.iter().map(step_from_row).collect::<Result<_>>()?, total))
+        let rows =
+            sqlx::query("SELECT * FROM steps WHERE task_id = ? ORDER BY number LIMIT ? OFFSET ?")
+                .bind(task_id)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok((
+            rows.iter().map(step_from_row).collect::<Result<_>>()?,
+            total,
+        ))
     }
 
     async fn upsert_artifact(&self, a: &Artifact) -> Result<Option<String>> {
         let mut tx = self.pool.begin().await?;
-        let replaced: Option<String> =
-            sqlx::query_scalar("DELETE FROM artifacts WHERE task_id = ? AND location = ? RETURNING artifact_id")
-                .bind(&a.task_id)
-                .bind(&a.location)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let replaced: Option<String> = sqlx::query_scalar(
+            "DELETE FROM artifacts WHERE task_id = ? AND location = ? RETURNING artifact_id",
+        )
+        .bind(&a.task_id)
+        .bind(&a.location)
+        .fetch_optional(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO artifacts (artifact_id, task_id, step_id, file_name, relative_path, location, \
              file_size, agent_created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -300,7 +307,12 @@ impl Store for SqliteStore {
         row.as_ref().map(artifact_from_row).transpose()
     }
 
-    async fn list_artifacts(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Artifact>, i64)> {
+    async fn list_artifacts(
+        &self,
+        task_id: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<Artifact>, i64)> {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM artifacts WHERE task_id = ?")
             .bind(task_id)
             .fetch_one(&self.pool)
@@ -313,7 +325,10 @@ impl Store for SqliteStore {
         .bind(offset)
         .fetch_all(&self.pool)
         .await?;
-        Ok((rows.iter().map(artifact_from_row).collect::<Result<_>>()?, total))
+        Ok((
+            rows.iter().map(artifact_from_row).collect::<Result<_>>()?,
+            total,
+        ))
     }
 
     async fn artifacts_of(&self, task_ids: &[String]) -> Result<Vec<Artifact>> {
@@ -342,22 +357,26 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, e: &Event) -> Result<()> {
-        sqlx::query("INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)")
-            .bind(&e.task_id)
-            .bind(e.seq)
-            .bind(&e.kind)
-            .bind(e.timestamp)
-            .bind(json_text(&e.body))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&e.task_id)
+        .bind(e.seq)
+        .bind(&e.kind)
+        .bind(e.timestamp)
+        .bind(json_text(&e.body))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn last_event_seq(&self, task_id: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?")
-            .bind(task_id)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?")
+                .bind(task_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {

@@ -50,7 +50,11 @@ struct Topic {
 
 impl EventLog {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, topics: Mutex::new(HashMap::new()), all: broadcast::channel(LIVE_BUFFER).0 }
+        Self {
+            store,
+            topics: Mutex::new(HashMap::new()),
+            all: broadcast::channel(LIVE_BUFFER).0,
+        }
     }
 
     fn topic(&self, task_id: &str) -> Arc<Topic> {
@@ -58,18 +62,29 @@ impl EventLog {
         topics
             .entry(task_id.to_string())
             .or_insert_with(|| {
-                Arc::new(Topic { last_seq: tokio::sync::Mutex::new(None), live: broadcast::channel(LIVE_BUFFER).0 })
+                Arc::new(Topic {
+                    last_seq: tokio::sync::Mutex::new(None),
+                    live: broadcast::channel(LIVE_BUFFER).0,
+                })
             })
             .clone()
     }
 
     /// Forgets the live state of a task (after its `end`, or when deleted).
     pub fn close(&self, task_id: &str) {
-        self.topics.lock().unwrap_or_else(|e| e.into_inner()).remove(task_id);
+        self.topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(task_id);
     }
 
     /// Appends one event: stored (durably) first, then delivered to readers.
-    pub async fn append(&self, task_id: &str, kind: &str, body: Map<String, Value>) -> Result<Event> {
+    pub async fn append(
+        &self,
+        task_id: &str,
+        kind: &str,
+        body: Map<String, Value>,
+    ) -> Result<Event> {
         let topic = self.topic(task_id);
         let mut last = topic.last_seq.lock().await;
         let prev = match *last {
@@ -105,7 +120,11 @@ impl EventLog {
     /// Every event after `after_seq`, then live ones, ending after `end`.
     /// While idle, a heartbeat (never stored, carrying the last seq) keeps
     /// proxies and clients from timing the stream out.
-    pub fn follow(self: &Arc<Self>, task_id: &str, after_seq: i64) -> impl Stream<Item = Result<Event>> + Send + 'static {
+    pub fn follow(
+        self: &Arc<Self>,
+        task_id: &str,
+        after_seq: i64,
+    ) -> impl Stream<Item = Result<Event>> + Send + 'static {
         let log = self.clone();
         let task_id = task_id.to_string();
         async_stream::try_stream! {

@@ -47,7 +47,11 @@ impl Workspaces {
     pub async fn begin_upload(&self) -> Result<Upload> {
         let temp = self.tmp.join(format!("{}.part", uuid::Uuid::new_v4()));
         let file = tokio::fs::File::create(&temp).await?;
-        Ok(Upload { temp, file: Some(file), written: 0 })
+        Ok(Upload {
+            temp,
+            file: Some(file),
+            written: 0,
+        })
     }
 
     /// Moves a finished upload into the workspace at `location` (already
@@ -60,10 +64,17 @@ impl Workspaces {
         let ws_real = tokio::fs::canonicalize(&ws).await?;
         let parent_real = tokio::fs::canonicalize(&parent).await?;
         if !parent_real.starts_with(&ws_real) {
-            return Err(Error::invalid(format!("relative_path {location:?} leaves the task workspace")));
+            return Err(Error::invalid(format!(
+                "relative_path {location:?} leaves the task workspace"
+            )));
         }
-        if tokio::fs::symlink_metadata(&dest).await.is_ok_and(|m| m.is_dir()) {
-            return Err(Error::invalid(format!("a directory already exists at {location:?}")));
+        if tokio::fs::symlink_metadata(&dest)
+            .await
+            .is_ok_and(|m| m.is_dir())
+        {
+            return Err(Error::invalid(format!(
+                "a directory already exists at {location:?}"
+            )));
         }
         upload.commit(&dest).await?;
         // Make the rename itself durable.
@@ -130,7 +141,9 @@ pub fn sanitize_relative_path(raw: &str) -> Result<String> {
     }
     let path = Path::new(raw);
     if path.is_absolute() {
-        return Err(Error::invalid(format!("relative_path {raw:?} must be relative to the task workspace")));
+        return Err(Error::invalid(format!(
+            "relative_path {raw:?} must be relative to the task workspace"
+        )));
     }
     let mut parts = Vec::new();
     for c in path.components() {
@@ -138,10 +151,14 @@ pub fn sanitize_relative_path(raw: &str) -> Result<String> {
             Component::Normal(s) => parts.push(s.to_str().unwrap_or_default()),
             Component::CurDir => {}
             Component::ParentDir => {
-                return Err(Error::invalid(format!("relative_path {raw:?} must not contain '..'")));
+                return Err(Error::invalid(format!(
+                    "relative_path {raw:?} must not contain '..'"
+                )));
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(Error::invalid(format!("relative_path {raw:?} must be relative")));
+                return Err(Error::invalid(format!(
+                    "relative_path {raw:?} must be relative"
+                )));
             }
         }
     }
@@ -195,7 +212,10 @@ mod tests {
     fn file_names_keep_only_the_last_segment() {
         assert_eq!(sanitize_file_name("report.pdf").unwrap(), "report.pdf");
         assert_eq!(sanitize_file_name("dir/report.pdf").unwrap(), "report.pdf");
-        assert_eq!(sanitize_file_name("C:\\x\\report.pdf").unwrap(), "report.pdf");
+        assert_eq!(
+            sanitize_file_name("C:\\x\\report.pdf").unwrap(),
+            "report.pdf"
+        );
         for bad in ["", ".", "..", "a/..", "x\0y"] {
             assert!(sanitize_file_name(bad).is_err(), "{bad:?} accepted");
         }

@@ -1,0 +1,266 @@
+//! The Agent Protocol document's WebSockets, served by agentd's own HTTP
+//! handler (Envoy routes the upgrade here; the transcoder cannot).
+//!
+//! - `/ap/v1/agent/tasks/{task_id}/ws`: `status_update` messages for one task
+//!   (a snapshot on connect, then one per event), closed after the task ends.
+//! - `/ap/v1/agent/logs/ws`: `log` messages for every task's events, live.
+//!
+//! Both read the same durable event log as the SSE and gRPC streams.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{
+        Path, State, WebSocketUpgrade,
+        ws::{Message, WebSocket},
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{
+    clock,
+    error::Error,
+    store::{Event, TaskStatus},
+    tasks::TaskManager,
+};
+
+pub fn routes(tasks: Arc<TaskManager>) -> Router {
+    Router::new()
+        .route("/ap/v1/agent/tasks/{task_id}/ws", get(task_ws))
+        .route("/ap/v1/agent/logs/ws", get(logs_ws))
+        .with_state(tasks)
+}
+
+async fn task_ws(
+    State(tasks): State<Arc<TaskManager>>,
+    Path(task_id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Refuse before upgrading, so an unknown id is a plain 404 envelope.
+    let view = match tasks.get_task(&task_id).await {
+        Ok(v) => v,
+        Err(e) => return http_error(e),
+    };
+    let initial = Progress::of(view.task.status);
+    ws.on_upgrade(move |socket| follow_task(socket, tasks, task_id, initial))
+}
+
+async fn follow_task(
+    socket: WebSocket,
+    tasks: Arc<TaskManager>,
+    task_id: String,
+    mut progress: Progress,
+) {
+    let (mut tx, mut rx) = socket.split();
+    let events = match tasks.follow_events(&task_id, 0).await {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut events = std::pin::pin!(events);
+    // Fold the history into one snapshot, then send one update per live event.
+    let mut caught_up = false;
+    let snapshot_seq = tasks.last_event_seq(&task_id).await.unwrap_or(0);
+    if snapshot_seq == 0 {
+        caught_up = true;
+        if send(&mut tx, progress.update(&task_id, None))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            next = events.next() => {
+                let Some(Ok(event)) = next else { break };
+                if event.kind == crate::tasks::events::HEARTBEAT {
+                    continue;
+                }
+                progress.apply(&event);
+                if !caught_up && event.seq < snapshot_seq {
+                    continue;
+                }
+                caught_up = true;
+                if send(&mut tx, progress.update(&task_id, Some(&event))).await.is_err() {
+                    return;
+                }
+            }
+            // The client closed (or sent something we ignore).
+            msg = rx.next() => if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { return },
+        }
+    }
+    let _ = tx.send(Message::Close(None)).await;
+}
+
+async fn logs_ws(State(tasks): State<Arc<TaskManager>>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| follow_logs(socket, tasks))
+}
+
+async fn follow_logs(socket: WebSocket, tasks: Arc<TaskManager>) {
+    let (mut tx, mut rx) = socket.split();
+    let mut live = tasks.subscribe_all_events();
+    loop {
+        tokio::select! {
+            next = live.recv() => {
+                let msg = match next {
+                    Ok(event) => log_message(&event),
+                    Err(RecvError::Lagged(n)) => json!({
+                        "type": "log", "level": "WARNING", "component": "agentd",
+                        "message": format!("{n} log messages were dropped: this client reads too slowly"),
+                        "timestamp": clock::iso(clock::now_ms()), "task_id": null,
+                    }),
+                    Err(RecvError::Closed) => break,
+                };
+                if send(&mut tx, msg).await.is_err() {
+                    return;
+                }
+            }
+            msg = rx.next() => if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { return },
+        }
+    }
+}
+
+async fn send(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    msg: Value,
+) -> Result<(), axum::Error> {
+    tx.send(Message::Text(msg.to_string().into())).await
+}
+
+/// A task's progress as the status_update messages show it.
+#[derive(Debug, Clone)]
+struct Progress {
+    status: &'static str,
+    step: u64,
+    max_steps: u64,
+    current: String,
+}
+
+impl Progress {
+    fn of(status: TaskStatus) -> Self {
+        Self {
+            status: status.as_str(),
+            step: 0,
+            max_steps: 0,
+            current: String::new(),
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        let data = event.body.get("data");
+        let num = |k: &str| data.and_then(|d| d.get(k)).and_then(Value::as_u64);
+        if let Some(m) = num("max_steps") {
+            self.max_steps = m;
+        }
+        if let Some(s) = num("step") {
+            self.step = s;
+        }
+        match event.kind.as_str() {
+            "start" | "step" => {
+                self.status = "running";
+                self.current = format!("step {}", self.step.max(1));
+            }
+            "tool_call" => {
+                let tool = data
+                    .and_then(|d| d.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("tool");
+                self.current = format!("step {}: {tool}", self.step);
+            }
+            "complete" => self.status = "completed",
+            "error" => self.status = "failed",
+            "stopped" => self.status = "stopped",
+            "end" => {
+                if let Some(s) = data.and_then(|d| d.get("status")).and_then(Value::as_str) {
+                    self.status = TaskStatus::parse(s).map_or("failed", TaskStatus::as_str);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn update(&self, task_id: &str, event: Option<&Event>) -> Value {
+        let finished = matches!(self.status, "completed" | "failed" | "stopped");
+        let progress = if finished {
+            1.0
+        } else if self.max_steps > 0 {
+            (self.step as f64 / self.max_steps as f64).min(1.0)
+        } else {
+            0.0
+        };
+        json!({
+            "type": "status_update",
+            "task_id": task_id,
+            "status": self.status,
+            "progress": progress,
+            "current_step": self.current,
+            "timestamp": clock::iso(event.map_or_else(clock::now_ms, |e| e.timestamp)),
+            "seq": event.map_or(0, |e| e.seq),
+            "event": event.map(|e| e.kind.as_str()),
+        })
+    }
+}
+
+/// One event as a `log` message: level from its kind, component from what
+/// produced it.
+fn log_message(e: &Event) -> Value {
+    let text = |k: &str| e.body.get(k).and_then(Value::as_str);
+    let data = e.body.get("data");
+    let (level, component) = match e.kind.as_str() {
+        "error" => ("ERROR", "task_manager".to_string()),
+        "stopped" | "nudge" => ("WARNING", "agent".to_string()),
+        "llm_response" | "usage" => ("INFO", "llm".to_string()),
+        "tool_call" | "tool_result" => {
+            let tool = data
+                .and_then(|d| d.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("tool");
+            ("INFO", format!("tool:{tool}"))
+        }
+        "step" | "patch" => ("INFO", "agent".to_string()),
+        _ => ("INFO", "task_manager".to_string()),
+    };
+    let message = text("message")
+        .or_else(|| text("error"))
+        .or_else(|| text("result"))
+        .unwrap_or(&e.kind);
+    json!({
+        "type": "log",
+        "level": level,
+        "message": message,
+        "timestamp": clock::iso(e.timestamp),
+        "task_id": e.task_id,
+        "component": component,
+        "seq": e.seq,
+        "event": e.kind,
+    })
+}
+
+/// Errors before the upgrade, in the Agent Protocol envelope (the same
+/// status and code as the gRPC path would give).
+fn http_error(e: Error) -> Response {
+    let status = super::status::error_status(e);
+    let md = status.metadata();
+    let get = |k: &str| {
+        md.get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let code = StatusCode::from_u16(get("x-http-status").parse().unwrap_or(500))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let details: Value =
+        serde_json::from_str(&get("x-error-details")).unwrap_or_else(|_| json!({}));
+    let body = json!({
+        "success": false,
+        "message": status.message(),
+        "error": {"code": get("x-error-code"), "message": status.message(), "details": details},
+    });
+    (code, axum::Json(body)).into_response()
+}

@@ -1,0 +1,555 @@
+//! Runs the engine for tasks: background runs (Trae `POST /api/run`) and
+//! step-by-step sessions (Agent Protocol `POST .../steps`), within a limit of
+//! concurrent runs and a wall-clock timeout, and stops them for real.
+//!
+//! The engine reports `EngineEvent`s through a channel; one forwarder per run
+//! appends them, in order, to the durable event log. The terminal events
+//! (`complete` / `error` / `stopped`, then `end`) are written here from the
+//! run's outcome, after the forwarder has drained, so `end` is always last.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use agentd_engine::{
+    agent::{Agent, RunOutcome, StepOutcome},
+    events::{EngineEvent, EventSink},
+};
+use serde_json::{Map, Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::events::{END, EventLog};
+use crate::{
+    clock,
+    error::{Error, Result},
+    store::{Store, Task, TaskStatus},
+};
+
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    /// Runs (background or step) at once; more are refused with 429.
+    pub max_running: usize,
+    /// Wall-clock limit of a task's run, after which it fails.
+    pub task_timeout: Duration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            max_running: 5,
+            task_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a run was cancelled; decides the task's final status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// `POST /api/tasks/{id}/stop` (or delete): status `stopped`.
+    Requested,
+    TimedOut(Duration),
+    /// `POST /ap/v1/agent/restart`.
+    Restart,
+    /// agentd is shutting down.
+    Shutdown,
+}
+
+impl StopReason {
+    fn describe(&self) -> String {
+        match self {
+            StopReason::Requested => "stopped on request".into(),
+            StopReason::TimedOut(d) => format!("timed out after {}s", d.as_secs()),
+            StopReason::Restart => "the agent runtime was restarted".into(),
+            StopReason::Shutdown => "interrupted: agentd shut down".into(),
+        }
+    }
+}
+
+/// A run in progress: how to cancel it and learn that it finished.
+struct Active {
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    /// Background runs: becomes true once the run recorded its end.
+    finished: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Agent Protocol tasks keep their agent between steps.
+    session: Option<Arc<tokio::sync::Mutex<Session>>>,
+}
+
+/// A step-by-step task's agent and what it reports through.
+pub struct Session {
+    agent: Agent,
+    sink: LogSink,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+    max_steps: u32,
+}
+
+impl Session {
+    pub fn new(
+        agent: Agent,
+        sink: LogSink,
+        forwarder: tokio::task::JoinHandle<()>,
+        max_steps: u32,
+    ) -> Self {
+        Self {
+            agent,
+            sink,
+            forwarder: Some(forwarder),
+            max_steps,
+        }
+    }
+}
+
+pub struct Runner {
+    store: Arc<dyn Store>,
+    events: Arc<EventLog>,
+    settings: RunnerSettings,
+    slots: Arc<Semaphore>,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+/// What a background run needs beyond the task record.
+pub struct RunPlan {
+    pub agent: Agent,
+    pub sink: LogSink,
+    pub forwarder: tokio::task::JoinHandle<()>,
+}
+
+impl Runner {
+    pub fn new(store: Arc<dyn Store>, events: Arc<EventLog>, settings: RunnerSettings) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.max_running));
+        Self {
+            store,
+            events,
+            settings,
+            slots,
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a run slot, or refuses with 429 when all are busy.
+    pub fn reserve(&self) -> Result<OwnedSemaphorePermit> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::InsufficientResources {
+                message: format!(
+                    "{} tasks are already running (the limit); retry when one finishes",
+                    self.settings.max_running
+                ),
+                retry_after: Some(Duration::from_secs(10)),
+            })
+    }
+
+    /// The sink an agent reports through, and the forwarder that appends its
+    /// events to the log. Usage updates also go to the task record.
+    pub fn sink(&self, task_id: &str) -> (LogSink, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fwd = tokio::spawn(forward(
+            rx,
+            self.events.clone(),
+            self.store.clone(),
+            task_id.to_string(),
+        ));
+        (LogSink { tx }, fwd)
+    }
+
+    /// Starts a background run of an already stored, `running` task. The
+    /// permit is held until the run ends.
+    pub fn spawn_run(self: &Arc<Self>, task: Task, plan: RunPlan, permit: OwnedSemaphorePermit) {
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        self.active().insert(
+            task.task_id.clone(),
+            Active {
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+                finished: Some(done_rx),
+                session: None,
+            },
+        );
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let RunPlan {
+                mut agent,
+                sink,
+                forwarder,
+                ..
+            } = plan;
+            let timeout = runner.settings.task_timeout;
+            let outcome = tokio::select! {
+                outcome = agent.run(&cancel) => outcome,
+                () = tokio::time::sleep(timeout) => {
+                    set_reason(&reason, StopReason::TimedOut(timeout));
+                    cancel.cancel();
+                    agent.run(&cancel).await
+                }
+            };
+            drop(agent); // ends the tools' processes and closes the event channel
+            sink.flush().await;
+            drop(sink);
+            let _ = forwarder.await;
+            let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Err(e) = runner.finish(&task.task_id, &outcome, stop.as_ref()).await {
+                tracing::error!(task_id = %task.task_id, error = %e, "could not record the end of a run");
+            }
+            runner.active().remove(&task.task_id);
+            drop(permit);
+            let _ = done_tx.send(true);
+        });
+    }
+
+    /// Runs one step of a step-by-step task, creating its session on the
+    /// first call with `make_session`. Concurrent calls for one task queue up.
+    pub async fn step<F, Fut>(
+        &self,
+        task_id: &str,
+        input: Option<String>,
+        make_session: F,
+    ) -> Result<(StepOutcome, u32)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Session>>,
+    {
+        let existing = self
+            .active()
+            .get(task_id)
+            .map(|a| (a.session.clone(), a.cancel.clone(), a.reason.clone()));
+        let (session, cancel, reason) = match existing {
+            Some((Some(s), c, r)) => (s, c, r),
+            Some((None, ..)) => return Err(Error::TaskAlreadyRunning(task_id.to_string())),
+            None => {
+                let session = Arc::new(tokio::sync::Mutex::new(make_session().await?));
+                let cancel = CancellationToken::new();
+                let reason = Arc::new(Mutex::new(None));
+                let mut active = self.active();
+                // Another request may have created the session meanwhile: use theirs.
+                let entry = active.entry(task_id.to_string()).or_insert(Active {
+                    cancel: cancel.clone(),
+                    reason: reason.clone(),
+                    finished: None,
+                    session: Some(session.clone()),
+                });
+                match &entry.session {
+                    Some(s) => (s.clone(), entry.cancel.clone(), entry.reason.clone()),
+                    None => return Err(Error::TaskAlreadyRunning(task_id.to_string())),
+                }
+            }
+        };
+        let permit = self.reserve()?;
+        let mut s = session.lock().await;
+        let max_steps = s.max_steps;
+        let outcome = tokio::select! {
+            out = s.agent.step(&cancel, input.clone()) => out,
+            () = tokio::time::sleep(self.settings.task_timeout) => {
+                set_reason(&reason, StopReason::TimedOut(self.settings.task_timeout));
+                cancel.cancel();
+                s.agent.step(&cancel, None).await
+            }
+        };
+        s.sink.flush().await;
+        drop(permit);
+        if outcome.is_last {
+            let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let final_outcome = outcome.outcome.clone().unwrap_or(RunOutcome::Stopped {
+                reason: "ended".into(),
+            });
+            let forwarder = s.forwarder.take();
+            drop(s);
+            // Dropping the session's agent ends its processes and its event channel.
+            self.active().remove(task_id);
+            drop(session);
+            if let Some(f) = forwarder {
+                let _ = f.await;
+            }
+            self.finish(task_id, &final_outcome, stop.as_ref()).await?;
+        }
+        Ok((outcome, max_steps))
+    }
+
+    /// Cancels a run and waits (bounded) for it to record its end. Returns
+    /// false when the task had no run in progress.
+    pub async fn stop(&self, task_id: &str, reason: StopReason) -> Result<bool> {
+        let Some((cancel, why, mut finished, session)) = self.active().get(task_id).map(|a| {
+            (
+                a.cancel.clone(),
+                a.reason.clone(),
+                a.finished.clone(),
+                a.session.clone(),
+            )
+        }) else {
+            return Ok(false);
+        };
+        set_reason(&why, reason.clone());
+        cancel.cancel();
+        match session {
+            // A step-by-step task between steps: end its session here.
+            Some(session) => {
+                let mut s = session.lock().await;
+                let forwarder = s.forwarder.take();
+                s.sink.flush().await;
+                drop(s);
+                let removed = self.active().remove(task_id).is_some();
+                drop(session);
+                if let Some(f) = forwarder {
+                    let _ = f.await;
+                }
+                if removed {
+                    let outcome = RunOutcome::Stopped {
+                        reason: reason.describe(),
+                    };
+                    self.finish(task_id, &outcome, Some(&reason)).await?;
+                }
+            }
+            None => {
+                if let Some(finished) = finished.as_mut() {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        finished.wait_for(|done| *done),
+                    )
+                    .await;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Stops every run (restart or shutdown).
+    pub async fn stop_all(&self, reason: StopReason) -> usize {
+        let ids: Vec<String> = self.active().keys().cloned().collect();
+        let stops = ids.iter().map(|id| self.stop(id, reason.clone()));
+        futures_util::future::join_all(stops)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count()
+    }
+
+    /// Records the end of a run: the terminal event, `end`, and the status.
+    async fn finish(
+        &self,
+        task_id: &str,
+        outcome: &RunOutcome,
+        stop: Option<&StopReason>,
+    ) -> Result<()> {
+        let Some(mut task) = self.store.get_task(task_id).await? else {
+            return Ok(()); // deleted meanwhile
+        };
+        let (status, kind, mut body) = match (outcome, stop) {
+            (RunOutcome::Completed { result }, _) => {
+                task.result = Some(result.clone());
+                (TaskStatus::Completed, "complete", text("result", result))
+            }
+            (RunOutcome::Failed { error, .. }, _) => {
+                task.error = Some(error.clone());
+                (TaskStatus::Failed, "error", text("error", error))
+            }
+            (RunOutcome::Stopped { .. }, None | Some(StopReason::Requested)) => {
+                let why = StopReason::Requested.describe();
+                task.error = Some(why.clone());
+                (TaskStatus::Stopped, "stopped", text("message", &why))
+            }
+            (RunOutcome::Stopped { .. }, Some(reason)) => {
+                let why = reason.describe();
+                task.error = Some(why.clone());
+                (TaskStatus::Failed, "error", text("error", &why))
+            }
+        };
+        body.entry("message").or_insert_with(|| {
+            Value::String(match status {
+                TaskStatus::Completed => "Task completed".into(),
+                _ => format!("Task {}", status.as_str()),
+            })
+        });
+        self.events.append(task_id, kind, body).await?;
+        let mut end = text("message", "Stream ended");
+        end.insert("data".into(), json!({ "status": status.as_str() }));
+        self.events.append(task_id, END, end).await?;
+        let now = clock::now_ms();
+        task.status = status;
+        task.finished_at = Some(now);
+        task.modified_at = now;
+        // Usage was written by the forwarder; keep the stored figures.
+        if let Some(stored) = self.store.get_task(task_id).await? {
+            task.input_tokens = stored.input_tokens;
+            task.output_tokens = stored.output_tokens;
+            task.cost_usd = stored.cost_usd;
+        }
+        self.store.update_task(&task).await
+    }
+}
+
+fn set_reason(slot: &Mutex<Option<StopReason>>, reason: StopReason) {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert(reason);
+}
+
+fn text(key: &str, value: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(key.into(), Value::String(value.into()));
+    m
+}
+
+enum Forward {
+    Event(EngineEvent),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The engine's event sink: a channel to the run's forwarder.
+pub struct LogSink {
+    tx: mpsc::UnboundedSender<Forward>,
+}
+
+impl LogSink {
+    /// Waits until everything emitted so far is in the log.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Forward::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl EventSink for LogSink {
+    fn emit(&self, event: EngineEvent) {
+        let _ = self.tx.send(Forward::Event(event));
+    }
+}
+
+impl Clone for LogSink {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+async fn forward(
+    mut rx: mpsc::UnboundedReceiver<Forward>,
+    events: Arc<EventLog>,
+    store: Arc<dyn Store>,
+    task_id: String,
+) {
+    while let Some(msg) = rx.recv().await {
+        let event = match msg {
+            Forward::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Forward::Event(e) => e,
+        };
+        if let EngineEvent::Usage {
+            total,
+            total_cost_usd,
+            ..
+        } = &event
+            && let Ok(Some(mut task)) = store.get_task(&task_id).await
+        {
+            task.input_tokens = total.input_tokens as i64;
+            task.output_tokens = total.output_tokens as i64;
+            task.cost_usd = *total_cost_usd;
+            task.modified_at = clock::now_ms();
+            if let Err(e) = store.update_task(&task).await {
+                tracing::warn!(%task_id, error = %e, "could not record token usage");
+            }
+        }
+        if let Some((kind, body)) = log_entry(&event)
+            && let Err(e) = events.append(&task_id, kind, body).await
+        {
+            tracing::error!(%task_id, error = %e, "could not append to the event log");
+        }
+    }
+}
+
+/// An engine event as a log entry: (type, {message, data}). Terminal events
+/// are written by `Runner::finish` instead.
+fn log_entry(event: &EngineEvent) -> Option<(&'static str, Map<String, Value>)> {
+    let (kind, message) = match event {
+        EngineEvent::StepStarted { step } => ("step", format!("Step {step}")),
+        EngineEvent::LlmResponse { content, .. } => ("llm_response", content.clone()),
+        EngineEvent::ToolCall { call, .. } => ("tool_call", format!("Calling {}", call.name)),
+        EngineEvent::ToolResult { result, .. } => ("tool_result", clip(&result.result, 2000)),
+        EngineEvent::Nudge { message, .. } => ("nudge", message.clone()),
+        EngineEvent::Usage { total, .. } => (
+            "usage",
+            format!(
+                "{} input, {} output tokens so far",
+                total.input_tokens, total.output_tokens
+            ),
+        ),
+        EngineEvent::PatchWritten { path, bytes } => {
+            ("patch", format!("Patch written to {path} ({bytes} bytes)"))
+        }
+        EngineEvent::TrajectoryWritten { path } => {
+            ("trajectory", format!("Trajectory written to {path}"))
+        }
+        EngineEvent::Completed { .. }
+        | EngineEvent::Failed { .. }
+        | EngineEvent::Stopped { .. } => return None,
+    };
+    let mut data = match serde_json::to_value(event) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    data.remove("type");
+    // Flatten the call / result so readers find name and ids at the top.
+    for nested in ["call", "result"] {
+        if let Some(Value::Object(inner)) = data.remove(nested) {
+            data.extend(inner);
+        }
+    }
+    let mut body = text("message", &message);
+    body.insert("data".into(), Value::Object(data));
+    Some((kind, body))
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes]", &s[..end], s.len() - end)
+}
+
+/// Files of a workspace with their size and modification time, to tell which
+/// ones a step created or changed. Skips `.git`; stops at 10,000 files.
+pub fn snapshot(dir: &Path) -> HashMap<PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = HashMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if entry.file_name() != ".git" {
+                    stack.push(path);
+                }
+            } else if meta.is_file() {
+                if out.len() >= 10_000 {
+                    return out;
+                }
+                let rel = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
+                out.insert(
+                    rel,
+                    (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH)),
+                );
+            }
+        }
+    }
+    out
+}
