@@ -5,7 +5,9 @@
 //! The engine reports `EngineEvent`s through a channel; one forwarder per run
 //! appends them, in order, to the durable event log. The terminal events
 //! (`complete` / `error` / `stopped`, then `end`) are written here from the
-//! run's outcome, after the forwarder has drained, so `end` is always last.
+//! run's outcome, after a flush of the forwarder, so `end` is always last.
+//! Exactly one path records a run's end: the one that removes it from the
+//! active runs (for step-by-step tasks, while holding the session's lock).
 
 use std::{
     collections::HashMap,
@@ -83,23 +85,12 @@ struct Active {
 pub struct Session {
     agent: Agent,
     sink: LogSink,
-    forwarder: Option<tokio::task::JoinHandle<()>>,
     max_steps: u32,
 }
 
 impl Session {
-    pub fn new(
-        agent: Agent,
-        sink: LogSink,
-        forwarder: tokio::task::JoinHandle<()>,
-        max_steps: u32,
-    ) -> Self {
-        Self {
-            agent,
-            sink,
-            forwarder: Some(forwarder),
-            max_steps,
-        }
+    pub fn new(agent: Agent, sink: LogSink, max_steps: u32) -> Self {
+        Self { agent, sink, max_steps }
     }
 }
 
@@ -115,7 +106,6 @@ pub struct Runner {
 pub struct RunPlan {
     pub agent: Agent,
     pub sink: LogSink,
-    pub forwarder: tokio::task::JoinHandle<()>,
 }
 
 impl Runner {
@@ -148,17 +138,18 @@ impl Runner {
             })
     }
 
-    /// The sink an agent reports through, and the forwarder that appends its
-    /// events to the log. Usage updates also go to the task record.
-    pub fn sink(&self, task_id: &str) -> (LogSink, tokio::task::JoinHandle<()>) {
+    /// The sink an agent reports through. A forwarder task appends what it
+    /// receives to the log (usage also to the task record); it ends when the
+    /// last sink clone is dropped.
+    pub fn sink(&self, task_id: &str) -> LogSink {
         let (tx, rx) = mpsc::unbounded_channel();
-        let fwd = tokio::spawn(forward(
+        tokio::spawn(forward(
             rx,
             self.events.clone(),
             self.store.clone(),
             task_id.to_string(),
         ));
-        (LogSink { tx }, fwd)
+        LogSink { tx }
     }
 
     /// Starts a background run of an already stored, `running` task. The
@@ -178,12 +169,7 @@ impl Runner {
         );
         let runner = self.clone();
         tokio::spawn(async move {
-            let RunPlan {
-                mut agent,
-                sink,
-                forwarder,
-                ..
-            } = plan;
+            let RunPlan { mut agent, sink } = plan;
             let timeout = runner.settings.task_timeout;
             let outcome = tokio::select! {
                 outcome = agent.run(&cancel) => outcome,
@@ -193,10 +179,8 @@ impl Runner {
                     agent.run(&cancel).await
                 }
             };
-            drop(agent); // ends the tools' processes and closes the event channel
+            drop(agent); // ends the tools' processes
             sink.flush().await;
-            drop(sink);
-            let _ = forwarder.await;
             let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Err(e) = runner.finish(&task.task_id, &outcome, stop.as_ref()).await {
                 tracing::error!(task_id = %task.task_id, error = %e, "could not record the end of a run");
@@ -219,6 +203,8 @@ impl Runner {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Session>>,
     {
+        // A slot first: a refused step must not have started anything.
+        let permit = self.reserve()?;
         let existing = self
             .active()
             .get(task_id)
@@ -244,8 +230,11 @@ impl Runner {
                 }
             }
         };
-        let permit = self.reserve()?;
         let mut s = session.lock().await;
+        // Queued behind a step or stop that ended the task.
+        if !self.active().get(task_id).is_some_and(|a| a.session.as_ref().is_some_and(|x| Arc::ptr_eq(x, &session))) {
+            return Err(Error::invalid(format!("task {task_id} has ended; it takes no more steps")));
+        }
         let max_steps = s.max_steps;
         let outcome = tokio::select! {
             out = s.agent.step(&cancel, input.clone()) => out,
@@ -258,19 +247,16 @@ impl Runner {
         s.sink.flush().await;
         drop(permit);
         if outcome.is_last {
-            let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let final_outcome = outcome.outcome.clone().unwrap_or(RunOutcome::Stopped {
-                reason: "ended".into(),
-            });
-            let forwarder = s.forwarder.take();
+            // Removed under the session lock: a concurrent stop now finds
+            // nothing to end, so the end is recorded once.
+            let ended_here = self.active().remove(task_id).is_some();
             drop(s);
-            // Dropping the session's agent ends its processes and its event channel.
-            self.active().remove(task_id);
-            drop(session);
-            if let Some(f) = forwarder {
-                let _ = f.await;
+            drop(session); // the agent goes with the last handle: its processes end
+            if ended_here {
+                let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let final_outcome = outcome.outcome.clone().unwrap_or(RunOutcome::Stopped { reason: "ended".into() });
+                self.finish(task_id, &final_outcome, stop.as_ref()).await?;
             }
-            self.finish(task_id, &final_outcome, stop.as_ref()).await?;
         }
         Ok((outcome, max_steps))
     }
@@ -294,20 +280,17 @@ impl Runner {
             // A step-by-step task between steps: end its session here.
             Some(session) => {
                 let mut s = session.lock().await;
-                let forwarder = s.forwarder.take();
+                // A step that was running may have ended the session meanwhile.
+                if self.active().remove(task_id).is_none() {
+                    return Ok(true);
+                }
+                // Ends the processes and still writes the patch and trajectory.
+                s.agent.stop(reason.describe()).await;
                 s.sink.flush().await;
                 drop(s);
-                let removed = self.active().remove(task_id).is_some();
                 drop(session);
-                if let Some(f) = forwarder {
-                    let _ = f.await;
-                }
-                if removed {
-                    let outcome = RunOutcome::Stopped {
-                        reason: reason.describe(),
-                    };
-                    self.finish(task_id, &outcome, Some(&reason)).await?;
-                }
+                let outcome = RunOutcome::Stopped { reason: reason.describe() };
+                self.finish(task_id, &outcome, Some(&reason)).await?;
             }
             None => {
                 if let Some(finished) = finished.as_mut() {

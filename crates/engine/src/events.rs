@@ -30,7 +30,13 @@ pub enum EngineEvent {
     Nudge { step: u32, message: String },
     /// Token usage and estimated cost after an LLM call: this call's and the
     /// run's running totals.
-    Usage { step: u32, usage: Usage, total: Usage, cost_usd: f64, total_cost_usd: f64 },
+    Usage {
+        step: u32,
+        usage: Usage,
+        total: Usage,
+        cost_usd: f64,
+        total_cost_usd: f64,
+    },
     /// The git diff was written to `patch_path`.
     PatchWritten { path: String, bytes: u64 },
     /// The trajectory file was finalised.
@@ -84,8 +90,14 @@ mod tests {
 
     #[test]
     fn events_serialize_with_a_type_tag() {
-        let e = EngineEvent::Failed { error: "boom".into(), kind: FailureKind::MaxSteps };
-        assert_eq!(serde_json::to_value(&e).unwrap(), json!({"type": "failed", "error": "boom", "kind": "max_steps"}));
+        let e = EngineEvent::Failed {
+            error: "boom".into(),
+            kind: FailureKind::MaxSteps,
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"type": "failed", "error": "boom", "kind": "max_steps"})
+        );
         let e = EngineEvent::StepStarted { step: 3 };
         let text = serde_json::to_string(&e).unwrap();
         assert_eq!(text, r#"{"type":"step_started","step":3}"#);

@@ -6,10 +6,13 @@
 //! turn plus its tool calls). The engine reports what happens as typed
 //! [`events::EngineEvent`]s; it never touches gRPC, HTTP serving or storage.
 
+pub mod agent;
 pub mod config;
 pub mod events;
 pub mod llm;
 pub mod messages;
-pub mod tools;
+pub mod patch;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tools;
+mod trajectory;

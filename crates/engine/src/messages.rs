@@ -50,13 +50,28 @@ pub struct Message {
 
 impl Message {
     pub fn system(text: impl Into<String>) -> Self {
-        Self { role: Role::System, content: text.into(), tool_calls: vec![], tool_result: None }
+        Self {
+            role: Role::System,
+            content: text.into(),
+            tool_calls: vec![],
+            tool_result: None,
+        }
     }
     pub fn user(text: impl Into<String>) -> Self {
-        Self { role: Role::User, content: text.into(), tool_calls: vec![], tool_result: None }
+        Self {
+            role: Role::User,
+            content: text.into(),
+            tool_calls: vec![],
+            tool_result: None,
+        }
     }
     pub fn tool(result: ToolResult) -> Self {
-        Self { role: Role::Tool, content: String::new(), tool_calls: vec![], tool_result: Some(result) }
+        Self {
+            role: Role::Tool,
+            content: String::new(),
+            tool_calls: vec![],
+            tool_result: Some(result),
+        }
     }
 }
 

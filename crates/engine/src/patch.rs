@@ -21,7 +21,10 @@ pub enum PatchError {
     #[error("git {args} failed: {message}")]
     Git { args: String, message: String },
     #[error("could not write the patch to {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A git work tree and the commit a task started from.
@@ -38,13 +41,29 @@ impl GitWorkspace {
     /// The work tree containing `dir`, based at its current `HEAD`; `None`
     /// when `dir` is not inside a git work tree (or git is missing).
     pub async fn open(dir: &Path) -> Option<Self> {
-        let toplevel = git(dir, &["rev-parse", "--show-toplevel"], None).await.ok()?;
+        let toplevel = git(dir, &["rev-parse", "--show-toplevel"], None)
+            .await
+            .ok()?;
         let toplevel = PathBuf::from(toplevel.trim_end_matches('\n'));
-        let base = match git(&toplevel, &["rev-parse", "--verify", "-q", "HEAD^{commit}"], None).await {
+        let base = match git(
+            &toplevel,
+            &["rev-parse", "--verify", "-q", "HEAD^{commit}"],
+            None,
+        )
+        .await
+        {
             Ok(head) => head.trim().to_string(),
-            Err(_) => git(&toplevel, &["hash-object", "-t", "tree", "/dev/null"], None).await.ok()?.trim().to_string(),
+            Err(_) => git(&toplevel, &["hash-object", "-t", "tree", "/dev/null"], None)
+                .await
+                .ok()?
+                .trim()
+                .to_string(),
         };
-        Some(Self { toplevel, base, excluded: Vec::new() })
+        Some(Self {
+            toplevel,
+            base,
+            excluded: Vec::new(),
+        })
     }
 
     pub fn toplevel(&self) -> &Path {
@@ -59,12 +78,13 @@ impl GitWorkspace {
     /// Keeps `path` (e.g. the patch or trajectory file itself) out of diffs
     /// when it lies inside the work tree.
     pub fn exclude(&mut self, path: &Path) {
-        let absolute = match (path.canonicalize(), path.parent().and_then(|p| p.canonicalize().ok()), path.file_name()) {
-            (Ok(p), _, _) => p,
-            (Err(_), Some(parent), Some(name)) => parent.join(name),
-            _ => return,
+        let Some(absolute) = resolve_existing_prefix(path) else {
+            return;
         };
-        let top = self.toplevel.canonicalize().unwrap_or_else(|_| self.toplevel.clone());
+        let top = self
+            .toplevel
+            .canonicalize()
+            .unwrap_or_else(|_| self.toplevel.clone());
         if let Ok(relative) = absolute.strip_prefix(&top) {
             self.excluded.push(relative.to_string_lossy().into_owned());
         }
@@ -73,13 +93,25 @@ impl GitWorkspace {
     /// The full patch: every change since the base, new untracked (not
     /// ignored) files included.
     pub async fn diff(&self) -> Result<String, PatchError> {
-        self.diff_with(&["--no-color", "--no-ext-diff", "--src-prefix=a/", "--dst-prefix=b/"]).await
+        self.diff_with(&[
+            "--no-color",
+            "--no-ext-diff",
+            "--src-prefix=a/",
+            "--dst-prefix=b/",
+        ])
+        .await
     }
 
     /// Paths (relative to the top level) changed since the base.
     pub async fn changed_paths(&self) -> Result<Vec<String>, PatchError> {
-        let out = self.diff_with(&["--name-only", "-z", "--no-ext-diff"]).await?;
-        Ok(out.split('\0').filter(|p| !p.is_empty()).map(str::to_string).collect())
+        let out = self
+            .diff_with(&["--name-only", "-z", "--no-ext-diff"])
+            .await?;
+        Ok(out
+            .split('\0')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect())
     }
 
     /// Whether anything other than tests changed (the `must_patch` gate).
@@ -98,22 +130,49 @@ impl GitWorkspace {
     async fn diff_with(&self, options: &[&str]) -> Result<String, PatchError> {
         let index = TempIndex::new(&self.toplevel).await?;
         let env = Some(index.path.as_path());
-        git(&self.toplevel, &["add", "--intent-to-add", "--all", "--", "."], env).await?;
+        git(
+            &self.toplevel,
+            &["add", "--intent-to-add", "--all", "--", "."],
+            env,
+        )
+        .await?;
         let mut args = vec!["-c", "core.quotepath=off", "diff"];
         args.extend_from_slice(options);
         args.push(&self.base);
         args.push("--");
         args.push(":/");
-        let excludes: Vec<String> = self.excluded.iter().map(|p| format!(":(top,exclude,literal){p}")).collect();
+        let excludes: Vec<String> = self
+            .excluded
+            .iter()
+            .map(|p| format!(":(top,exclude,literal){p}"))
+            .collect();
         args.extend(excludes.iter().map(String::as_str));
         git(&self.toplevel, &args, env).await
+    }
+}
+
+/// `path` with its longest existing ancestor canonicalized (symlinks such as
+/// macOS's `/tmp` resolved), so it compares with git's top level even when
+/// the file and its directories do not exist yet.
+fn resolve_existing_prefix(path: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut current = path;
+    loop {
+        if let Ok(real) = current.canonicalize() {
+            return Some(rest.iter().rev().fold(real, |acc: PathBuf, c| acc.join(c)));
+        }
+        rest.push(current.file_name()?.to_owned());
+        current = current.parent()?;
     }
 }
 
 /// Writes `bytes` to `path` via a temporary file and a rename, so readers
 /// never see half a file.
 pub(crate) async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), PatchError> {
-    let err = |source| PatchError::Write { path: path.to_path_buf(), source };
+    let err = |source| PatchError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(parent).await.map_err(err)?;
     }
@@ -130,8 +189,13 @@ pub(crate) async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), PatchErr
 /// components, so `src/latest_version.py` is not a test.
 pub fn is_test_path(path: &str) -> bool {
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    let Some((file, dirs)) = components.split_last() else { return false };
-    if dirs.iter().any(|d| matches!(*d, "test" | "tests" | "testing" | "__tests__") || d.starts_with("test_")) {
+    let Some((file, dirs)) = components.split_last() else {
+        return false;
+    };
+    if dirs
+        .iter()
+        .any(|d| matches!(*d, "test" | "tests" | "testing" | "__tests__") || d.starts_with("test_"))
+    {
         return true;
     }
     let stem = file.split('.').next().unwrap_or(file);
@@ -162,12 +226,25 @@ impl TempIndex {
         // Starting from the real index keeps its stat cache (fast on big trees);
         // a repository without commits may have no index yet.
         if real.exists() {
-            tokio::fs::copy(&real, &path)
-                .await
-                .map_err(|e| PatchError::Git { args: "index copy".into(), message: e.to_string() })?;
+            copy_keeping_mtime(&real, &path).map_err(|e| PatchError::Git {
+                args: "index copy".into(),
+                message: e.to_string(),
+            })?;
         }
         Ok(Self { path })
     }
+}
+
+/// Copies the index with its modification time: git judges "racily clean"
+/// entries (changed in the same second the index was written, same size) by
+/// the index file's mtime, and a fresh mtime would hide such edits.
+fn copy_keeping_mtime(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::copy(from, to)?;
+    let modified = std::fs::metadata(from)?.modified()?;
+    std::fs::File::options()
+        .write(true)
+        .open(to)?
+        .set_modified(modified)
 }
 
 impl Drop for TempIndex {
@@ -190,13 +267,18 @@ async fn git(dir: &Path, args: &[&str], index: Option<&Path>) -> Result<String, 
     if let Some(index) = index {
         cmd.env("GIT_INDEX_FILE", index);
     }
-    let failed = |message: String| PatchError::Git { args: args.join(" "), message };
+    let failed = |message: String| PatchError::Git {
+        args: args.join(" "),
+        message,
+    };
     let out = tokio::time::timeout(GIT_TIMEOUT, cmd.output())
         .await
         .map_err(|_| failed(format!("no answer in {} s", GIT_TIMEOUT.as_secs())))?
         .map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
-        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -207,38 +289,84 @@ mod tests {
 
     #[test]
     fn test_paths_are_recognised() {
-        for p in ["tests/a.py", "pkg/test/x.go", "test_a.py", "src/test_util/x.py", "a_test.go", "x.test.ts", "conftest.py"] {
+        for p in [
+            "tests/a.py",
+            "pkg/test/x.go",
+            "test_a.py",
+            "src/test_util/x.py",
+            "a_test.go",
+            "x.test.ts",
+            "conftest.py",
+        ] {
             assert!(is_test_path(p), "{p}");
         }
-        for p in ["src/latest_version.py", "src/main.rs", "contest.py", "testdata.txt", "attest/x.py"] {
+        for p in [
+            "src/latest_version.py",
+            "src/main.rs",
+            "contest.py",
+            "testdata.txt",
+            "attest/x.py",
+        ] {
             assert!(!is_test_path(p), "{p}");
         }
     }
 
     fn sh(dir: &Path, script: &str) {
-        let ok = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "{script}");
     }
 
-    const INIT: &str = "git init -q && git config user.email t@example.com && git config user.name t";
+    const INIT: &str =
+        "git init -q && git config user.email t@example.com && git config user.name t";
 
     #[tokio::test]
     async fn diff_includes_untracked_and_committed_changes_without_touching_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        sh(d, &format!("{INIT} && echo one > a.txt && echo '*.log' > .gitignore && git add . && git commit -qm init"));
+        sh(
+            d,
+            &format!(
+                "{INIT} && echo one > a.txt && echo '*.log' > .gitignore && git add . && git commit -qm init"
+            ),
+        );
         let ws = GitWorkspace::open(d).await.unwrap();
-        sh(d, "echo two >> a.txt && echo new > new.txt && echo x > ignored.log && mkdir -p tests && echo t > tests/t.py");
+        sh(
+            d,
+            "echo two >> a.txt && echo new > new.txt && echo x > ignored.log && mkdir -p tests && echo t > tests/t.py",
+        );
         sh(d, "echo staged > staged.txt && git add staged.txt");
-        let status_before = std::process::Command::new("git").args(["status", "--porcelain"]).current_dir(d).output().unwrap();
+        let status_before = std::process::Command::new("git")
+            .args(["status", "--porcelain"])
+            .current_dir(d)
+            .output()
+            .unwrap();
 
         let patch = ws.diff().await.unwrap();
-        assert!(patch.contains("diff --git a/a.txt b/a.txt") && patch.contains("+two"), "{patch}");
-        assert!(patch.contains("diff --git a/new.txt b/new.txt\nnew file mode"), "{patch}");
+        assert!(
+            patch.contains("diff --git a/a.txt b/a.txt") && patch.contains("+two"),
+            "{patch}"
+        );
+        assert!(
+            patch.contains("diff --git a/new.txt b/new.txt\nnew file mode"),
+            "{patch}"
+        );
         assert!(patch.contains("b/staged.txt"));
         assert!(!patch.contains("ignored.log"));
-        let status_after = std::process::Command::new("git").args(["status", "--porcelain"]).current_dir(d).output().unwrap();
-        assert_eq!(status_before.stdout, status_after.stdout, "the user's index changed");
+        let status_after = std::process::Command::new("git")
+            .args(["status", "--porcelain"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(
+            status_before.stdout, status_after.stdout,
+            "the user's index changed"
+        );
 
         // A commit made during the task stays in the patch.
         sh(d, "git add -A && git commit -qm 'model commit'");
@@ -256,7 +384,10 @@ mod tests {
         let mut ws = GitWorkspace::open(d).await.unwrap();
         ws.exclude(&d.join("out/task.patch"));
         assert!(!ws.has_non_test_changes().await.unwrap());
-        sh(d, "mkdir -p tests out && echo t > tests/test_x.py && echo p > out/task.patch");
+        sh(
+            d,
+            "mkdir -p tests out && echo t > tests/test_x.py && echo p > out/task.patch",
+        );
         assert!(!ws.has_non_test_changes().await.unwrap());
         sh(d, "echo code > main.py");
         assert!(ws.has_non_test_changes().await.unwrap());
@@ -266,6 +397,21 @@ mod tests {
         assert_eq!(bytes, written.len() as u64);
         assert!(written.contains("b/main.py") && written.contains("b/tests/test_x.py"));
         assert!(!written.contains("task.patch"));
+    }
+
+    #[tokio::test]
+    async fn same_size_edit_right_after_the_commit_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        sh(
+            d,
+            &format!("{INIT} && echo 'return a - b' > c.py && git add . && git commit -qm init"),
+        );
+        let ws = GitWorkspace::open(d).await.unwrap();
+        // Same size, same inode, same second as the index was written.
+        std::fs::write(d.join("c.py"), "return a + b\n").unwrap();
+        let patch = ws.diff().await.unwrap();
+        assert!(patch.contains("+return a + b"), "{patch}");
     }
 
     #[tokio::test]

@@ -12,7 +12,6 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult};
 use crate::patch::{PatchError, write_file};
@@ -53,7 +52,13 @@ pub(crate) struct TrajectoryRecorder {
 }
 
 impl TrajectoryRecorder {
-    pub(crate) fn new(path: PathBuf, task: &str, provider: &str, model: &str, max_steps: u32) -> Self {
+    pub(crate) fn new(
+        path: PathBuf,
+        task: &str,
+        provider: &str,
+        model: &str,
+        max_steps: u32,
+    ) -> Self {
         Self {
             path,
             data: TrajectoryData {
@@ -156,15 +161,21 @@ impl TrajectoryRecorder {
     }
 }
 
-/// Python's `datetime.isoformat()` of an aware UTC time: microseconds, `+00:00`.
+/// Python's `datetime.isoformat()` of an aware UTC time: always six
+/// fractional digits and `+00:00` (what older `fromisoformat`s accept).
 fn now() -> String {
-    let t = OffsetDateTime::now_utc();
-    let t = t.replace_nanosecond(t.microsecond() * 1000).unwrap_or(t);
-    t.format(&Rfc3339).map(|s| s.replace('Z', "+00:00")).unwrap_or_default()
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
+    );
+    OffsetDateTime::now_utc().format(FORMAT).unwrap_or_default()
 }
 
 fn non_empty(items: Vec<Value>) -> Value {
-    if items.is_empty() { Value::Null } else { Value::Array(items) }
+    if items.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(items)
+    }
 }
 
 fn message_json(m: &Message) -> Value {
@@ -208,22 +219,60 @@ mod tests {
             tool_calls: vec![],
             model: "gpt-x-2025".into(),
             finish_reason: Some("stop".into()),
-            usage: Usage { input_tokens: 10, output_tokens: 2, ..Usage::default() },
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 2,
+                ..Usage::default()
+            },
         };
-        rec.record_llm_interaction(&[Message::user("hi")], &response, "openai", &["bash".into()]);
-        rec.record_step(&StepRecord { step_number: 1, state: "completed", llm_response: Some(&response), ..Default::default() });
+        rec.record_llm_interaction(
+            &[Message::user("hi")],
+            &response,
+            "openai",
+            &["bash".into()],
+        );
+        rec.record_step(&StepRecord {
+            step_number: 1,
+            state: "completed",
+            llm_response: Some(&response),
+            ..Default::default()
+        });
         rec.finalize(true, Some("done".into()));
         rec.save().await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("sk-very-secret-key"));
         let v: Value = serde_json::from_str(&text).unwrap();
-        for key in ["task", "start_time", "end_time", "provider", "model", "max_steps", "llm_interactions", "agent_steps", "success", "final_result", "execution_time"] {
+        for key in [
+            "task",
+            "start_time",
+            "end_time",
+            "provider",
+            "model",
+            "max_steps",
+            "llm_interactions",
+            "agent_steps",
+            "success",
+            "final_result",
+            "execution_time",
+        ] {
             assert!(v.get(key).is_some(), "{key}");
         }
         assert_eq!(v["max_steps"], 7);
-        assert_eq!(v["llm_interactions"][0]["response"]["usage"]["input_tokens"], 10);
-        assert_eq!(v["llm_interactions"][0]["input_messages"][0]["role"], "user");
+        assert_eq!(
+            v["llm_interactions"][0]["response"]["usage"]["input_tokens"],
+            10
+        );
+        assert_eq!(
+            v["llm_interactions"][0]["input_messages"][0]["role"],
+            "user"
+        );
         assert_eq!(v["agent_steps"][0]["state"], "completed");
-        assert!(v["start_time"].as_str().unwrap().ends_with("+00:00"));
+        let start = v["start_time"].as_str().unwrap();
+        assert_eq!(
+            start.len(),
+            "2025-01-01T00:00:00.000000+00:00".len(),
+            "{start}"
+        );
+        assert!(start.ends_with("+00:00"));
     }
 }

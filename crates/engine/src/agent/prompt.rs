@@ -41,8 +41,9 @@ pub(crate) fn task_message(project_root: &Path, task: &str) -> String {
 pub(crate) const NO_TOOL_CALL: &str = "It seems that you have not completed the task.";
 
 /// `task_done`'s answer under `must_patch` when the patch is empty.
-pub(crate) const EMPTY_PATCH: &str = "ERROR! Your Patch is empty. Please provide a patch that fixes the problem.";
+pub(crate) const EMPTY_PATCH: &str =
+    "ERROR! Your Patch is empty. Please provide a patch that fixes the problem.";
 
 pub(crate) const TASK_DONE_RESULT: &str = "Task done.";
 
-pub(crate) const MAX_STEPS_EXCEEDED: &str = "Task execution exceeded maximum steps without completion.";
+pub const MAX_STEPS_EXCEEDED: &str = "Task execution exceeded maximum steps without completion.";

@@ -12,7 +12,10 @@ fn present<'a>(args: &'a Args, key: &str) -> Option<&'a Value> {
 pub(crate) fn required_str<'a>(args: &'a Args, key: &str) -> Result<&'a str, String> {
     match present(args, key) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("Parameter `{key}` must be a string, got {}", kind(other))),
+        Some(other) => Err(format!(
+            "Parameter `{key}` must be a string, got {}",
+            kind(other)
+        )),
         None => Err(format!("Parameter `{key}` is required")),
     }
 }
@@ -20,7 +23,10 @@ pub(crate) fn required_str<'a>(args: &'a Args, key: &str) -> Result<&'a str, Str
 pub(crate) fn optional_str<'a>(args: &'a Args, key: &str) -> Result<Option<&'a str>, String> {
     match present(args, key) {
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("Parameter `{key}` must be a string, got {}", kind(other))),
+        Some(other) => Err(format!(
+            "Parameter `{key}` must be a string, got {}",
+            kind(other)
+        )),
         None => Ok(None),
     }
 }
@@ -31,7 +37,10 @@ pub(crate) fn optional_bool(args: &Args, key: &str) -> Result<Option<bool>, Stri
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-        Some(other) => Err(format!("Parameter `{key}` must be a boolean, got {}", kind(other))),
+        Some(other) => Err(format!(
+            "Parameter `{key}` must be a boolean, got {}",
+            kind(other)
+        )),
         None => Ok(None),
     }
 }
@@ -95,7 +104,13 @@ mod tests {
         assert_eq!(optional_bool(&a, "b"), Ok(Some(true)));
         assert_eq!(optional_int(&a, "i"), Ok(Some(3)));
         assert_eq!(optional_str(&a, "n"), Ok(None));
-        assert_eq!(required_str(&a, "n"), Err("Parameter `n` is required".into()));
-        assert_eq!(required_str(&a, "bad"), Err("Parameter `bad` must be a string, got an array".into()));
+        assert_eq!(
+            required_str(&a, "n"),
+            Err("Parameter `n` is required".into())
+        );
+        assert_eq!(
+            required_str(&a, "bad"),
+            Err("Parameter `bad` must be a string, got an array".into())
+        );
     }
 }

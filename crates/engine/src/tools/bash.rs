@@ -74,7 +74,13 @@ pub(crate) struct BashTool {
 
 impl BashTool {
     pub(crate) fn new(working_dir: PathBuf, timeout: Duration, kill_grace: Duration) -> Self {
-        Self { working_dir, timeout, kill_grace, session: tokio::sync::Mutex::new(None), group: StdMutex::new(None) }
+        Self {
+            working_dir,
+            timeout,
+            kill_grace,
+            session: tokio::sync::Mutex::new(None),
+            group: StdMutex::new(None),
+        }
     }
 
     fn set_group(&self, pgid: Option<Pid>) {
@@ -89,9 +95,12 @@ impl BashTool {
     }
 
     async fn start_session(&self) -> Result<BashSession, String> {
-        let session = BashSession::start(&self.working_dir)
-            .await
-            .map_err(|e| format!("Error starting bash session in {}: {e}", self.working_dir.display()))?;
+        let session = BashSession::start(&self.working_dir).await.map_err(|e| {
+            format!(
+                "Error starting bash session in {}: {e}",
+                self.working_dir.display()
+            )
+        })?;
         self.set_group(Some(session.pgid));
         Ok(session)
     }
@@ -130,10 +139,16 @@ impl Tool for BashTool {
         }
         let command = match required_str(args, "command") {
             Ok(c) => c,
-            Err(_) => return ToolOutput::error("No command provided for the bash tool (parameter `command`)"),
+            Err(_) => {
+                return ToolOutput::error(
+                    "No command provided for the bash tool (parameter `command`)",
+                );
+            }
         };
         if let Some(problem) = syntax_error(command).await {
-            return ToolOutput::error(format!("bash could not parse the command, nothing was run:\n{problem}"));
+            return ToolOutput::error(format!(
+                "bash could not parse the command, nothing was run:\n{problem}"
+            ));
         }
 
         let mut note = String::new();
@@ -166,7 +181,10 @@ impl Tool for BashTool {
                 if exit_code == 0 {
                     ToolOutput::ok(output)
                 } else {
-                    ToolOutput::partial(output, format!("The command exited with code {exit_code}."))
+                    ToolOutput::partial(
+                        output,
+                        format!("The command exited with code {exit_code}."),
+                    )
                 }
             }
             RunEnd::TimedOut { output } => {
@@ -205,7 +223,12 @@ impl Tool for BashTool {
         if let Some(pgid) = pgid {
             signal_group(pgid, Signal::SIGTERM);
         }
-        match tokio::time::timeout(self.kill_grace + Duration::from_secs(1), self.session.lock()).await {
+        match tokio::time::timeout(
+            self.kill_grace + Duration::from_secs(1),
+            self.session.lock(),
+        )
+        .await
+        {
             Ok(mut slot) => {
                 if let Some(session) = slot.take() {
                     self.end_session(session).await;
@@ -238,19 +261,32 @@ async fn syntax_error(command: &str) -> Option<String> {
     let writer = tokio::spawn(async move {
         let _ = stdin.write_all(script.as_bytes()).await;
     });
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.ok()?.ok()?;
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .ok()?
+        .ok()?;
     let _ = writer.await;
     if out.status.success() {
         return None;
     }
-    let text = String::from_utf8_lossy(&out.stderr).trim().replace("bash: line ", "line ");
+    let text = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .replace("bash: line ", "line ");
     Some(clip_middle(&text, 2_000, 0))
 }
 
 enum RunEnd {
-    Finished { output: String, exit_code: i32 },
-    TimedOut { output: String },
-    ShellExited { output: String, exit_code: Option<i32> },
+    Finished {
+        output: String,
+        exit_code: i32,
+    },
+    TimedOut {
+        output: String,
+    },
+    ShellExited {
+        output: String,
+        exit_code: Option<i32>,
+    },
     Io(std::io::Error),
 }
 
@@ -290,7 +326,9 @@ impl BashSession {
             }
         }
         let mut child = cmd.spawn()?;
-        let pid = child.id().ok_or_else(|| std::io::Error::other("bash exited at once"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("bash exited at once"))?;
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(std::io::Error::other("bash pipes were not created"));
         };
@@ -300,7 +338,9 @@ impl BashSession {
             "{}_{}_{}",
             std::process::id(),
             SESSION_COUNTER.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
         );
         // The marker is printed from two pieces so that even `set -x` tracing
         // of the sentinel line never contains it whole.
@@ -329,9 +369,10 @@ impl BashSession {
         self.busy = true;
         if let Err(e) = self.write(script.as_bytes()).await {
             return match e.kind() {
-                std::io::ErrorKind::BrokenPipe => {
-                    RunEnd::ShellExited { output: String::new(), exit_code: self.exit_code().await }
-                }
+                std::io::ErrorKind::BrokenPipe => RunEnd::ShellExited {
+                    output: String::new(),
+                    exit_code: self.exit_code().await,
+                },
                 _ => RunEnd::Io(e),
             };
         }
@@ -340,19 +381,29 @@ impl BashSession {
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
             let read = match tokio::time::timeout_at(deadline, self.stdout.read(&mut chunk)).await {
-                Err(_) => return RunEnd::TimedOut { output: capture.into_text() },
+                Err(_) => {
+                    return RunEnd::TimedOut {
+                        output: capture.into_text(),
+                    };
+                }
                 Ok(r) => r,
             };
             match read {
                 Ok(0) => {
                     let exit_code = self.exit_code().await;
-                    return RunEnd::ShellExited { output: capture.into_text(), exit_code };
+                    return RunEnd::ShellExited {
+                        output: capture.into_text(),
+                        exit_code,
+                    };
                 }
                 Ok(n) => {
                     capture.push(&chunk[..n]);
                     if let Some(exit_code) = capture.take_end(&self.marker) {
                         self.busy = false;
-                        return RunEnd::Finished { output: capture.into_text(), exit_code };
+                        return RunEnd::Finished {
+                            output: capture.into_text(),
+                            exit_code,
+                        };
                     }
                 }
                 Err(e) => return RunEnd::Io(e),
@@ -421,7 +472,11 @@ impl Capture {
         let start = from + find_last(&self.buf[from..], marker)?;
         let rest = &self.buf[start + marker.len()..];
         let newline = rest.iter().position(|&b| b == b'\n')?;
-        let code = std::str::from_utf8(&rest[..newline]).ok()?.trim().parse().ok()?;
+        let code = std::str::from_utf8(&rest[..newline])
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         self.buf.truncate(start);
         Some(code)
     }
@@ -431,7 +486,11 @@ impl Capture {
         if self.buf.last() == Some(&b'\n') {
             self.buf.pop();
         }
-        clip_middle(&String::from_utf8_lossy(&self.buf), MAX_RESPONSE_CHARS, self.dropped)
+        clip_middle(
+            &String::from_utf8_lossy(&self.buf),
+            MAX_RESPONSE_CHARS,
+            self.dropped,
+        )
     }
 }
 
@@ -451,7 +510,11 @@ mod tests {
     use serde_json::Value;
 
     fn tool(dir: &Path) -> BashTool {
-        BashTool::new(dir.to_path_buf(), Duration::from_secs(30), Duration::from_millis(500))
+        BashTool::new(
+            dir.to_path_buf(),
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+        )
     }
 
     fn args(v: Value) -> Args {
@@ -468,7 +531,10 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let t = tool(dir.path());
         let out = run(&t, "pwd").await;
-        assert_eq!(out.output, dir.path().canonicalize().unwrap().display().to_string());
+        assert_eq!(
+            out.output,
+            dir.path().canonicalize().unwrap().display().to_string()
+        );
         assert!(out.error.is_none());
         run(&t, "cd sub && export FOO=bar").await;
         let out = run(&t, "echo \"$(basename $PWD) $FOO\"").await;
@@ -482,7 +548,10 @@ mod tests {
         let t = tool(dir.path());
         let out = run(&t, "echo out; echo err >&2; false").await;
         assert_eq!(out.output, "out\nerr");
-        assert_eq!(out.error.as_deref(), Some("The command exited with code 1."));
+        assert_eq!(
+            out.error.as_deref(),
+            Some("The command exited with code 1.")
+        );
         let out = run(&t, "printf 'no newline'").await;
         assert_eq!(out.output, "no newline");
         // Reading stdin gets EOF instead of the sentinel line.
@@ -496,7 +565,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = tool(dir.path());
         let out = run(&t, "echo \"unterminated").await;
-        assert!(out.error.as_deref().unwrap_or("").contains("could not parse"), "{out:?}");
+        assert!(
+            out.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("could not parse"),
+            "{out:?}"
+        );
         let out = run(&t, "echo fine").await;
         assert_eq!(out.output, "fine");
         t.shutdown().await;
@@ -519,16 +594,40 @@ mod tests {
     #[tokio::test]
     async fn timeout_kills_the_command_and_requires_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let t = BashTool::new(dir.path().to_path_buf(), Duration::from_millis(700), Duration::from_millis(300));
+        let t = BashTool::new(
+            dir.path().to_path_buf(),
+            Duration::from_millis(700),
+            Duration::from_millis(300),
+        );
         let out = run(&t, "echo started; sleep 300 & echo $! > bg.pid; sleep 301").await;
         assert_eq!(out.output, "started");
-        assert!(out.error.as_deref().unwrap_or("").starts_with("timed out: bash has not returned"), "{out:?}");
-        let pid: i32 = std::fs::read_to_string(dir.path().join("bg.pid")).unwrap().trim().parse().unwrap();
-        assert!(!process_is_alive(pid), "background sleep survived the timeout");
+        assert!(
+            out.error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("timed out: bash has not returned"),
+            "{out:?}"
+        );
+        let pid: i32 = std::fs::read_to_string(dir.path().join("bg.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !process_is_alive(pid),
+            "background sleep survived the timeout"
+        );
 
         let out = run(&t, "echo again").await;
-        assert!(out.error.as_deref().unwrap_or("").contains("must be restarted"));
-        let out = t.call(&args(json!({ "command": "", "restart": true }))).await;
+        assert!(
+            out.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("must be restarted")
+        );
+        let out = t
+            .call(&args(json!({ "command": "", "restart": true })))
+            .await;
         assert_eq!(out.output, "tool has been restarted.");
         assert_eq!(run(&t, "echo again").await.output, "again");
         t.shutdown().await;
@@ -542,18 +641,30 @@ mod tests {
         let pid: i32 = out.output.trim().parse().unwrap();
         assert!(process_is_alive(pid));
         // A child that ignores SIGTERM still ends (SIGKILL after the grace).
-        let out = run(&t, "bash -c 'trap \"\" TERM; sleep 300' > /dev/null 2>&1 & echo $!").await;
+        let out = run(
+            &t,
+            "bash -c 'trap \"\" TERM; sleep 300' > /dev/null 2>&1 & echo $!",
+        )
+        .await;
         let stubborn: i32 = out.output.trim().parse().unwrap();
         t.shutdown().await;
         assert!(!process_is_alive(pid), "sleep survived shutdown");
-        assert!(!process_is_alive(stubborn), "TERM-ignoring child survived shutdown");
+        assert!(
+            !process_is_alive(stubborn),
+            "TERM-ignoring child survived shutdown"
+        );
     }
 
     #[tokio::test]
     async fn dropping_the_tool_kills_the_group() {
         let dir = tempfile::tempdir().unwrap();
         let t = tool(dir.path());
-        let pid: i32 = run(&t, "sleep 300 > /dev/null 2>&1 & echo $!").await.output.trim().parse().unwrap();
+        let pid: i32 = run(&t, "sleep 300 > /dev/null 2>&1 & echo $!")
+            .await
+            .output
+            .trim()
+            .parse()
+            .unwrap();
         drop(t);
         let mut alive = true;
         for _ in 0..100 {
@@ -571,11 +682,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = tool(dir.path());
         let fut = run(&t, "echo $$ > shell.pid; sleep 300");
-        assert!(tokio::time::timeout(Duration::from_millis(500), fut).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), fut)
+                .await
+                .is_err()
+        );
         let out = run(&t, "echo next").await;
         assert!(out.output.ends_with("next"));
         assert!(out.output.contains("interrupted"));
-        let old_shell: i32 = std::fs::read_to_string(dir.path().join("shell.pid")).unwrap().trim().parse().unwrap();
+        let old_shell: i32 = std::fs::read_to_string(dir.path().join("shell.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(!process_is_alive(old_shell));
         t.shutdown().await;
     }
@@ -586,7 +705,10 @@ mod tests {
         let t = tool(dir.path());
         let out = run(&t, "echo bye; exit 3").await;
         assert_eq!(out.output, "bye");
-        assert!(out.error.as_deref().unwrap_or("").contains("returncode 3"), "{out:?}");
+        assert!(
+            out.error.as_deref().unwrap_or("").contains("returncode 3"),
+            "{out:?}"
+        );
         assert_eq!(run(&t, "echo hi").await.output, "hi");
         t.shutdown().await;
     }

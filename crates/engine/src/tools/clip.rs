@@ -40,7 +40,9 @@ pub(crate) fn clip_middle(text: &str, max_chars: usize, omitted_before: usize) -
 }
 
 fn byte_offset(text: &str, chars: usize) -> usize {
-    text.char_indices().nth(chars).map_or(text.len(), |(i, _)| i)
+    text.char_indices()
+        .nth(chars)
+        .map_or(text.len(), |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -61,7 +63,9 @@ mod tests {
 
     #[test]
     fn middle_clip_keeps_both_ends() {
-        let text: String = (0..100).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let text: String = (0..100)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         let out = clip_middle(&text, 10, 0);
         assert!(out.starts_with("abcde\n<response clipped: 90 characters of output omitted>\n"));
         assert!(out.ends_with(&text[95..]));

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::args::{Args, as_int, optional_str, required_int, required_str};
-use super::clip::{MAX_RESPONSE_CHARS, clip_head};
+use super::clip::{MAX_RESPONSE_CHARS, clip_head, clip_middle};
 use super::{Tool, ToolOutput};
 use crate::messages::ToolSpec;
 
@@ -96,8 +96,10 @@ impl Tool for EditTool {
 }
 
 fn execute(args: &Args) -> Result<String, String> {
-    let command = required_str(args, "command").map_err(|_| format!("No command provided for the {NAME} tool"))?;
-    let path = required_str(args, "path").map_err(|_| format!("No path provided for the {NAME} tool"))?;
+    let command = required_str(args, "command")
+        .map_err(|_| format!("No command provided for the {NAME} tool"))?;
+    let path =
+        required_str(args, "path").map_err(|_| format!("No path provided for the {NAME} tool"))?;
     if !COMMANDS.contains(&command) {
         return Err(format!(
             "Unrecognized command {command}. The allowed commands for the {NAME} tool are: {}",
@@ -109,21 +111,27 @@ fn execute(args: &Args) -> Result<String, String> {
     match command {
         "view" => view(&path, args),
         "create" => {
-            let text = required_str(args, "file_text")
-                .map_err(|_| "Parameter `file_text` is required and must be a string for command: create".to_string())?;
+            let text = required_str(args, "file_text").map_err(|_| {
+                "Parameter `file_text` is required and must be a string for command: create"
+                    .to_string()
+            })?;
             create(&path, text)
         }
         "str_replace" => {
             let old = required_str(args, "old_str").map_err(|_| {
                 "Parameter `old_str` is required and should be a string for command: str_replace".to_string()
             })?;
-            let new = optional_str(args, "new_str")
-                .map_err(|_| "Parameter `new_str` should be a string or null for command: str_replace".to_string())?;
+            let new = optional_str(args, "new_str").map_err(|_| {
+                "Parameter `new_str` should be a string or null for command: str_replace"
+                    .to_string()
+            })?;
             str_replace(&path, old, new.unwrap_or(""))
         }
         _ => {
-            let line = required_int(args, "insert_line")
-                .map_err(|_| "Parameter `insert_line` is required and should be integer for command: insert".to_string())?;
+            let line = required_int(args, "insert_line").map_err(|_| {
+                "Parameter `insert_line` is required and should be integer for command: insert"
+                    .to_string()
+            })?;
             let new = required_str(args, "new_str")
                 .map_err(|_| "Parameter `new_str` is required for command: insert".to_string())?;
             insert(&path, line, new)
@@ -141,7 +149,10 @@ fn validate_path(command: &str, path: &Path) -> Result<(), String> {
     }
     let exists = path.exists();
     if !exists && command != "create" {
-        return Err(format!("The path {} does not exist. Please provide a valid path.", path.display()));
+        return Err(format!(
+            "The path {} does not exist. Please provide a valid path.",
+            path.display()
+        ));
     }
     if exists && command == "create" {
         return Err(format!(
@@ -159,13 +170,19 @@ fn validate_path(command: &str, path: &Path) -> Result<(), String> {
 }
 
 fn read(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("Ran into {e} while trying to read {}", path.display()))?;
-    String::from_utf8(bytes)
-        .map_err(|_| format!("The file {} is not UTF-8 text; use bash to inspect binary files.", path.display()))
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("Ran into {e} while trying to read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| {
+        format!(
+            "The file {} is not UTF-8 text; use bash to inspect binary files.",
+            path.display()
+        )
+    })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("Ran into {e} while trying to write to {}", path.display()))
+    std::fs::write(path, text)
+        .map_err(|e| format!("Ran into {e} while trying to write to {}", path.display()))
 }
 
 /// The file's lines without terminators; a final newline does not start a
@@ -187,15 +204,22 @@ fn numbered(lines: &[&str], first_line: usize, descriptor: &str) -> String {
 fn view(path: &Path, args: &Args) -> Result<String, String> {
     let range = match args.get("view_range").filter(|v| !v.is_null()) {
         None => None,
-        Some(Value::Array(items)) if items.len() == 2 => match (as_int(&items[0]), as_int(&items[1])) {
-            (Some(a), Some(b)) => Some((a, b)),
-            _ => return Err("Invalid `view_range`. It should be a list of two integers.".into()),
-        },
+        Some(Value::Array(items)) if items.len() == 2 => {
+            match (as_int(&items[0]), as_int(&items[1])) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => {
+                    return Err("Invalid `view_range`. It should be a list of two integers.".into());
+                }
+            }
+        }
         Some(_) => return Err("Invalid `view_range`. It should be a list of two integers.".into()),
     };
     if path.is_dir() {
         if range.is_some() {
-            return Err("The `view_range` parameter is not allowed when `path` points to a directory.".into());
+            return Err(
+                "The `view_range` parameter is not allowed when `path` points to a directory."
+                    .into(),
+            );
         }
         return Ok(view_dir(path));
     }
@@ -226,7 +250,9 @@ fn view(path: &Path, args: &Args) -> Result<String, String> {
 fn view_dir(path: &Path) -> String {
     let mut listing = vec![path.display().to_string()];
     fn walk(dir: &Path, depth: usize, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         let mut entries: Vec<_> = entries
             .flatten()
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -251,8 +277,12 @@ fn view_dir(path: &Path) -> String {
 
 fn create(path: &Path, text: &str) -> Result<String, String> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("Ran into {e} while trying to create the directory {}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(|e| {
+            format!(
+                "Ran into {e} while trying to create the directory {}",
+                parent.display()
+            )
+        })?;
     }
     write(path, text)?;
     Ok(format!("File created successfully at: {}", path.display()))
@@ -264,20 +294,25 @@ fn str_replace(path: &Path, old: &str, new: &str) -> Result<String, String> {
     }
     let text = read(path)?;
     let starts: Vec<usize> = text.match_indices(old).map(|(i, _)| i).collect();
+    // A huge old_str is not worth echoing back whole.
+    let quoted = clip_middle(old, 1_000, 0);
     match starts.len() {
         0 => {
             return Err(format!(
-                "No replacement was performed, old_str `{old}` did not appear verbatim in {}.",
+                "No replacement was performed, old_str `{quoted}` did not appear verbatim in {}.",
                 path.display()
             ));
         }
         1 => {}
         _ => {
-            let lines: Vec<String> =
-                starts.iter().map(|&i| (text[..i].matches('\n').count() + 1).to_string()).collect();
+            let lines: Vec<String> = starts
+                .iter()
+                .map(|&i| (text[..i].matches('\n').count() + 1).to_string())
+                .collect();
             return Err(format!(
-                "No replacement was performed. Multiple occurrences of old_str `{old}` in lines [{}]. Please ensure it is unique",
-                lines.join(", ")
+                "No replacement was performed. Multiple occurrences of old_str `{quoted}` in lines [{}] ({} matches). Please ensure it is unique",
+                lines.join(", "),
+                lines.len()
             ));
         }
     }
@@ -292,7 +327,11 @@ fn str_replace(path: &Path, old: &str, new: &str) -> Result<String, String> {
     let snippet = &lines[first.min(lines.len())..(last + 1).min(lines.len())];
     Ok(format!(
         "The file {p} has been edited. {}Review the changes and make sure they are as expected. Edit the file again if necessary.",
-        numbered(snippet, first + 1, &format!("a snippet of {}", path.display())),
+        numbered(
+            snippet,
+            first + 1,
+            &format!("a snippet of {}", path.display())
+        ),
         p = path.display()
     ))
 }
@@ -315,7 +354,13 @@ fn insert(path: &Path, insert_line: i64, new: &str) -> Result<String, String> {
     let new_text = if at == n && !text.is_empty() && !text.ends_with('\n') {
         format!("{text}{eol}{body}")
     } else {
-        let offset = if at == 0 { 0 } else { text.match_indices('\n').nth(at - 1).map_or(text.len(), |(i, _)| i + 1) };
+        let offset = if at == 0 {
+            0
+        } else {
+            text.match_indices('\n')
+                .nth(at - 1)
+                .map_or(text.len(), |(i, _)| i + 1)
+        };
         format!("{}{body}{eol}{}", &text[..offset], &text[offset..])
     };
     write(path, &new_text)?;
@@ -351,17 +396,31 @@ mod tests {
     fn view_file_whole_and_ranges() {
         let (_d, _f, p) = setup("a\n\tb\nc\n");
         let out = call(json!({"command": "view", "path": p})).unwrap();
-        assert_eq!(out, format!("Here's the result of running `cat -n` on {p}:\n     1\ta\n     2\t\tb\n     3\tc\n"));
+        assert_eq!(
+            out,
+            format!(
+                "Here's the result of running `cat -n` on {p}:\n     1\ta\n     2\t\tb\n     3\tc\n"
+            )
+        );
         let out = call(json!({"command": "view", "path": p, "view_range": [2, -1]})).unwrap();
         assert!(out.ends_with("     2\t\tb\n     3\tc\n"));
         let out = call(json!({"command": "view", "path": p, "view_range": [2, 99]})).unwrap();
         assert!(out.ends_with("     3\tc\n"));
         let err = call(json!({"command": "view", "path": p, "view_range": [0, 2]})).unwrap_err();
-        assert!(err.contains("should be within the range of lines of the file: [1, 3]"), "{err}");
+        assert!(
+            err.contains("should be within the range of lines of the file: [1, 3]"),
+            "{err}"
+        );
         let err = call(json!({"command": "view", "path": p, "view_range": [3, 2]})).unwrap_err();
-        assert!(err.contains("should be larger or equal than its first"), "{err}");
+        assert!(
+            err.contains("should be larger or equal than its first"),
+            "{err}"
+        );
         let err = call(json!({"command": "view", "path": p, "view_range": [1]})).unwrap_err();
-        assert_eq!(err, "Invalid `view_range`. It should be a list of two integers.");
+        assert_eq!(
+            err,
+            "Invalid `view_range`. It should be a list of two integers."
+        );
     }
 
     #[test]
@@ -380,7 +439,8 @@ mod tests {
                 "Here's the files and directories up to 2 levels deep in {r}, excluding hidden items:\n{r}\n{r}/a\n{r}/a/b\n{r}/a/x.txt\n"
             )
         );
-        let err = call(json!({"command": "view", "path": r.to_string(), "view_range": [1, 2]})).unwrap_err();
+        let err = call(json!({"command": "view", "path": r.to_string(), "view_range": [1, 2]}))
+            .unwrap_err();
         assert!(err.contains("not allowed"));
     }
 
@@ -409,19 +469,33 @@ mod tests {
     #[test]
     fn str_replace_needs_exactly_one_match() {
         let (_d, f, p) = setup("def f():\n    return 1\n\ndef g():\n    return 1\n");
-        let err = call(json!({"command": "str_replace", "path": p, "old_str": "return 1"})).unwrap_err();
-        assert!(err.contains("Multiple occurrences of old_str `return 1` in lines [2, 5]"), "{err}");
-        let err = call(json!({"command": "str_replace", "path": p, "old_str": "return 3", "new_str": "x"})).unwrap_err();
+        let err =
+            call(json!({"command": "str_replace", "path": p, "old_str": "return 1"})).unwrap_err();
+        assert!(
+            err.contains("Multiple occurrences of old_str `return 1` in lines [2, 5] (2 matches)"),
+            "{err}"
+        );
+        let err = call(
+            json!({"command": "str_replace", "path": p, "old_str": "return 3", "new_str": "x"}),
+        )
+        .unwrap_err();
         assert!(err.contains("did not appear verbatim"), "{err}");
         let out = call(json!({"command": "str_replace", "path": p, "old_str": "def g():\n    return 1", "new_str": "def g():\n    return 2"}))
             .unwrap();
         assert!(out.starts_with(&format!("The file {p} has been edited. Here's the result of running `cat -n` on a snippet of {p}:\n")));
         assert!(out.contains("     5\t    return 2\n"), "{out}");
         assert!(out.ends_with("Edit the file again if necessary."));
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "def f():\n    return 1\n\ndef g():\n    return 2\n");
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "def f():\n    return 1\n\ndef g():\n    return 2\n"
+        );
         // new_str omitted deletes.
-        call(json!({"command": "str_replace", "path": p, "old_str": "\ndef g():\n    return 2"})).unwrap();
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "def f():\n    return 1\n\n");
+        call(json!({"command": "str_replace", "path": p, "old_str": "\ndef g():\n    return 2"}))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "def f():\n    return 1\n\n"
+        );
     }
 
     #[test]
@@ -435,15 +509,30 @@ mod tests {
     #[test]
     fn insert_after_line() {
         let (_d, f, p) = setup("a\nb\n");
-        let out = call(json!({"command": "insert", "path": p, "insert_line": 1, "new_str": "x\ny"})).unwrap();
+        let out =
+            call(json!({"command": "insert", "path": p, "insert_line": 1, "new_str": "x\ny"}))
+                .unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\nx\ny\nb\n");
-        assert!(out.contains("a snippet of the edited file:\n     1\ta\n     2\tx\n     3\ty\n     4\tb\n"), "{out}");
+        assert!(
+            out.contains(
+                "a snippet of the edited file:\n     1\ta\n     2\tx\n     3\ty\n     4\tb\n"
+            ),
+            "{out}"
+        );
         call(json!({"command": "insert", "path": p, "insert_line": 4, "new_str": "end"})).unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\nx\ny\nb\nend\n");
-        call(json!({"command": "insert", "path": p, "insert_line": 0, "new_str": "top\n"})).unwrap();
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "top\na\nx\ny\nb\nend\n");
-        let err = call(json!({"command": "insert", "path": p, "insert_line": 9, "new_str": "z"})).unwrap_err();
-        assert!(err.contains("It should be within the range of lines of the file: [0, 6]"), "{err}");
+        call(json!({"command": "insert", "path": p, "insert_line": 0, "new_str": "top\n"}))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "top\na\nx\ny\nb\nend\n"
+        );
+        let err = call(json!({"command": "insert", "path": p, "insert_line": 9, "new_str": "z"}))
+            .unwrap_err();
+        assert!(
+            err.contains("It should be within the range of lines of the file: [0, 6]"),
+            "{err}"
+        );
         let err = call(json!({"command": "insert", "path": p, "new_str": "z"})).unwrap_err();
         assert!(err.contains("`insert_line` is required"));
     }
@@ -456,19 +545,24 @@ mod tests {
         call(json!({"command": "insert", "path": p, "insert_line": 3, "new_str": "z"})).unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\r\nx\r\nb\r\nz");
         let (_d2, f2, p2) = setup("");
-        call(json!({"command": "insert", "path": p2, "insert_line": 0, "new_str": "first"})).unwrap();
+        call(json!({"command": "insert", "path": p2, "insert_line": 0, "new_str": "first"}))
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&f2).unwrap(), "first\n");
     }
 
     #[test]
     fn path_and_command_errors() {
         let err = call(json!({"command": "view", "path": "rel/x.py"})).unwrap_err();
-        assert!(err.contains("is not an absolute path") && err.contains("Maybe you meant /rel/x.py?"), "{err}");
+        assert!(
+            err.contains("is not an absolute path") && err.contains("Maybe you meant /rel/x.py?"),
+            "{err}"
+        );
         let err = call(json!({"command": "view", "path": "/definitely/not/here"})).unwrap_err();
         assert!(err.contains("does not exist"));
         let err = call(json!({"command": "undo_edit", "path": "/tmp"})).unwrap_err();
         assert!(err.starts_with("Unrecognized command undo_edit"));
-        let err = call(json!({"command": "str_replace", "path": "/tmp", "old_str": "x"})).unwrap_err();
+        let err =
+            call(json!({"command": "str_replace", "path": "/tmp", "old_str": "x"})).unwrap_err();
         assert!(err.contains("is a directory"));
         let err = call(json!({"path": "/tmp"})).unwrap_err();
         assert!(err.starts_with("No command provided"));

@@ -87,19 +87,24 @@ impl Tool for JsonEditTool {
 }
 
 fn execute(args: &Args) -> Result<String, String> {
-    let operation = required_str(args, "operation").map_err(|_| "Operation parameter is required".to_string())?;
+    let operation = required_str(args, "operation")
+        .map_err(|_| "Operation parameter is required".to_string())?;
     let operation = operation.to_ascii_lowercase();
-    let file_path = required_str(args, "file_path").map_err(|_| "file_path parameter is required".to_string())?;
+    let file_path = required_str(args, "file_path")
+        .map_err(|_| "file_path parameter is required".to_string())?;
     let path = Path::new(file_path);
     if !path.is_absolute() {
         return Err(format!("File path must be absolute: {file_path}"));
     }
-    let json_path = optional_str(args, "json_path").map_err(|_| "json_path parameter must be a string.".to_string())?;
+    let json_path = optional_str(args, "json_path")
+        .map_err(|_| "json_path parameter must be a string.".to_string())?;
     let pretty = optional_bool(args, "pretty_print")
         .map_err(|_| "pretty_print parameter must be a boolean.".to_string())?
         .unwrap_or(true);
     if !["view", "set", "add", "remove"].contains(&operation.as_str()) {
-        return Err(format!("Unknown operation: {operation}. Supported operations: view, set, add, remove"));
+        return Err(format!(
+            "Unknown operation: {operation}. Supported operations: view, set, add, remove"
+        ));
     }
 
     let (mut doc, had_final_newline) = load(path)?;
@@ -107,15 +112,18 @@ fn execute(args: &Args) -> Result<String, String> {
         return view(&doc, path, json_path, pretty);
     }
     let json_path = json_path.ok_or_else(|| {
-        format!("json_path parameter is required and must be a string for the '{operation}' operation.")
+        format!(
+            "json_path parameter is required and must be a string for the '{operation}' operation."
+        )
     })?;
-    let segments =
-        json_path::parse(json_path).map_err(|e| format!("Invalid JSONPath expression '{json_path}': {e}"))?;
+    let segments = json_path::parse(json_path)
+        .map_err(|e| format!("Invalid JSONPath expression '{json_path}': {e}"))?;
     let message = match operation.as_str() {
         "set" | "add" => {
             // An explicit `null` is a value; only a missing `value` is an error.
-            let value =
-                args.get("value").ok_or_else(|| format!("A 'value' parameter is required for the '{operation}' operation."))?;
+            let value = args.get("value").ok_or_else(|| {
+                format!("A 'value' parameter is required for the '{operation}' operation.")
+            })?;
             if operation == "set" {
                 set(&mut doc, &segments, json_path, value)?
             } else {
@@ -132,12 +140,13 @@ fn load(path: &Path) -> Result<(Value, bool), String> {
     if !path.exists() {
         return Err(format!("File does not exist: {}", path.display()));
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("Error reading file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("Error reading file {}: {e}", path.display()))?;
     if text.trim().is_empty() {
         return Err(format!("File is empty: {}", path.display()));
     }
-    let doc = serde_json::from_str(&text).map_err(|e| format!("Invalid JSON in file {}: {e}", path.display()))?;
+    let doc = serde_json::from_str(&text)
+        .map_err(|e| format!("Invalid JSON in file {}: {e}", path.display()))?;
     Ok((doc, text.ends_with('\n')))
 }
 
@@ -150,16 +159,27 @@ fn save(path: &Path, doc: &Value, pretty: bool, final_newline: bool) -> Result<(
 }
 
 fn render(value: &Value, pretty: bool) -> String {
-    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    let text = if pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    };
     text.unwrap_or_else(|_| value.to_string())
 }
 
 fn view(doc: &Value, path: &Path, json_path: Option<&str>, pretty: bool) -> Result<String, String> {
     let Some(json_path) = json_path.filter(|p| !p.trim().is_empty()) else {
-        return Ok(clip_head(format!("JSON content of {}:\n{}", path.display(), render(doc, pretty)), MAX_RESPONSE_CHARS));
+        return Ok(clip_head(
+            format!(
+                "JSON content of {}:\n{}",
+                path.display(),
+                render(doc, pretty)
+            ),
+            MAX_RESPONSE_CHARS,
+        ));
     };
-    let segments =
-        json_path::parse(json_path).map_err(|e| format!("Invalid JSONPath expression '{json_path}': {e}"))?;
+    let segments = json_path::parse(json_path)
+        .map_err(|e| format!("Invalid JSONPath expression '{json_path}': {e}"))?;
     let mut values: Vec<Value> = json_path::resolve(doc, &segments)
         .iter()
         .filter_map(|l| json_path::get(doc, l).cloned())
@@ -169,10 +189,21 @@ fn view(doc: &Value, path: &Path, json_path: Option<&str>, pretty: bool) -> Resu
         1 => values.remove(0),
         _ => Value::Array(values),
     };
-    Ok(clip_head(format!("JSONPath '{json_path}' matches:\n{}", render(&shown, pretty)), MAX_RESPONSE_CHARS))
+    Ok(clip_head(
+        format!(
+            "JSONPath '{json_path}' matches:\n{}",
+            render(&shown, pretty)
+        ),
+        MAX_RESPONSE_CHARS,
+    ))
 }
 
-fn set(doc: &mut Value, segments: &[Segment], json_path: &str, value: &Value) -> Result<String, String> {
+fn set(
+    doc: &mut Value,
+    segments: &[Segment],
+    json_path: &str,
+    value: &Value,
+) -> Result<String, String> {
     let locations = json_path::resolve(doc, segments);
     if locations.is_empty() {
         return Err(format!("No matches found for JSONPath: {json_path}"));
@@ -190,7 +221,12 @@ fn set(doc: &mut Value, segments: &[Segment], json_path: &str, value: &Value) ->
     ))
 }
 
-fn add(doc: &mut Value, segments: &[Segment], json_path: &str, value: &Value) -> Result<String, String> {
+fn add(
+    doc: &mut Value,
+    segments: &[Segment],
+    json_path: &str,
+    value: &Value,
+) -> Result<String, String> {
     let Some((last, parent)) = segments.split_last() else {
         return Err("Cannot add at the root `$`; use `set` to replace the whole document.".into());
     };
@@ -199,7 +235,9 @@ fn add(doc: &mut Value, segments: &[Segment], json_path: &str, value: &Value) ->
         return Err(format!("Parent path not found for JSONPath: {json_path}"));
     }
     for location in &parents {
-        let Some(node) = json_path::get_mut(doc, location) else { continue };
+        let Some(node) = json_path::get_mut(doc, location) else {
+            continue;
+        };
         match (last, node) {
             (Segment::Key(key), Value::Object(map)) => {
                 map.insert(key.clone(), value.clone());
@@ -207,12 +245,22 @@ fn add(doc: &mut Value, segments: &[Segment], json_path: &str, value: &Value) ->
             (Segment::Index(index), Value::Array(items)) => {
                 // Python's list.insert semantics: clamp, negatives from the end.
                 let len = items.len() as i64;
-                let at = if *index < 0 { (len + index).max(0) } else { (*index).min(len) };
+                let at = if *index < 0 {
+                    (len + index).max(0)
+                } else {
+                    (*index).min(len)
+                };
                 items.insert(at as usize, value.clone());
             }
-            (Segment::Key(_), _) => return Err(format!("Cannot add key to non-object at JSONPath: {json_path}")),
+            (Segment::Key(_), _) => {
+                return Err(format!(
+                    "Cannot add key to non-object at JSONPath: {json_path}"
+                ));
+            }
             (Segment::Index(_), _) => {
-                return Err(format!("Cannot add element to non-array at JSONPath: {json_path}"));
+                return Err(format!(
+                    "Cannot add element to non-array at JSONPath: {json_path}"
+                ));
             }
             _ => {
                 return Err(format!(
@@ -221,7 +269,9 @@ fn add(doc: &mut Value, segments: &[Segment], json_path: &str, value: &Value) ->
             }
         }
     }
-    Ok(format!("Successfully added value at JSONPath '{json_path}'"))
+    Ok(format!(
+        "Successfully added value at JSONPath '{json_path}'"
+    ))
 }
 
 fn remove(doc: &mut Value, segments: &[Segment], json_path: &str) -> Result<String, String> {
@@ -235,7 +285,9 @@ fn remove(doc: &mut Value, segments: &[Segment], json_path: &str) -> Result<Stri
     // Last match first: later array indexes and nested matches go before the
     // locations they would shift or contain.
     for location in locations.iter().rev() {
-        let Some((step, parent)) = location.split_last() else { continue };
+        let Some((step, parent)) = location.split_last() else {
+            continue;
+        };
         match (json_path::get_mut(doc, parent), step) {
             (Some(Value::Object(map)), Step::Key(k)) => {
                 map.shift_remove(k);
@@ -246,7 +298,10 @@ fn remove(doc: &mut Value, segments: &[Segment], json_path: &str) -> Result<Stri
             _ => {}
         }
     }
-    Ok(format!("Successfully removed {} element(s) at JSONPath '{json_path}'", locations.len()))
+    Ok(format!(
+        "Successfully removed {} element(s) at JSONPath '{json_path}'",
+        locations.len()
+    ))
 }
 
 #[cfg(test)]
@@ -268,9 +323,14 @@ mod tests {
     #[test]
     fn view_whole_and_paths() {
         let (_d, _f, p) = setup(r#"{"b": 1, "a": {"x": [1, 2]}}"#);
-        let out = call(json!({"operation": "view", "file_path": p, "pretty_print": false})).unwrap();
-        assert_eq!(out, format!("JSON content of {p}:\n{{\"b\":1,\"a\":{{\"x\":[1,2]}}}}"));
-        let out = call(json!({"operation": "view", "file_path": p, "json_path": "$.a.x[1]"})).unwrap();
+        let out =
+            call(json!({"operation": "view", "file_path": p, "pretty_print": false})).unwrap();
+        assert_eq!(
+            out,
+            format!("JSON content of {p}:\n{{\"b\":1,\"a\":{{\"x\":[1,2]}}}}")
+        );
+        let out =
+            call(json!({"operation": "view", "file_path": p, "json_path": "$.a.x[1]"})).unwrap();
         assert_eq!(out, "JSONPath '$.a.x[1]' matches:\n2");
         let out = call(json!({"operation": "view", "file_path": p, "json_path": "$.zz"})).unwrap();
         assert_eq!(out, "No matches found for JSONPath: $.zz");
@@ -279,13 +339,27 @@ mod tests {
     #[test]
     fn set_add_remove_keep_order_and_newline() {
         let (_d, f, p) = setup("{\n  \"z\": 1,\n  \"a\": {\"list\": [1, 2, 3]}\n}\n");
-        let out = call(json!({"operation": "set", "file_path": p, "json_path": "$.z", "value": {"k": true}})).unwrap();
-        assert_eq!(out, "Successfully updated 1 location(s) at JSONPath '$.z' with value: {\"k\":true}");
-        call(json!({"operation": "add", "file_path": p, "json_path": "$.a.new", "value": "v"})).unwrap();
-        call(json!({"operation": "add", "file_path": p, "json_path": "$.a.list[3]", "value": 4})).unwrap();
-        call(json!({"operation": "add", "file_path": p, "json_path": "$.a.list[0]", "value": 0})).unwrap();
-        let out = call(json!({"operation": "remove", "file_path": p, "json_path": "$.a.list[1:3]"})).unwrap();
-        assert_eq!(out, "Successfully removed 2 element(s) at JSONPath '$.a.list[1:3]'");
+        let out = call(
+            json!({"operation": "set", "file_path": p, "json_path": "$.z", "value": {"k": true}}),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "Successfully updated 1 location(s) at JSONPath '$.z' with value: {\"k\":true}"
+        );
+        call(json!({"operation": "add", "file_path": p, "json_path": "$.a.new", "value": "v"}))
+            .unwrap();
+        call(json!({"operation": "add", "file_path": p, "json_path": "$.a.list[3]", "value": 4}))
+            .unwrap();
+        call(json!({"operation": "add", "file_path": p, "json_path": "$.a.list[0]", "value": 0}))
+            .unwrap();
+        let out =
+            call(json!({"operation": "remove", "file_path": p, "json_path": "$.a.list[1:3]"}))
+                .unwrap();
+        assert_eq!(
+            out,
+            "Successfully removed 2 element(s) at JSONPath '$.a.list[1:3]'"
+        );
         let text = std::fs::read_to_string(&f).unwrap();
         assert_eq!(
             text,
@@ -296,24 +370,37 @@ mod tests {
     #[test]
     fn recursive_set_and_remove() {
         let (_d, f, p) = setup(r#"{"id": 1, "items": [{"id": 2}, {"id": 3, "keep": true}]}"#);
-        let out = call(json!({"operation": "set", "file_path": p, "json_path": "$..id", "value": 0})).unwrap();
+        let out =
+            call(json!({"operation": "set", "file_path": p, "json_path": "$..id", "value": 0}))
+                .unwrap();
         assert!(out.starts_with("Successfully updated 3 location(s)"));
         call(json!({"operation": "remove", "file_path": p, "json_path": "$..id", "pretty_print": false})).unwrap();
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), r#"{"items":[{},{"keep":true}]}"#);
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            r#"{"items":[{},{"keep":true}]}"#
+        );
     }
 
     #[test]
     fn errors_are_clear() {
         let (_d, _f, p) = setup(r#"{"a": [1]}"#);
-        let err = call(json!({"operation": "set", "file_path": p, "json_path": "$.b", "value": 1})).unwrap_err();
+        let err = call(json!({"operation": "set", "file_path": p, "json_path": "$.b", "value": 1}))
+            .unwrap_err();
         assert_eq!(err, "No matches found for JSONPath: $.b");
-        let err = call(json!({"operation": "set", "file_path": p, "json_path": "$.a"})).unwrap_err();
-        assert_eq!(err, "A 'value' parameter is required for the 'set' operation.");
+        let err =
+            call(json!({"operation": "set", "file_path": p, "json_path": "$.a"})).unwrap_err();
+        assert_eq!(
+            err,
+            "A 'value' parameter is required for the 'set' operation."
+        );
         let err = call(json!({"operation": "remove", "file_path": p})).unwrap_err();
         assert!(err.starts_with("json_path parameter is required"));
-        let err = call(json!({"operation": "add", "file_path": p, "json_path": "$.a.k", "value": 1})).unwrap_err();
+        let err =
+            call(json!({"operation": "add", "file_path": p, "json_path": "$.a.k", "value": 1}))
+                .unwrap_err();
         assert!(err.starts_with("Cannot add key to non-object"));
-        let err = call(json!({"operation": "view", "file_path": p, "json_path": "$.a["})).unwrap_err();
+        let err =
+            call(json!({"operation": "view", "file_path": p, "json_path": "$.a["})).unwrap_err();
         assert!(err.starts_with("Invalid JSONPath expression '$.a['"));
         let err = call(json!({"operation": "merge", "file_path": p})).unwrap_err();
         assert!(err.starts_with("Unknown operation: merge"));

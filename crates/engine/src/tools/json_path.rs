@@ -32,7 +32,10 @@ pub(crate) fn parse(path: &str) -> Result<Vec<Segment>, String> {
     let mut i = 0;
     if chars.first() == Some(&'$') {
         i = 1;
-    } else if chars.first().is_some_and(|c| c.is_alphabetic() || *c == '_') {
+    } else if chars
+        .first()
+        .is_some_and(|c| c.is_alphabetic() || *c == '_')
+    {
         // Be lenient with `a.b` (no root): read it as `$.a.b`.
         let (name, next) = read_name(&chars, 0);
         return Ok([vec![Segment::Key(name)], parse_rest(&chars, next)?].concat());
@@ -102,7 +105,14 @@ fn read_name(chars: &[char], start: usize) -> (String, usize) {
     while end < chars.len() && chars[end] != '.' && chars[end] != '[' {
         end += 1;
     }
-    (chars[start..end].iter().collect::<String>().trim().to_string(), end)
+    (
+        chars[start..end]
+            .iter()
+            .collect::<String>()
+            .trim()
+            .to_string(),
+        end,
+    )
 }
 
 /// Parses `[...]` starting at the `[`; returns the segment and the index after `]`.
@@ -119,22 +129,42 @@ fn parse_bracket(chars: &[char], open: usize) -> Result<(Segment, usize), String
             i += 1;
         }
         if chars.get(i) != Some(&quote) || chars.get(i + 1) != Some(&']') {
-            return Err(format!("unterminated quoted key starting at position {open}"));
+            return Err(format!(
+                "unterminated quoted key starting at position {open}"
+            ));
         }
         return Ok((Segment::Key(key), i + 2));
     }
-    let close = chars[i..].iter().position(|c| *c == ']').map(|p| p + i).ok_or("missing `]`")?;
-    let inner: String = chars[i..close].iter().collect::<String>().trim().to_string();
+    let close = chars[i..]
+        .iter()
+        .position(|c| *c == ']')
+        .map(|p| p + i)
+        .ok_or("missing `]`")?;
+    let inner: String = chars[i..close]
+        .iter()
+        .collect::<String>()
+        .trim()
+        .to_string();
     let seg = if inner == "*" {
         Segment::Wildcard
     } else if let Some((a, b)) = inner.split_once(':') {
         let bound = |s: &str| -> Result<Option<i64>, String> {
             let s = s.trim();
-            if s.is_empty() { Ok(None) } else { s.parse().map(Some).map_err(|_| format!("bad slice bound `{s}`")) }
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse()
+                    .map(Some)
+                    .map_err(|_| format!("bad slice bound `{s}`"))
+            }
         };
         Segment::Slice(bound(a)?, bound(b)?)
     } else {
-        Segment::Index(inner.parse().map_err(|_| format!("bad index `{inner}` (use ['key'] for keys)"))?)
+        Segment::Index(
+            inner
+                .parse()
+                .map_err(|_| format!("bad index `{inner}` (use ['key'] for keys)"))?,
+        )
     };
     Ok((seg, close + 1))
 }
@@ -165,7 +195,9 @@ pub(crate) fn resolve(root: &Value, segments: &[Segment]) -> Vec<Location> {
     for segment in segments {
         let mut next = Vec::new();
         for location in &current {
-            let Some(node) = get(root, location) else { continue };
+            let Some(node) = get(root, location) else {
+                continue;
+            };
             let mut push = |step: Step| {
                 let mut l = location.clone();
                 l.push(step);
@@ -225,7 +257,9 @@ fn children(node: &Value) -> Vec<Step> {
 fn descend(node: &Value, location: Location, visit: &mut dyn FnMut(&Location, &Value)) {
     visit(&location, node);
     for step in children(node) {
-        let Some(child) = get(node, std::slice::from_ref(&step)) else { continue };
+        let Some(child) = get(node, std::slice::from_ref(&step)) else {
+            continue;
+        };
         let mut l = location.clone();
         l.push(step);
         descend(child, l, visit);
@@ -250,7 +284,10 @@ mod tests {
                 Segment::Slice(Some(1), None),
             ]
         );
-        assert_eq!(parse("a.b").unwrap(), vec![Segment::Key("a".into()), Segment::Key("b".into())]);
+        assert_eq!(
+            parse("a.b").unwrap(),
+            vec![Segment::Key("a".into()), Segment::Key("b".into())]
+        );
         assert_eq!(parse("$").unwrap(), vec![]);
         assert!(parse("$.a[").is_err());
         assert!(parse("$.a[x]").is_err());
@@ -259,14 +296,21 @@ mod tests {
 
     #[test]
     fn resolves_locations() {
-        let doc = json!({"users": [{"name": "a", "tags": {"name": "t"}}, {"name": "b"}], "name": "root"});
+        let doc =
+            json!({"users": [{"name": "a", "tags": {"name": "t"}}, {"name": "b"}], "name": "root"});
         let names = |p: &str| -> Vec<Value> {
-            resolve(&doc, &parse(p).unwrap()).iter().map(|l| get(&doc, l).unwrap().clone()).collect()
+            resolve(&doc, &parse(p).unwrap())
+                .iter()
+                .map(|l| get(&doc, l).unwrap().clone())
+                .collect()
         };
         assert_eq!(names("$.users[1].name"), vec![json!("b")]);
         assert_eq!(names("$.users[-1].name"), vec![json!("b")]);
         assert_eq!(names("$.users[*].name"), vec![json!("a"), json!("b")]);
-        assert_eq!(names("$..name"), vec![json!("root"), json!("a"), json!("t"), json!("b")]);
+        assert_eq!(
+            names("$..name"),
+            vec![json!("root"), json!("a"), json!("t"), json!("b")]
+        );
         assert_eq!(names("$.users[0:1].name"), vec![json!("a")]);
         assert!(names("$.users[5]").is_empty());
         assert!(names("$.nope").is_empty());

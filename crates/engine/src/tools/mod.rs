@@ -27,12 +27,24 @@ pub use process_group::process_is_alive;
 pub use task_done::NAME as TASK_DONE;
 
 /// Every built-in tool, in the order they are listed to clients and models.
-pub const BUILTIN_TOOL_NAMES: [&str; 5] = [bash::NAME, edit::NAME, thinking::NAME, task_done::NAME, json_edit::NAME];
+pub const BUILTIN_TOOL_NAMES: [&str; 5] = [
+    bash::NAME,
+    edit::NAME,
+    thinking::NAME,
+    task_done::NAME,
+    json_edit::NAME,
+];
 
 /// Specs of all built-in tools in [`BUILTIN_TOOL_NAMES`] order (what
 /// `/api/tools` lists).
 pub fn builtin_tool_specs() -> Vec<ToolSpec> {
-    vec![bash::spec(), edit::spec(), thinking::spec(), task_done::spec(), json_edit::spec()]
+    vec![
+        bash::spec(),
+        edit::spec(),
+        thinking::spec(),
+        task_done::spec(),
+        json_edit::spec(),
+    ]
 }
 
 /// The spec of one built-in tool.
@@ -59,7 +71,10 @@ pub struct ToolSetOptions {
 
 impl Default for ToolSetOptions {
     fn default() -> Self {
-        Self { bash_timeout: Duration::from_secs(120), kill_grace: Duration::from_secs(2) }
+        Self {
+            bash_timeout: Duration::from_secs(120),
+            kill_grace: Duration::from_secs(2),
+        }
     }
 }
 
@@ -72,14 +87,23 @@ pub(crate) struct ToolOutput {
 
 impl ToolOutput {
     pub(crate) fn ok(output: impl Into<String>) -> Self {
-        Self { output: output.into(), error: None }
+        Self {
+            output: output.into(),
+            error: None,
+        }
     }
     pub(crate) fn error(error: impl Into<String>) -> Self {
-        Self { output: String::new(), error: Some(error.into()) }
+        Self {
+            output: String::new(),
+            error: Some(error.into()),
+        }
     }
     /// Output worth showing together with a failure (a failed command's output).
     pub(crate) fn partial(output: impl Into<String>, error: impl Into<String>) -> Self {
-        Self { output: output.into(), error: Some(error.into()) }
+        Self {
+            output: output.into(),
+            error: Some(error.into()),
+        }
     }
 }
 
@@ -102,7 +126,10 @@ pub struct ToolSet {
 impl std::fmt::Debug for ToolSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ToolSet")
-            .field("tools", &self.tools.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .field(
+                "tools",
+                &self.tools.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            )
             .field("working_dir", &self.working_dir)
             .finish()
     }
@@ -110,7 +137,10 @@ impl std::fmt::Debug for ToolSet {
 
 impl ToolSet {
     /// Tools by name (duplicates ignored), with Trae's limits.
-    pub fn new<S: AsRef<str>>(tool_names: &[S], working_dir: impl Into<PathBuf>) -> Result<Self, ToolSetError> {
+    pub fn new<S: AsRef<str>>(
+        tool_names: &[S],
+        working_dir: impl Into<PathBuf>,
+    ) -> Result<Self, ToolSetError> {
         Self::with_options(tool_names, working_dir, ToolSetOptions::default())
     }
 
@@ -131,17 +161,29 @@ impl ToolSet {
                 continue;
             }
             let tool: Box<dyn Tool> = match name {
-                bash::NAME => Box::new(bash::BashTool::new(working_dir.clone(), options.bash_timeout, options.kill_grace)),
+                bash::NAME => Box::new(bash::BashTool::new(
+                    working_dir.clone(),
+                    options.bash_timeout,
+                    options.kill_grace,
+                )),
                 edit::NAME => Box::new(edit::EditTool),
                 thinking::NAME => Box::new(thinking::ThinkingTool::default()),
                 task_done::NAME => Box::new(task_done::TaskDoneTool),
                 json_edit::NAME => Box::new(json_edit::JsonEditTool),
-                other => return Err(ToolSetError::UnknownTool { name: other.to_string() }),
+                other => {
+                    return Err(ToolSetError::UnknownTool {
+                        name: other.to_string(),
+                    });
+                }
             };
             specs.extend(builtin_tool_spec(name));
             tools.push(tool);
         }
-        Ok(Self { tools, specs, working_dir })
+        Ok(Self {
+            tools,
+            specs,
+            working_dir,
+        })
     }
 
     /// What the model is offered, in the order the tools were named.
@@ -168,7 +210,11 @@ impl ToolSet {
             None => ToolOutput::error(format!(
                 "Tool '{}' not found. Available tools: [{}]",
                 call.name,
-                self.names().iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+                self.names()
+                    .iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
             Some(tool) => match arguments_of(call) {
                 Ok(args) => tool.call(&args).await,
@@ -210,9 +256,15 @@ fn arguments_of(call: &ToolCall) -> Result<args::Args, String> {
         // Some models send the object JSON-encoded as a string.
         Value::String(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => Ok(map),
-            _ => Err(format!("The arguments of `{}` must be a JSON object, got a string", call.name)),
+            _ => Err(format!(
+                "The arguments of `{}` must be a JSON object, got a string",
+                call.name
+            )),
         },
-        _ => Err(format!("The arguments of `{}` must be a JSON object", call.name)),
+        _ => Err(format!(
+            "The arguments of `{}` must be a JSON object",
+            call.name
+        )),
     }
 }
 
@@ -222,13 +274,27 @@ mod tests {
     use serde_json::json;
 
     fn call(name: &str, arguments: Value) -> ToolCall {
-        ToolCall { call_id: "c1".into(), name: name.into(), arguments, raw_arguments: None }
+        ToolCall {
+            call_id: "c1".into(),
+            name: name.into(),
+            arguments,
+            raw_arguments: None,
+        }
     }
 
     #[test]
     fn builtin_specs_are_listed_in_a_stable_order() {
         let names: Vec<_> = builtin_tool_specs().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, ["bash", "str_replace_based_edit_tool", "sequentialthinking", "task_done", "json_edit_tool"]);
+        assert_eq!(
+            names,
+            [
+                "bash",
+                "str_replace_based_edit_tool",
+                "sequentialthinking",
+                "task_done",
+                "json_edit_tool"
+            ]
+        );
         for spec in builtin_tool_specs() {
             assert_eq!(spec.parameters["type"], "object", "{}", spec.name);
             assert!(!spec.description.is_empty());
@@ -241,8 +307,14 @@ mod tests {
         let err = ToolSet::new(&["bash", "ckg"], dir.path()).unwrap_err();
         assert_eq!(err, ToolSetError::UnknownTool { name: "ckg".into() });
         assert!(err.to_string().contains("unknown tool `ckg`"));
-        assert!(matches!(ToolSet::new(&["bash"], "relative"), Err(ToolSetError::BadWorkingDir(_))));
-        assert!(matches!(ToolSet::new(&["bash"], dir.path().join("missing")), Err(ToolSetError::BadWorkingDir(_))));
+        assert!(matches!(
+            ToolSet::new(&["bash"], "relative"),
+            Err(ToolSetError::BadWorkingDir(_))
+        ));
+        assert!(matches!(
+            ToolSet::new(&["bash"], dir.path().join("missing")),
+            Err(ToolSetError::BadWorkingDir(_))
+        ));
         let set = ToolSet::new(&["task_done", "bash", "task_done"], dir.path()).unwrap();
         assert_eq!(set.names(), ["task_done", "bash"]);
         assert_eq!(set.specs().len(), 2);
@@ -257,14 +329,34 @@ mod tests {
         let result = set.call(&bad).await;
         assert!(!result.success);
         assert_eq!(result.call_id, "c1");
-        assert!(result.error.as_deref().unwrap_or("").contains("not valid JSON"), "{result:?}");
+        assert!(
+            result
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("not valid JSON"),
+            "{result:?}"
+        );
 
         let result = set.call(&call("bash", json!([1, 2]))).await;
         assert!(!result.success);
         let result = set.call(&call("bash", json!({"command": 42}))).await;
-        assert!(!result.success && result.error.as_deref().unwrap_or("").contains("No command provided"));
+        assert!(
+            !result.success
+                && result
+                    .error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("No command provided")
+        );
         let result = set.call(&call("nope", json!({}))).await;
-        assert!(result.error.as_deref().unwrap_or("").starts_with("Tool 'nope' not found."));
+        assert!(
+            result
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("Tool 'nope' not found.")
+        );
         // A JSON-encoded object in a string is accepted.
         let result = set.call(&call("task_done", json!("{}"))).await;
         assert!(result.success, "{result:?}");
@@ -284,7 +376,9 @@ mod tests {
             ))
             .await;
         assert!(created.success, "{created:?}");
-        let result = set.call(&call("bash", json!({"command": "cat hello.txt"}))).await;
+        let result = set
+            .call(&call("bash", json!({"command": "cat hello.txt"})))
+            .await;
         assert_eq!(result.result, "hi");
         set.shutdown().await;
     }

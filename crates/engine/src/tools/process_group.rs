@@ -14,12 +14,17 @@ use nix::unistd::Pid;
 
 /// How often a terminating group is checked for surviving members.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long SIGKILL may take to show (a process in uninterruptible sleep can
+/// take a while; we do not wait for it forever).
+const KILL_SETTLE: Duration = Duration::from_secs(2);
 
 /// Sends `signal` to every process of group `pgid`; a group already gone is fine.
 pub(crate) fn signal_group(pgid: Pid, signal: Signal) {
     match killpg(pgid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(err) => tracing::warn!(pgid = pgid.as_raw(), %signal, %err, "could not signal process group"),
+        Err(err) => {
+            tracing::warn!(pgid = pgid.as_raw(), %signal, %err, "could not signal process group")
+        }
     }
 }
 
@@ -46,10 +51,12 @@ fn live_members_from_proc(pgid: Pid) -> Option<bool> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue; // exited while we looked
         };
-        if let Some((state, pgrp)) = parse_state_and_pgrp(&stat) {
-            if pgrp == pgid.as_raw() && state != 'Z' && state != 'X' {
-                return Some(true);
-            }
+        if let Some((state, pgrp)) = parse_state_and_pgrp(&stat)
+            && pgrp == pgid.as_raw()
+            && state != 'Z'
+            && state != 'X'
+        {
+            return Some(true);
         }
     }
     saw_any_process.then_some(false)
@@ -73,7 +80,9 @@ pub fn process_is_alive(pid: i32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => parse_state_and_pgrp(&stat).is_some_and(|(state, _)| state != 'Z' && state != 'X'),
+        Ok(stat) => {
+            parse_state_and_pgrp(&stat).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+        }
         Err(_) => false,
     }
 }
@@ -92,9 +101,16 @@ pub(crate) async fn terminate_group(pgid: Pid, grace: Duration, mut reap: impl F
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            signal_group(pgid, Signal::SIGKILL);
-            return;
+            break;
         }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    // Signals are delivered asynchronously: wait (briefly) until the kill has
+    // taken effect, so callers can rely on the processes being gone.
+    let deadline = tokio::time::Instant::now() + KILL_SETTLE;
+    while group_is_alive(pgid) && tokio::time::Instant::now() < deadline {
+        reap();
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::args::{Args, optional_bool, optional_int, optional_str, required_bool, required_int, required_str};
+use super::args::{
+    Args, optional_bool, optional_int, optional_str, required_bool, required_int, required_str,
+};
 use super::{Tool, ToolOutput};
 use crate::messages::ToolSpec;
 
@@ -16,7 +18,8 @@ pub(crate) const NAME: &str = "sequentialthinking";
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
         name: NAME.into(),
-        description: "A detailed tool for dynamic and reflective problem-solving through thoughts.\n\
+        description:
+            "A detailed tool for dynamic and reflective problem-solving through thoughts.\n\
 This tool helps analyze problems through a flexible thinking process that can adapt and evolve.\n\
 Each thought can build on, question, or revise previous insights as understanding deepens.\n\
 \n\
@@ -38,7 +41,7 @@ You should:\n\
 2. Question or revise previous thoughts when needed, and mark such thoughts\n\
 3. Generate a solution hypothesis and verify it against the chain of thoughts\n\
 4. Only set next_thought_needed to false when truly done and a satisfactory answer is reached\n"
-            .into(),
+                .into(),
         parameters: json!({
             "type": "object",
             "properties": {
@@ -109,7 +112,10 @@ impl ThinkingTool {
         let branch_id = optional_str(args, "branch_id")?;
         total_thoughts = total_thoughts.max(thought_number);
 
-        let mut history = self.history.lock().map_err(|_| "thought history unavailable".to_string())?;
+        let mut history = self
+            .history
+            .lock()
+            .map_err(|_| "thought history unavailable".to_string())?;
         history.thoughts += 1;
         if let (Some(_), Some(id)) = (branch_from, branch_id) {
             history.branches.insert(id.to_string());
@@ -122,7 +128,9 @@ impl ThinkingTool {
             "thought_history_length": history.thoughts,
         });
         let status = serde_json::to_string_pretty(&status).unwrap_or_default();
-        Ok(format!("Sequential thinking step completed.\n\nStatus:\n{status}"))
+        Ok(format!(
+            "Sequential thinking step completed.\n\nStatus:\n{status}"
+        ))
     }
 }
 
@@ -141,12 +149,19 @@ mod tests {
             .call(&args(json!({"thought": "a", "next_thought_needed": true, "thought_number": 1, "total_thoughts": 3})))
             .await;
         assert!(out.error.is_none());
-        assert!(out.output.starts_with("Sequential thinking step completed.\n\nStatus:\n"));
+        assert!(
+            out.output
+                .starts_with("Sequential thinking step completed.\n\nStatus:\n")
+        );
         let out = t
             .call(&args(json!({"thought": "b", "next_thought_needed": false, "thought_number": 5, "total_thoughts": 3,
                 "branch_from_thought": 1, "branch_id": "alt", "revises_thought": 0})))
             .await;
-        assert!(out.output.contains("\"total_thoughts\": 5"), "{}", out.output);
+        assert!(
+            out.output.contains("\"total_thoughts\": 5"),
+            "{}",
+            out.output
+        );
         assert!(out.output.contains("\"thought_history_length\": 2"));
         assert!(out.output.contains("\"alt\""));
     }
@@ -154,11 +169,22 @@ mod tests {
     #[tokio::test]
     async fn rejects_bad_input() {
         let t = ThinkingTool::default();
-        let out = t.call(&args(json!({"thought": "a", "thought_number": 1, "total_thoughts": 1}))).await;
-        assert_eq!(out.error.as_deref(), Some("Sequential thinking failed: Parameter `next_thought_needed` is required"));
+        let out = t
+            .call(&args(
+                json!({"thought": "a", "thought_number": 1, "total_thoughts": 1}),
+            ))
+            .await;
+        assert_eq!(
+            out.error.as_deref(),
+            Some("Sequential thinking failed: Parameter `next_thought_needed` is required")
+        );
         let out = t
             .call(&args(json!({"thought": "a", "next_thought_needed": true, "thought_number": 0, "total_thoughts": 1})))
             .await;
-        assert!(out.error.unwrap().contains("thought_number must be at least 1"));
+        assert!(
+            out.error
+                .unwrap()
+                .contains("thought_number must be at least 1")
+        );
     }
 }

@@ -1,0 +1,661 @@
+//! The agent loop: one step = one LLM turn with every tool on offer, then its
+//! tool calls, each answered with a result.
+//!
+//! An [`Agent`] runs to completion ([`Agent::run`]) or one step at a time
+//! ([`Agent::step`], for the Agent Protocol, which executes steps across HTTP
+//! requests while the same `Agent` stays in memory). Both are cancellable
+//! between and during steps; a cancelled or finished run ends every process
+//! its tools started, writes the patch and finalises the trajectory.
+
+mod prompt;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ResolvedConfig;
+use crate::events::{EngineEvent, EventSink, FailureKind};
+use crate::llm::{self, LlmClient};
+use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult, Usage};
+use crate::patch::{GitWorkspace, PatchError};
+use crate::tools::{TASK_DONE, ToolSet, ToolSetError, ToolSetOptions};
+use crate::trajectory::{StepRecord, TrajectoryRecorder};
+
+pub use prompt::MAX_STEPS_EXCEEDED;
+
+/// Per-run settings that are not part of the Trae configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `task_done` only ends the task once the working directory has a
+    /// non-empty diff outside test files (needs a git repository).
+    pub must_patch: bool,
+    /// Where the git diff of the working directory is written at the end.
+    pub patch_path: Option<PathBuf>,
+    /// Where Trae's trajectory JSON is written as the run progresses.
+    pub trajectory_file: Option<PathBuf>,
+    /// Overrides the configuration's `max_steps`.
+    pub max_steps: Option<u32>,
+    /// Tool limits (bash timeout, kill grace); Trae's by default.
+    pub tools: ToolSetOptions,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// The model called `task_done` (and, under `must_patch`, changed code);
+    /// `result` is its last text.
+    Completed {
+        result: String,
+    },
+    Failed {
+        error: String,
+        kind: FailureKind,
+    },
+    /// Cancelled; every process the tools started was ended.
+    Stopped {
+        reason: String,
+    },
+}
+
+impl RunOutcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, RunOutcome::Completed { .. })
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepOutcome {
+    /// 1-based; after the run ended, the number of the last step taken.
+    pub step_number: u32,
+    /// The model's text in this step.
+    pub output: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub tool_results: Vec<ToolResult>,
+    /// Token usage of this step's LLM call.
+    pub usage: Usage,
+    /// No further step will run.
+    pub is_last: bool,
+    /// Set when `is_last`.
+    pub outcome: Option<RunOutcome>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("working directory {0} must be an absolute path to an existing directory")]
+    BadWorkingDir(PathBuf),
+    #[error(transparent)]
+    Tools(#[from] ToolSetError),
+    #[error("must_patch needs a git repository, and {0} is not inside one")]
+    NotAGitRepository(PathBuf),
+    #[error("cannot write the trajectory: {0}")]
+    Trajectory(PatchError),
+}
+
+pub struct Agent {
+    llm: Arc<dyn LlmClient>,
+    tools: ToolSet,
+    events: Arc<dyn EventSink>,
+    provider: String,
+    model: String,
+    max_steps: u32,
+    parallel_tool_calls: bool,
+    must_patch: bool,
+    patch_path: Option<PathBuf>,
+    workspace: Option<GitWorkspace>,
+    trajectory: Option<TrajectoryRecorder>,
+    messages: Vec<Message>,
+    /// `messages[..recorded]` were already sent to the model (and recorded as
+    /// trajectory input).
+    recorded: usize,
+    steps_taken: u32,
+    usage: Usage,
+    cost_usd: f64,
+    outcome: Option<RunOutcome>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("working_dir", &self.tools.working_dir())
+            .field("steps_taken", &self.steps_taken)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Prepares a run: checks the working directory (absolute, existing; a
+    /// git repository under `must_patch`), builds the tools named by the
+    /// configuration (`task_done` is always offered, or the task could never
+    /// end) and starts the trajectory. Nothing runs until `step` or `run`.
+    pub async fn new(
+        config: &ResolvedConfig,
+        llm: Arc<dyn LlmClient>,
+        task: impl Into<String>,
+        working_dir: impl Into<PathBuf>,
+        options: AgentOptions,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Agent, AgentError> {
+        let task = task.into();
+        let working_dir = working_dir.into();
+        if !working_dir.is_absolute() || !working_dir.is_dir() {
+            return Err(AgentError::BadWorkingDir(working_dir));
+        }
+        let mut tool_names = config.tools.clone();
+        if !tool_names.iter().any(|t| t == TASK_DONE) {
+            tool_names.push(TASK_DONE.to_string());
+        }
+        let tools = ToolSet::with_options(&tool_names, working_dir.clone(), options.tools.clone())?;
+
+        let mut workspace = GitWorkspace::open(&working_dir).await;
+        if options.must_patch && workspace.is_none() {
+            return Err(AgentError::NotAGitRepository(working_dir));
+        }
+        if let Some(ws) = workspace.as_mut() {
+            // The task's own outputs must not count as its patch.
+            for output in [&options.patch_path, &options.trajectory_file]
+                .into_iter()
+                .flatten()
+            {
+                ws.exclude(output);
+            }
+        }
+
+        let provider = llm.provider().to_string();
+        let model = llm.model().to_string();
+        let max_steps = options.max_steps.unwrap_or(config.max_steps);
+        let trajectory = match options.trajectory_file {
+            Some(path) => {
+                let mut rec = TrajectoryRecorder::new(path, &task, &provider, &model, max_steps);
+                if let Some(key) = &config.api_key {
+                    rec.redact(key.expose());
+                }
+                rec.save().await.map_err(AgentError::Trajectory)?;
+                Some(rec)
+            }
+            None => None,
+        };
+
+        let messages = vec![
+            Message::system(prompt::SYSTEM_PROMPT),
+            Message::user(prompt::task_message(&working_dir, &task)),
+        ];
+        Ok(Agent {
+            llm,
+            tools,
+            events,
+            provider,
+            model,
+            max_steps,
+            parallel_tool_calls: config.parallel_tool_calls,
+            must_patch: options.must_patch,
+            patch_path: options.patch_path,
+            workspace,
+            trajectory,
+            messages,
+            recorded: 0,
+            steps_taken: 0,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            outcome: None,
+        })
+    }
+
+    /// Runs steps until the task ends.
+    pub async fn run(&mut self, cancel: &CancellationToken) -> RunOutcome {
+        loop {
+            let step = self.step(cancel, None).await;
+            if let (true, Some(outcome)) = (step.is_last, step.outcome) {
+                return outcome;
+            }
+        }
+    }
+
+    /// Runs one step. `extra_user_input` (the Agent Protocol's step input) is
+    /// added as a user message first. After the run has ended, returns the
+    /// final outcome again without doing anything.
+    pub async fn step(
+        &mut self,
+        cancel: &CancellationToken,
+        extra_user_input: Option<String>,
+    ) -> StepOutcome {
+        if let Some(outcome) = &self.outcome {
+            return StepOutcome::ended(self.steps_taken, outcome.clone());
+        }
+        if cancel.is_cancelled() {
+            let outcome = self.finish(stopped()).await;
+            return StepOutcome::ended(self.steps_taken, outcome);
+        }
+        if self.steps_taken >= self.max_steps {
+            let outcome = self.finish(max_steps_failure()).await;
+            return StepOutcome::ended(self.steps_taken, outcome);
+        }
+        if let Some(input) = extra_user_input.filter(|s| !s.trim().is_empty()) {
+            self.messages.push(Message::user(input));
+        }
+        self.steps_taken += 1;
+        let step = self.steps_taken;
+        self.events.emit(EngineEvent::StepStarted { step });
+
+        // The LLM turn.
+        let input_start = self.recorded;
+        let answer = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = self.llm.chat(&self.messages, self.tools.specs()) => Some(r),
+        };
+        self.recorded = self.messages.len();
+        let response = match answer {
+            None => return self.end_step_early(step, None, stopped()).await,
+            Some(Err(e)) => {
+                let failure = RunOutcome::Failed {
+                    error: format!("LLM call failed: {e}"),
+                    kind: FailureKind::Provider,
+                };
+                return self.end_step_early(step, None, failure).await;
+            }
+            Some(Ok(r)) => r,
+        };
+        self.account(step, &response);
+        if let Some(rec) = self.trajectory.as_mut() {
+            let tool_names: Vec<String> =
+                self.tools.specs().iter().map(|s| s.name.clone()).collect();
+            rec.record_llm_interaction(
+                &self.messages[input_start..],
+                &response,
+                &self.provider,
+                &tool_names,
+            );
+        }
+        self.messages.push(Message {
+            role: Role::Assistant,
+            content: response.content.clone(),
+            tool_calls: response.tool_calls.clone(),
+            tool_result: None,
+        });
+        let produced_from = self.messages.len();
+
+        // Its tool calls.
+        let mut completed = false;
+        let mut results = Vec::new();
+        if response.tool_calls.is_empty() {
+            self.nudge(step, prompt::NO_TOOL_CALL);
+        } else {
+            let run = Self::run_tool_calls(
+                &self.tools,
+                &*self.events,
+                step,
+                &response.tool_calls,
+                self.parallel_tool_calls,
+            );
+            let ran = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                r = run => Some(r),
+            };
+            let Some(ran) = ran else {
+                return self.end_step_early(step, Some(&response), stopped()).await;
+            };
+            for (call, result) in response.tool_calls.iter().zip(ran) {
+                let result = match result {
+                    Some(r) => r,
+                    None => {
+                        let (r, done) = self.answer_task_done(step, call).await;
+                        completed |= done;
+                        r
+                    }
+                };
+                self.messages.push(Message::tool(result.clone()));
+                results.push(result);
+            }
+        }
+
+        if let Some(rec) = self.trajectory.as_mut() {
+            rec.record_step(&StepRecord {
+                step_number: step,
+                state: "completed",
+                llm_messages: &self.messages[produced_from..],
+                llm_response: Some(&response),
+                tool_calls: &response.tool_calls,
+                tool_results: &results,
+                error: None,
+            });
+            save_trajectory(rec).await;
+        }
+
+        let outcome = if completed {
+            Some(
+                self.finish(RunOutcome::Completed {
+                    result: response.content.clone(),
+                })
+                .await,
+            )
+        } else if step >= self.max_steps {
+            Some(self.finish(max_steps_failure()).await)
+        } else {
+            None
+        };
+        StepOutcome {
+            step_number: step,
+            output: response.content,
+            tool_calls: response.tool_calls,
+            tool_results: results,
+            usage: response.usage,
+            is_last: outcome.is_some(),
+            outcome,
+        }
+    }
+
+    /// Ends a run that is not over yet (the task was stopped between steps):
+    /// kills the tools' processes, writes the patch and trajectory.
+    pub async fn stop(&mut self, reason: impl Into<String>) -> RunOutcome {
+        match &self.outcome {
+            Some(outcome) => outcome.clone(),
+            None => {
+                self.finish(RunOutcome::Stopped {
+                    reason: reason.into(),
+                })
+                .await
+            }
+        }
+    }
+
+    /// Ends every process the tools started, without ending the run.
+    pub async fn shutdown_tools(&self) {
+        self.tools.shutdown().await;
+    }
+
+    pub fn outcome(&self) -> Option<&RunOutcome> {
+        self.outcome.as_ref()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    pub fn steps_taken(&self) -> u32 {
+        self.steps_taken
+    }
+
+    pub fn max_steps(&self) -> u32 {
+        self.max_steps
+    }
+
+    /// Token usage summed over the run.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Estimated cost of the run so far, in USD (0 for unknown models).
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_usd
+    }
+
+    /// The conversation so far.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    pub fn tools(&self) -> &ToolSet {
+        &self.tools
+    }
+
+    fn account(&mut self, step: u32, response: &LlmResponse) {
+        let usage = response.usage;
+        self.usage += usage;
+        let cost_usd = llm::estimate_cost_usd(&self.provider, &self.model, &usage);
+        self.cost_usd += cost_usd;
+        self.events.emit(EngineEvent::LlmResponse {
+            step,
+            content: response.content.clone(),
+            tool_calls: response.tool_calls.clone(),
+            usage,
+            model: response.model.clone(),
+            finish_reason: response.finish_reason.clone(),
+        });
+        self.events.emit(EngineEvent::Usage {
+            step,
+            usage,
+            total: self.usage,
+            cost_usd,
+            total_cost_usd: self.cost_usd,
+        });
+    }
+
+    fn nudge(&mut self, step: u32, message: &str) {
+        self.messages.push(Message::user(message));
+        self.events.emit(EngineEvent::Nudge {
+            step,
+            message: message.to_string(),
+        });
+    }
+
+    /// Runs every call except `task_done` (left `None`, for the caller to
+    /// answer after the others ran), concurrently or in order.
+    async fn run_tool_calls(
+        tools: &ToolSet,
+        events: &dyn EventSink,
+        step: u32,
+        calls: &[ToolCall],
+        parallel: bool,
+    ) -> Vec<Option<ToolResult>> {
+        let run_one = |call: &ToolCall| {
+            let call = call.clone();
+            async move {
+                if call.name == TASK_DONE {
+                    return None;
+                }
+                events.emit(EngineEvent::ToolCall {
+                    step,
+                    call: call.clone(),
+                });
+                let result = tools.call(&call).await;
+                events.emit(EngineEvent::ToolResult {
+                    step,
+                    result: result.clone(),
+                });
+                Some(result)
+            }
+        };
+        if parallel {
+            join_all(calls.iter().map(run_one)).await
+        } else {
+            let mut results = Vec::with_capacity(calls.len());
+            for call in calls {
+                results.push(run_one(call).await);
+            }
+            results
+        }
+    }
+
+    /// `task_done`: accepted unless `must_patch` finds no change outside tests.
+    async fn answer_task_done(&mut self, step: u32, call: &ToolCall) -> (ToolResult, bool) {
+        self.events.emit(EngineEvent::ToolCall {
+            step,
+            call: call.clone(),
+        });
+        let verdict = match (&self.workspace, self.must_patch) {
+            (Some(ws), true) => ws
+                .has_non_test_changes()
+                .await
+                .map_err(|e| format!("Could not compute the patch: {e}")),
+            _ => Ok(true),
+        };
+        let (result, done) = match verdict {
+            Ok(true) => (ok_result(call, prompt::TASK_DONE_RESULT), true),
+            Ok(false) => {
+                self.events.emit(EngineEvent::Nudge {
+                    step,
+                    message: prompt::EMPTY_PATCH.to_string(),
+                });
+                (error_result(call, prompt::EMPTY_PATCH), false)
+            }
+            Err(e) => (error_result(call, &e), false),
+        };
+        self.events.emit(EngineEvent::ToolResult {
+            step,
+            result: result.clone(),
+        });
+        (result, done)
+    }
+
+    /// A step cut short by cancellation or a provider failure.
+    async fn end_step_early(
+        &mut self,
+        step: u32,
+        response: Option<&LlmResponse>,
+        outcome: RunOutcome,
+    ) -> StepOutcome {
+        if let Some(rec) = self.trajectory.as_mut() {
+            let error = match &outcome {
+                RunOutcome::Failed { error, .. } => error.clone(),
+                RunOutcome::Stopped { reason } => reason.clone(),
+                RunOutcome::Completed { .. } => String::new(),
+            };
+            rec.record_step(&StepRecord {
+                step_number: step,
+                state: "error",
+                llm_response: response,
+                tool_calls: response.map_or(&[], |r| &r.tool_calls),
+                error: Some(&error),
+                ..Default::default()
+            });
+        }
+        let outcome = self.finish(outcome).await;
+        StepOutcome {
+            step_number: step,
+            output: response.map(|r| r.content.clone()).unwrap_or_default(),
+            tool_calls: response.map(|r| r.tool_calls.clone()).unwrap_or_default(),
+            tool_results: Vec::new(),
+            usage: response.map(|r| r.usage).unwrap_or_default(),
+            is_last: true,
+            outcome: Some(outcome),
+        }
+    }
+
+    /// Ends the run: processes first (so nothing writes after the diff), then
+    /// the patch, the trajectory and the final event.
+    async fn finish(&mut self, outcome: RunOutcome) -> RunOutcome {
+        self.tools.shutdown().await;
+        let mut outcome = outcome;
+        if let Some(path) = self.patch_path.clone() {
+            let written = match &self.workspace {
+                Some(ws) => ws.write_patch(&path).await,
+                // Not a repository: like Trae, an empty patch.
+                None => crate::patch::write_file(&path, b"").await.map(|()| 0),
+            };
+            match written {
+                Ok(bytes) => self.events.emit(EngineEvent::PatchWritten {
+                    path: path.display().to_string(),
+                    bytes,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "patch not written");
+                    if outcome.is_success() {
+                        outcome = RunOutcome::Failed {
+                            error: format!(
+                                "The task completed but its patch could not be written: {e}"
+                            ),
+                            kind: FailureKind::Internal,
+                        };
+                    }
+                }
+            }
+        }
+        if let Some(rec) = self.trajectory.as_mut() {
+            let final_result = match &outcome {
+                RunOutcome::Completed { result } => result.clone(),
+                RunOutcome::Failed { error, .. } => error.clone(),
+                RunOutcome::Stopped { reason } => format!("Task stopped: {reason}"),
+            };
+            rec.finalize(outcome.is_success(), Some(final_result));
+            if save_trajectory(rec).await {
+                self.events.emit(EngineEvent::TrajectoryWritten {
+                    path: rec.path().display().to_string(),
+                });
+            }
+        }
+        self.events.emit(match &outcome {
+            RunOutcome::Completed { result } => EngineEvent::Completed {
+                result: result.clone(),
+            },
+            RunOutcome::Failed { error, kind } => EngineEvent::Failed {
+                error: error.clone(),
+                kind: *kind,
+            },
+            RunOutcome::Stopped { reason } => EngineEvent::Stopped {
+                reason: reason.clone(),
+            },
+        });
+        self.outcome = Some(outcome.clone());
+        outcome
+    }
+}
+
+impl StepOutcome {
+    fn ended(step_number: u32, outcome: RunOutcome) -> Self {
+        StepOutcome {
+            step_number,
+            output: String::new(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
+            usage: Usage::default(),
+            is_last: true,
+            outcome: Some(outcome),
+        }
+    }
+}
+
+fn stopped() -> RunOutcome {
+    RunOutcome::Stopped {
+        reason: "cancelled".into(),
+    }
+}
+
+fn max_steps_failure() -> RunOutcome {
+    RunOutcome::Failed {
+        error: MAX_STEPS_EXCEEDED.into(),
+        kind: FailureKind::MaxSteps,
+    }
+}
+
+fn ok_result(call: &ToolCall, text: &str) -> ToolResult {
+    ToolResult {
+        call_id: call.call_id.clone(),
+        name: call.name.clone(),
+        success: true,
+        result: text.into(),
+        error: None,
+    }
+}
+
+fn error_result(call: &ToolCall, error: &str) -> ToolResult {
+    ToolResult {
+        call_id: call.call_id.clone(),
+        name: call.name.clone(),
+        success: false,
+        result: String::new(),
+        error: Some(error.into()),
+    }
+}
+
+/// Trajectory writes are best effort during the run: a full disk must not
+/// kill the task. Returns whether the write succeeded.
+async fn save_trajectory(rec: &TrajectoryRecorder) -> bool {
+    match rec.save().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "trajectory not written");
+            false
+        }
+    }
+}

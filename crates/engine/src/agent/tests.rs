@@ -1,0 +1,623 @@
+//! Loop tests against an in-process scripted model (no HTTP).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::*;
+use crate::config::{Provider, Secret};
+use crate::llm::LlmError;
+use crate::messages::ToolSpec;
+use crate::tools::process_is_alive;
+
+/// Answers with a script; records the conversation of every call.
+struct ScriptedModel {
+    script: Mutex<VecDeque<Result<LlmResponse, String>>>,
+    seen: Mutex<Vec<Vec<Message>>>,
+}
+
+impl ScriptedModel {
+    fn new(script: Vec<Result<LlmResponse, String>>) -> Arc<Self> {
+        Arc::new(Self {
+            script: Mutex::new(script.into()),
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+    fn conversations(&self) -> Vec<Vec<Message>> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl LlmClient for ScriptedModel {
+    async fn chat(
+        &self,
+        messages: &[Message],
+        _tools: &[ToolSpec],
+    ) -> Result<LlmResponse, LlmError> {
+        self.seen.lock().unwrap().push(messages.to_vec());
+        let next = self.script.lock().unwrap().pop_front();
+        match next {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(message)) => Err(LlmError::Http {
+                provider: "openai".into(),
+                status: 500,
+                message,
+            }),
+            None => Ok(text("the script is over")),
+        }
+    }
+    fn provider(&self) -> &str {
+        "openai"
+    }
+    fn model(&self) -> &str {
+        "gpt-4o"
+    }
+}
+
+fn text(content: &str) -> LlmResponse {
+    LlmResponse {
+        content: content.into(),
+        tool_calls: vec![],
+        model: "gpt-4o".into(),
+        finish_reason: Some("stop".into()),
+        usage: Usage {
+            input_tokens: 100,
+            output_tokens: 10,
+            ..Usage::default()
+        },
+    }
+}
+
+fn calls(content: &str, calls: &[(&str, Value)]) -> LlmResponse {
+    let tool_calls = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (name, args))| ToolCall {
+            call_id: format!("call_{i}_{name}"),
+            name: (*name).into(),
+            arguments: args.clone(),
+            raw_arguments: None,
+        })
+        .collect();
+    LlmResponse {
+        tool_calls,
+        finish_reason: Some("tool_calls".into()),
+        ..text(content)
+    }
+}
+
+fn done(content: &str) -> LlmResponse {
+    calls(content, &[("task_done", json!({}))])
+}
+
+fn config(max_steps: u32, parallel: bool) -> ResolvedConfig {
+    let mut c = ResolvedConfig::defaults(Provider::OpenAi);
+    c.max_steps = max_steps;
+    c.parallel_tool_calls = parallel;
+    c.tools = crate::tools::BUILTIN_TOOL_NAMES.map(String::from).to_vec();
+    c.api_key = Some(Secret::new("sk-agent-test-secret"));
+    c
+}
+
+fn options() -> AgentOptions {
+    AgentOptions {
+        tools: ToolSetOptions {
+            bash_timeout: Duration::from_secs(60),
+            kill_grace: Duration::from_millis(500),
+        },
+        ..AgentOptions::default()
+    }
+}
+
+async fn agent(
+    model: &Arc<ScriptedModel>,
+    dir: &Path,
+    config: &ResolvedConfig,
+    options: AgentOptions,
+) -> (Agent, UnboundedReceiver<EngineEvent>) {
+    let (tx, rx) = unbounded_channel();
+    let llm: Arc<dyn LlmClient> = model.clone();
+    let agent = Agent::new(config, llm, "Fix the bug.", dir, options, Arc::new(tx))
+        .await
+        .unwrap();
+    (agent, rx)
+}
+
+fn drain(rx: &mut UnboundedReceiver<EngineEvent>) -> Vec<EngineEvent> {
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    events
+}
+
+fn git_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("git init -q && git config user.email t@example.com && git config user.name t && echo 'print(1)' > app.py && git add . && git commit -qm init")
+        .current_dir(dir.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    dir
+}
+
+fn tool_results_in(conversation: &[Message]) -> Vec<ToolResult> {
+    conversation
+        .iter()
+        .filter_map(|m| m.tool_result.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn first_message_carries_project_root_and_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Ok(done("ok"))]);
+    let (mut agent, _rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    let outcome = agent.run(&CancellationToken::new()).await;
+    assert_eq!(
+        outcome,
+        RunOutcome::Completed {
+            result: "ok".into()
+        }
+    );
+    let first = &model.conversations()[0];
+    assert_eq!(first[0].role, Role::System);
+    assert_eq!(
+        first[1].content,
+        format!(
+            "[Project root path]:\n{}\n\n[Problem statement]: We're currently solving the following issue within our repository. Here's the issue text:\nFix the bug.\n",
+            dir.path().display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn must_patch_sends_the_model_back_while_the_diff_is_empty() {
+    let repo = git_repo();
+    let root = repo.path();
+    let patch = root.join("out/task.patch");
+    let model = ScriptedModel::new(vec![
+        Ok(done("finished?")),
+        // Only a test file: still empty for the gate.
+        Ok(calls(
+            "",
+            &[(
+                "bash",
+                json!({"command": "mkdir -p tests && echo 'assert 1' > tests/test_app.py"}),
+            )],
+        )),
+        Ok(done("now?")),
+        Ok(calls(
+            "",
+            &[(
+                "str_replace_based_edit_tool",
+                json!({"command": "create", "path": root.join("fix.py").display().to_string(), "file_text": "FIX = 1\n"}),
+            )],
+        )),
+        Ok(done("Fixed it.")),
+    ]);
+    let opts = AgentOptions {
+        must_patch: true,
+        patch_path: Some(patch.clone()),
+        ..options()
+    };
+    let (mut agent, mut rx) = agent(&model, root, &config(10, false), opts).await;
+    let outcome = agent.run(&CancellationToken::new()).await;
+    assert_eq!(
+        outcome,
+        RunOutcome::Completed {
+            result: "Fixed it.".into()
+        }
+    );
+    assert_eq!(agent.steps_taken(), 5);
+
+    let conversations = model.conversations();
+    let answer = tool_results_in(&conversations[1]).pop().unwrap();
+    assert_eq!(answer.name, "task_done");
+    assert!(!answer.success);
+    assert_eq!(answer.error.as_deref(), Some(prompt::EMPTY_PATCH));
+    let answer = tool_results_in(&conversations[3]).pop().unwrap();
+    assert_eq!(answer.error.as_deref(), Some(prompt::EMPTY_PATCH));
+
+    let written = std::fs::read_to_string(&patch).unwrap();
+    assert!(
+        written.contains("diff --git a/fix.py b/fix.py\nnew file mode"),
+        "{written}"
+    );
+    assert!(written.contains("b/tests/test_app.py"));
+    assert!(!written.contains("task.patch"));
+    let events = drain(&mut rx);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, EngineEvent::Nudge { .. }))
+            .count(),
+        2
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EngineEvent::PatchWritten { .. }))
+    );
+    assert_eq!(
+        events.last(),
+        Some(&EngineEvent::Completed {
+            result: "Fixed it.".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn must_patch_needs_a_git_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![]);
+    let llm: Arc<dyn LlmClient> = model.clone();
+    let opts = AgentOptions {
+        must_patch: true,
+        ..options()
+    };
+    let err = Agent::new(
+        &config(3, false),
+        llm,
+        "t",
+        dir.path(),
+        opts,
+        Arc::new(crate::events::NoEvents),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AgentError::NotAGitRepository(_)), "{err}");
+}
+
+#[tokio::test]
+async fn running_out_of_steps_fails_with_traes_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let think = json!({"thought": "hmm", "next_thought_needed": true, "thought_number": 1, "total_thoughts": 5});
+    let model = ScriptedModel::new(vec![
+        Ok(calls("", &[("sequentialthinking", think.clone())])),
+        Ok(calls("", &[("sequentialthinking", think.clone())])),
+        Ok(calls("", &[("sequentialthinking", think)])),
+    ]);
+    let trajectory = dir.path().join("traj.json");
+    let opts = AgentOptions {
+        trajectory_file: Some(trajectory.clone()),
+        ..options()
+    };
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(2, false), opts).await;
+    let cancel = CancellationToken::new();
+    let first = agent.step(&cancel, None).await;
+    assert!(!first.is_last && first.outcome.is_none());
+    let second = agent.step(&cancel, None).await;
+    assert!(second.is_last);
+    let expected = RunOutcome::Failed {
+        error: MAX_STEPS_EXCEEDED.into(),
+        kind: FailureKind::MaxSteps,
+    };
+    assert_eq!(second.outcome.as_ref(), Some(&expected));
+    assert_eq!(model.conversations().len(), 2);
+    // Further steps do nothing and repeat the outcome.
+    let again = agent.step(&cancel, None).await;
+    assert_eq!(again.outcome, Some(expected));
+    assert_eq!(model.conversations().len(), 2);
+
+    let events = drain(&mut rx);
+    assert!(matches!(
+        events.last(),
+        Some(EngineEvent::Failed {
+            kind: FailureKind::MaxSteps,
+            ..
+        })
+    ));
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trajectory).unwrap()).unwrap();
+    assert_eq!(t["success"], false);
+    assert_eq!(t["final_result"], MAX_STEPS_EXCEEDED);
+    assert_eq!(t["agent_steps"].as_array().unwrap().len(), 2);
+    assert_eq!(t["llm_interactions"].as_array().unwrap().len(), 2);
+    assert!(
+        !std::fs::read_to_string(&trajectory)
+            .unwrap()
+            .contains("sk-agent-test-secret")
+    );
+}
+
+#[tokio::test]
+async fn malformed_tool_arguments_are_answered_as_tool_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broken = calls("", &[("bash", Value::Null)]);
+    broken.tool_calls[0].raw_arguments = Some("{\"command\": \"ls".into());
+    let model = ScriptedModel::new(vec![
+        Ok(broken),
+        Ok(calls(
+            "",
+            &[("str_replace_based_edit_tool", json!({"command": "view"}))],
+        )),
+        Ok(done("done")),
+    ]);
+    let (mut agent, _rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    let outcome = agent.run(&CancellationToken::new()).await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    let conversations = model.conversations();
+    let r = tool_results_in(&conversations[1]).pop().unwrap();
+    assert_eq!(r.call_id, "call_0_bash");
+    assert!(!r.success);
+    assert!(r.error.unwrap().contains("not valid JSON"));
+    let r = tool_results_in(&conversations[2]).pop().unwrap();
+    assert_eq!(
+        r.error.as_deref(),
+        Some("No path provided for the str_replace_based_edit_tool tool")
+    );
+}
+
+#[tokio::test]
+async fn a_response_without_tool_calls_is_nudged() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![
+        Ok(text("I think I am done.")),
+        Ok(done("Really done.")),
+    ]);
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    let first = agent.step(&CancellationToken::new(), None).await;
+    assert_eq!(first.output, "I think I am done.");
+    assert!(!first.is_last);
+    let outcome = agent.run(&CancellationToken::new()).await;
+    assert!(outcome.is_success());
+    let second_call = &model.conversations()[1];
+    let last = second_call.last().unwrap();
+    assert_eq!(
+        (last.role, last.content.as_str()),
+        (Role::User, "It seems that you have not completed the task.")
+    );
+    assert!(drain(&mut rx).contains(&EngineEvent::Nudge {
+        step: 1,
+        message: prompt::NO_TOOL_CALL.into()
+    }));
+}
+
+#[tokio::test]
+async fn steps_take_extra_user_input_and_account_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Ok(text("thinking")), Ok(done("done"))]);
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    let cancel = CancellationToken::new();
+    agent.step(&cancel, None).await;
+    let last = agent
+        .step(&cancel, Some("Please also update the docs.".into()))
+        .await;
+    assert!(last.is_last);
+    assert_eq!(
+        last.outcome,
+        Some(RunOutcome::Completed {
+            result: "done".into()
+        })
+    );
+    let conversation = &model.conversations()[1];
+    assert_eq!(
+        conversation.last().unwrap().content,
+        "Please also update the docs."
+    );
+    assert_eq!(agent.usage().input_tokens, 200);
+    assert_eq!(agent.usage().output_tokens, 20);
+    assert!(agent.cost_usd() > 0.0, "gpt-4o has a price");
+    let events = drain(&mut rx);
+    let totals: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Usage { total, .. } => Some(total.input_tokens),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(totals, [100, 200]);
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_are_answered_in_call_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "x\n").unwrap();
+    let path = file.display().to_string();
+    let model = ScriptedModel::new(vec![Ok(calls(
+        "",
+        &[
+            ("bash", json!({"command": "sleep 0.3; echo slow"})),
+            (
+                "str_replace_based_edit_tool",
+                json!({"command": "view", "path": path}),
+            ),
+            ("nonexistent_tool", json!({})),
+        ],
+    ))]);
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(1, true), options()).await;
+    let step = agent.step(&CancellationToken::new(), None).await;
+    let ids: Vec<_> = step
+        .tool_results
+        .iter()
+        .map(|r| r.call_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "call_0_bash",
+            "call_1_str_replace_based_edit_tool",
+            "call_2_nonexistent_tool"
+        ]
+    );
+    assert_eq!(step.tool_results[0].result, "slow");
+    assert!(!step.tool_results[2].success);
+    // Every call got a result message, in order, after the assistant turn.
+    let tail: Vec<_> = agent
+        .messages()
+        .iter()
+        .rev()
+        .take(3)
+        .filter_map(|m| m.tool_result.as_ref())
+        .collect();
+    assert_eq!(tail.len(), 3);
+    let events = drain(&mut rx);
+    let starts = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::ToolCall { .. }))
+        .count();
+    let ends = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::ToolResult { .. }))
+        .count();
+    assert_eq!((starts, ends), (3, 3));
+}
+
+#[tokio::test]
+async fn provider_failure_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Err("overloaded".into())]);
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    let outcome = agent.run(&CancellationToken::new()).await;
+    match outcome {
+        RunOutcome::Failed {
+            error,
+            kind: FailureKind::Provider,
+        } => assert!(error.contains("overloaded"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        drain(&mut rx).last(),
+        Some(EngineEvent::Failed {
+            kind: FailureKind::Provider,
+            ..
+        })
+    ));
+}
+
+async fn wait_for_file(path: &Path) -> String {
+    for _ in 0..500 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+#[tokio::test]
+async fn cancelling_during_a_long_bash_command_leaves_no_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Ok(calls(
+        "",
+        &[(
+            "bash",
+            json!({"command": "echo $$ > shell.pid; sleep 300 & echo $! > sleep.pid; sleep 301"}),
+        )],
+    ))]);
+    let trajectory = dir.path().join("t.json");
+    let opts = AgentOptions {
+        trajectory_file: Some(trajectory.clone()),
+        ..options()
+    };
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), opts).await;
+    let cancel = CancellationToken::new();
+    let run = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { (agent.run(&cancel).await, agent) })
+    };
+    let sleep_pid: i32 = wait_for_file(&dir.path().join("sleep.pid"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let shell_pid: i32 = wait_for_file(&dir.path().join("shell.pid"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(process_is_alive(sleep_pid));
+    cancel.cancel();
+    let (outcome, agent) = run.await.unwrap();
+    assert_eq!(
+        outcome,
+        RunOutcome::Stopped {
+            reason: "cancelled".into()
+        }
+    );
+    assert!(!process_is_alive(sleep_pid), "background sleep survived");
+    assert!(!process_is_alive(shell_pid), "bash survived");
+    assert!(agent.is_finished());
+    assert!(matches!(
+        drain(&mut rx).last(),
+        Some(EngineEvent::Stopped { .. })
+    ));
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trajectory).unwrap()).unwrap();
+    assert_eq!(t["agent_steps"][0]["state"], "error");
+    assert_eq!(t["success"], false);
+}
+
+#[tokio::test]
+async fn stopping_between_steps_ends_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Ok(calls(
+        "",
+        &[(
+            "bash",
+            json!({"command": "sleep 300 > /dev/null 2>&1 & echo $!"}),
+        )],
+    ))]);
+    let (mut agent, _rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    let step = agent.step(&CancellationToken::new(), None).await;
+    let pid: i32 = step.tool_results[0].result.trim().parse().unwrap();
+    assert!(process_is_alive(pid));
+    let outcome = agent.stop("deleted by user").await;
+    assert_eq!(
+        outcome,
+        RunOutcome::Stopped {
+            reason: "deleted by user".into()
+        }
+    );
+    assert!(!process_is_alive(pid));
+    // A cancelled token also ends a run before its next step.
+    let model = ScriptedModel::new(vec![]);
+    let (mut agent, _rx) = self::agent(&model, dir.path(), &config(5, false), options()).await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let step = agent.step(&cancel, None).await;
+    assert!(step.is_last);
+    assert!(model.conversations().is_empty());
+}
+
+#[tokio::test]
+async fn bad_working_dirs_and_tools_are_refused() {
+    let model = ScriptedModel::new(vec![]);
+    let llm: Arc<dyn LlmClient> = model.clone();
+    let sink = Arc::new(crate::events::NoEvents);
+    let err = Agent::new(
+        &config(3, false),
+        llm.clone(),
+        "t",
+        "relative/dir",
+        options(),
+        sink.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AgentError::BadWorkingDir(_)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(3, false);
+    cfg.tools = vec!["bash".into(), "ckg".into()];
+    let err = Agent::new(&cfg, llm.clone(), "t", dir.path(), options(), sink.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown tool `ckg`"), "{err}");
+    // task_done is always offered.
+    cfg.tools = vec!["bash".into()];
+    let agent = Agent::new(&cfg, llm, "t", dir.path(), options(), sink)
+        .await
+        .unwrap();
+    assert_eq!(agent.tools().names(), ["bash", "task_done"]);
+}
