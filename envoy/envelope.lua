@@ -21,6 +21,11 @@ local GRPC_CODE_NAMES = {
   ["14"] = "UNAVAILABLE", ["15"] = "DATA_LOSS", ["16"] = "UNAUTHENTICATED",
 }
 
+-- JSON request bodies above this are refused with 413 before they reach agentd
+-- (the transcoder does not cap JSON bodies; agentd's gRPC limit is 4 MiB).
+-- Uploads (multipart) are streamed and limited by agentd itself.
+local MAX_JSON_BODY = 4194304
+
 local STRIP = {
   "grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding",
   "x-error-code", "x-error-details", "x-http-status",
@@ -42,6 +47,15 @@ local function pct_decode(s)
   return (s:gsub('%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
 end
 
+local function envelope(mode, code, msg, details)
+  msg = json_escape(msg)
+  if mode == "api" then
+    return '{"status":"error","error":"' .. msg .. '"}'
+  end
+  return '{"success":false,"message":"' .. msg .. '","error":{"code":"' .. json_escape(code) ..
+         '","message":"' .. msg .. '","details":' .. (details or "{}") .. '}}'
+end
+
 function envoy_on_request(request_handle)
   local h = request_handle:headers()
   local path = h:get(":path") or ""
@@ -52,6 +66,12 @@ function envoy_on_request(request_handle)
     elseif path:find("^/api/") then mode = "api" end
   end
   request_handle:streamInfo():dynamicMetadata():set("agentd.envelope", "mode", mode)
+  local length = tonumber(h:get("content-length") or "")
+  if mode ~= "none" and length ~= nil and length > MAX_JSON_BODY and not ct:find("^multipart/") then
+    -- A local reply: local_reply_config wraps the text in the path's envelope.
+    request_handle:respond({[":status"] = "413", ["content-type"] = "text/plain"},
+      "request body of " .. length .. " bytes exceeds the limit of " .. MAX_JSON_BODY .. " bytes")
+  end
 end
 
 function envoy_on_response(response_handle)
@@ -79,19 +99,14 @@ function envoy_on_response(response_handle)
     if v == nil and tr ~= nil then v = tr:get(k) end
     return v
   end
-  local msg = json_escape(pct_decode(get("grpc-message") or ""))
+  local msg = pct_decode(get("grpc-message") or "")
   local code = get("x-error-code") or GRPC_CODE_NAMES[grpc_status] or "INTERNAL_ERROR"
-  local details = get("x-error-details") or "{}"
   local http_status = get("x-http-status")
-
-  local out
-  if mode == "api" then
-    out = '{"status":"error","error":"' .. msg .. '"}'
-  else
-    out = '{"success":false,"message":"' .. msg .. '","error":{"code":"' .. json_escape(code) ..
-          '","message":"' .. msg .. '","details":' .. details .. '}}'
+  if grpc_status == "11" and msg:find("message length too large") then
+    -- A chunked JSON body over the gRPC message limit (no content-length to refuse it by).
+    code, http_status = "PAYLOAD_TOO_LARGE", "413"
   end
-  body:setBytes(out)
+  body:setBytes(envelope(mode, code, msg, get("x-error-details")))
   if http_status ~= nil and http_status:find("^%d%d%d$") then h:replace(":status", http_status) end
   h:replace("content-type", "application/json")
   for _, k in ipairs(STRIP) do

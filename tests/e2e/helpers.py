@@ -176,6 +176,7 @@ class Stack:
     ap_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    config_paths: dict[str, Path] = field(default_factory=dict)
     agentd: subprocess.Popen | None = None
     envoy: subprocess.Popen | None = None
     agentd_starts: int = 0
@@ -348,12 +349,16 @@ class Stack:
         return sorted(r.json()["artifacts"], key=lambda a: a["artifact_id"])
 
     def data_files(self) -> dict[str, int]:
-        """Every file under the data directory except the database itself
-        (whose pages change on reads too), with its size."""
+        """Every file and directory under the data directory except the
+        database itself (whose pages change on reads too): files with their
+        size, directories (ending in "/") with -1."""
         out = {}
         for p in self.data_dir.rglob("*"):
-            if p.is_file() and not p.name.startswith("agentd.db"):
-                out[str(p.relative_to(self.data_dir))] = p.stat().st_size
+            rel = str(p.relative_to(self.data_dir))
+            if p.is_dir():
+                out[rel + "/"] = -1
+            elif not p.name.startswith("agentd.db"):
+                out[rel] = p.stat().st_size
         return out
 
     def snapshot(self, task_ids: tuple[str, ...] = ()) -> dict:
@@ -442,8 +447,8 @@ def make_file(path: Path, size: int, seed: bytes = b"agentd") -> str:
 class MultipartFile:
     """A multipart/form-data body read lazily from a file on disk, so neither
     side holds the file in memory. `fields` come before or after the file
-    part, as given. Iterable (for requests' streaming upload) with a known
-    length."""
+    part, as given. Pass it as `data=` to requests: its length becomes
+    Content-Length and its chunks are sent as they are read."""
 
     def __init__(self, path: Path, file_name: str, fields_before=(), fields_after=(), chunk: int = MIB):
         self.boundary = "e2e-" + uuid.uuid4().hex
@@ -470,7 +475,11 @@ class MultipartFile:
         return f"multipart/form-data; boundary={self.boundary}"
 
     def headers(self) -> dict[str, str]:
-        return {"Content-Type": self.content_type, "Content-Length": str(self.length)}
+        # requests sets Content-Length from __len__ and then streams __iter__.
+        return {"Content-Type": self.content_type}
+
+    def __len__(self) -> int:
+        return self.length
 
     def __iter__(self) -> Iterator[bytes]:
         yield self.head
@@ -509,3 +518,113 @@ def parse_trailers(payload: bytes) -> dict[str, str]:
             k, _, v = line.partition(":")
             out[k.strip().lower()] = v.strip()
     return out
+
+
+# ---- gRPC server reflection (no generated code) ---------------------------
+
+
+class Reflection:
+    """A small client of the gRPC server reflection service, v1 or v1alpha.
+
+    grpcio-reflection ships only the v1alpha messages; v1 is wire-identical
+    (same messages and field numbers under another package), so the same
+    classes serialise requests for `grpc.reflection.v1.ServerReflection`.
+    Message classes for the discovered services are built at run time from
+    the fetched FileDescriptorProtos.
+    """
+
+    def __init__(self, channel: grpc.Channel, version: str = "v1"):
+        from google.protobuf import descriptor_pool
+        from grpc_reflection.v1alpha import reflection_pb2
+
+        self._pb = reflection_pb2
+        self._call = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        self.pool = descriptor_pool.DescriptorPool()
+        self._files: dict[str, object] = {}
+        self._added: set[str] = set()
+
+    def _ask(self, **kw):
+        (resp,) = list(self._call(iter([self._pb.ServerReflectionRequest(**kw)]), timeout=10))
+        if resp.HasField("error_response"):
+            raise LookupError(f"reflection error {resp.error_response.error_code}: {resp.error_response.error_message}")
+        return resp
+
+    def list_services(self) -> list[str]:
+        resp = self._ask(list_services="")
+        return sorted(s.name for s in resp.list_services_response.service)
+
+    def _load(self, resp) -> None:
+        from google.protobuf import descriptor_pb2
+
+        for raw in resp.file_descriptor_response.file_descriptor_proto:
+            fdp = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            self._files.setdefault(fdp.name, fdp)
+
+    def _add(self, name: str) -> None:
+        """Adds a file to the pool after its dependencies (fetching any the
+        server did not send along)."""
+        if name in self._added:
+            return
+        if name not in self._files:
+            self._load(self._ask(file_by_filename=name))
+        fdp = self._files[name]
+        for dep in fdp.dependency:
+            self._add(dep)
+        self.pool.Add(fdp)
+        self._added.add(name)
+
+    def load_symbol(self, symbol: str) -> list[str]:
+        """Fetches the file defining `symbol` (and its dependencies) into the
+        pool; returns the file names the server sent."""
+        resp = self._ask(file_containing_symbol=symbol)
+        names = []
+        from google.protobuf import descriptor_pb2
+
+        for raw in resp.file_descriptor_response.file_descriptor_proto:
+            names.append(descriptor_pb2.FileDescriptorProto.FromString(raw).name)
+        self._load(resp)
+        for n in names:
+            self._add(n)
+        return names
+
+    def service(self, name: str):
+        self.load_symbol(name)
+        return self.pool.FindServiceByName(name)
+
+    def message_class(self, full_name: str):
+        from google.protobuf import message_factory
+
+        return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(full_name))
+
+    def unary(self, channel: grpc.Channel, method: str):
+        """A callable for `package.Service/Method` with request/response
+        classes built from the reflected descriptors. Returns (call, Req, Resp)."""
+        service_name, _, method_name = method.partition("/")
+        svc = self.service(service_name)
+        m = svc.methods_by_name[method_name]
+        req_cls = self.message_class(m.input_type.full_name)
+        resp_cls = self.message_class(m.output_type.full_name)
+        call = channel.unary_unary(
+            f"/{method}", request_serializer=req_cls.SerializeToString, response_deserializer=resp_cls.FromString
+        )
+        return call, req_cls, resp_cls
+
+
+def error_info(err: grpc.RpcError):
+    """The google.rpc.ErrorInfo detail of a gRPC error, from
+    `grpc-status-details-bin` in its trailing metadata (or None)."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            st = status_pb2.Status.FromString(value)
+            assert st.code == err.code().value[0], (st.code, err.code())
+            for any_ in st.details:
+                info = error_details_pb2.ErrorInfo()
+                if any_.Unpack(info):
+                    return info
+    return None
