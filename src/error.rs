@@ -21,6 +21,15 @@ pub enum Error {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// No valid API key (HTTP 401, UNAUTHENTICATED).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Too many requests from one client (HTTP 429, RATE_LIMIT_EXCEEDED).
+    #[error("rate limit exceeded: at most {per_minute} requests per minute")]
+    RateLimited {
+        per_minute: u32,
+        retry_after: Duration,
+    },
     /// An upload over the size limit (HTTP 413).
     #[error("{0}")]
     PayloadTooLarge(String),

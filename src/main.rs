@@ -34,6 +34,20 @@ enum Command {
         /// Wall-clock limit of one task's run, in seconds.
         #[arg(long, env = "AGENTD_TASK_TIMEOUT_SECS", default_value_t = 3600)]
         task_timeout_secs: u64,
+        /// API keys callers must present (comma-separated); none: no authentication.
+        #[arg(
+            long = "api-key",
+            env = "AGENTD_API_KEYS",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        api_keys: Vec<String>,
+        /// A file with one API key per line (added to --api-key).
+        #[arg(long, env = "AGENTD_API_KEYS_FILE")]
+        api_keys_file: Option<PathBuf>,
+        /// Requests per client (IP address) per minute; 0 turns the limit off.
+        #[arg(long, env = "AGENTD_RATE_LIMIT", default_value_t = 100)]
+        rate_limit: u32,
     },
     /// Write the protobuf descriptor set (with HTTP annotations) that Envoy's
     /// transcoder loads, to a file or standard output.
@@ -53,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
             trae_config,
             max_running_tasks,
             task_timeout_secs,
+            mut api_keys,
+            api_keys_file,
+            rate_limit,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -64,11 +81,19 @@ async fn main() -> anyhow::Result<()> {
                 max_running: max_running_tasks.max(1),
                 task_timeout: std::time::Duration::from_secs(task_timeout_secs.max(1)),
             };
+            if let Some(path) = api_keys_file {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!("reading API keys from {}: {e}", path.display())
+                })?;
+                api_keys.extend(text.lines().map(str::to_string));
+            }
             agentd::server::serve(agentd::server::ServeOptions {
                 listen,
                 data_dir,
                 trae_config,
                 runner,
+                api_keys: agentd::api::auth::ApiKeys::new(api_keys),
+                rate_limit_per_minute: rate_limit,
             })
             .await
         }

@@ -16,7 +16,12 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer as _;
 
 use crate::{
-    api::{AgentApi, TraeApi, websocket},
+    api::{
+        AgentApi, TraeApi,
+        auth::{self, ApiKeys},
+        rate_limit::{self, RateLimit},
+        websocket,
+    },
     proto::{
         self, ap::agent_service_server::AgentServiceServer,
         trae::trae_service_server::TraeServiceServer,
@@ -34,6 +39,10 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub trae_config: Option<PathBuf>,
     pub runner: RunnerSettings,
+    /// Empty: no authentication.
+    pub api_keys: ApiKeys,
+    /// Requests per client per minute; 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -74,9 +83,21 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router();
+    if opts.api_keys.is_enabled() {
+        tracing::info!("API keys required on every call except health checks");
+    }
+    // Outermost first: rate limit (also for unauthenticated floods), then auth.
     let app: Router = grpc
         .merge(websocket::routes(tasks.clone()))
-        .fallback(unknown_route);
+        .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            opts.api_keys.clone(),
+            auth::require_api_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            RateLimit::per_minute(opts.rate_limit_per_minute),
+            rate_limit::limit_rate,
+        ));
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -84,7 +105,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, data_dir = %opts.data_dir.display(), "agentd serving");
 
     let stop = CancellationToken::new();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     tokio::select! {
         served = server => served.context("serving")?,
         () = async {

@@ -3,8 +3,10 @@
 //! errors (`status`) to wire types. Envoy turns these into REST.
 
 pub mod agent;
+pub mod auth;
 mod convert;
 mod paging;
+pub mod rate_limit;
 pub mod status;
 pub mod trae;
 mod upload;
@@ -12,3 +14,20 @@ pub mod websocket;
 
 pub use agent::AgentApi;
 pub use trae::TraeApi;
+
+/// Refuses a request before it reaches a service: gRPC and gRPC-Web callers
+/// get a gRPC status (which Envoy turns into the REST envelope), anything
+/// else an HTTP error in the envelope of its path.
+pub fn reject(req: &axum::extract::Request, e: crate::error::Error) -> axum::response::Response {
+    let content_type = req.headers().get(axum::http::header::CONTENT_TYPE).cloned();
+    match content_type {
+        // gRPC or gRPC-Web: a trailers-only response in the caller's own content type.
+        Some(ct) if ct.as_bytes().starts_with(b"application/grpc") => {
+            let mut resp = status::error_status(e).into_http::<axum::body::Body>();
+            resp.headers_mut()
+                .insert(axum::http::header::CONTENT_TYPE, ct);
+            resp
+        }
+        _ => status::http_error(e, req.uri().path()),
+    }
+}

@@ -74,6 +74,20 @@ pub fn error_status(e: Error) -> Status {
             json!({}),
             *retry_after,
         ),
+        Error::Unauthenticated(_) => (
+            Code::Unauthenticated,
+            "UNAUTHENTICATED",
+            401,
+            json!({}),
+            None,
+        ),
+        Error::RateLimited { retry_after, .. } => (
+            Code::ResourceExhausted,
+            "RATE_LIMIT_EXCEEDED",
+            429,
+            json!({}),
+            Some(*retry_after),
+        ),
         Error::PayloadTooLarge(_) => (
             Code::ResourceExhausted,
             "PAYLOAD_TOO_LARGE",
@@ -132,6 +146,43 @@ fn build(
         ErrorDetails::with_error_info(reason, DOMAIN, info),
         md,
     )
+}
+
+/// An error for a request that is not gRPC (WebSocket upgrades, unknown
+/// routes, refusals by the auth and rate-limit layers): the same code and
+/// status as the gRPC path, in the envelope of the path's dialect.
+pub fn http_error(e: Error, path: &str) -> axum::response::Response {
+    use axum::{http::StatusCode, response::IntoResponse as _};
+    let status = error_status(e);
+    let md = status.metadata();
+    let get = |k: &str| {
+        md.get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let code = StatusCode::from_u16(get("x-http-status").parse().unwrap_or(500))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = if path.starts_with("/api/") {
+        json!({"status": "error", "error": status.message()})
+    } else {
+        let details: Value =
+            serde_json::from_str(&get("x-error-details")).unwrap_or_else(|_| json!({}));
+        json!({
+            "success": false,
+            "message": status.message(),
+            "error": {"code": get("x-error-code"), "message": status.message(), "details": details},
+        })
+    };
+    let mut resp = (code, axum::Json(body)).into_response();
+    if let Some(after) = md
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        resp.headers_mut().insert("retry-after", after);
+    }
+    resp
 }
 
 fn ascii(s: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {

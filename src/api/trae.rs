@@ -56,7 +56,9 @@ impl TraeService for TraeApi {
         let r = req.into_inner();
         let max_steps = match r.max_steps {
             Some(n) if n < 1 => {
-                return Err(Error::invalid(format!("max_steps must be at least 1, got {n}")).into());
+                return Err(
+                    Error::invalid(format!("max_steps must be at least 1, got {n}")).into(),
+                );
             }
             n => n.map(|n| n as u32),
         };

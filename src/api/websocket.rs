@@ -15,8 +15,7 @@ use axum::{
         Path, State, WebSocketUpgrade,
         ws::{Message, WebSocket},
     },
-    http::StatusCode,
-    response::{IntoResponse, Response},
+    response::Response,
     routing::get,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -25,7 +24,6 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     clock,
-    error::Error,
     store::{Event, TaskStatus},
     tasks::TaskManager,
 };
@@ -45,7 +43,7 @@ async fn task_ws(
     // Refuse before upgrading, so an unknown id is a plain 404 envelope.
     let view = match tasks.get_task(&task_id).await {
         Ok(v) => v,
-        Err(e) => return http_error(e),
+        Err(e) => return super::status::http_error(e, "/ap/"),
     };
     let initial = Progress::of(view.task.status);
     ws.on_upgrade(move |socket| follow_task(socket, tasks, task_id, initial))
@@ -240,27 +238,4 @@ fn log_message(e: &Event) -> Value {
         "seq": e.seq,
         "event": e.kind,
     })
-}
-
-/// Errors before the upgrade, in the Agent Protocol envelope (the same
-/// status and code as the gRPC path would give).
-fn http_error(e: Error) -> Response {
-    let status = super::status::error_status(e);
-    let md = status.metadata();
-    let get = |k: &str| {
-        md.get(k)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let code = StatusCode::from_u16(get("x-http-status").parse().unwrap_or(500))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let details: Value =
-        serde_json::from_str(&get("x-error-details")).unwrap_or_else(|_| json!({}));
-    let body = json!({
-        "success": false,
-        "message": status.message(),
-        "error": {"code": get("x-error-code"), "message": status.message(), "details": details},
-    });
-    (code, axum::Json(body)).into_response()
 }

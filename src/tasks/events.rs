@@ -10,7 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,7 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     clock,
-    error::Result,
+    error::{Error, Result},
     store::{Event, Store},
 };
 
@@ -34,6 +37,9 @@ const REPLAY_BATCH: i64 = 500;
 /// Live events buffered per task for slow readers; past this a reader
 /// catches up from the store.
 const LIVE_BUFFER: usize = 1024;
+/// Readers following one task at once (SSE, WebSocket and gRPC together);
+/// more are refused with 429 so one task cannot exhaust the server.
+pub const MAX_FOLLOWERS_PER_TASK: usize = 5000;
 
 pub struct EventLog {
     store: Arc<dyn Store>,
@@ -46,6 +52,16 @@ struct Topic {
     /// The last seq written; held while writing so seq order is commit order.
     last_seq: tokio::sync::Mutex<Option<i64>>,
     live: broadcast::Sender<Arc<Event>>,
+    followers: AtomicUsize,
+}
+
+/// Counts one follower of a topic for as long as its stream lives.
+struct Follower(Arc<Topic>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.followers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EventLog {
@@ -65,6 +81,7 @@ impl EventLog {
                 Arc::new(Topic {
                     last_seq: tokio::sync::Mutex::new(None),
                     live: broadcast::channel(LIVE_BUFFER).0,
+                    followers: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -124,12 +141,24 @@ impl EventLog {
         self: &Arc<Self>,
         task_id: &str,
         after_seq: i64,
-    ) -> impl Stream<Item = Result<Event>> + Send + 'static {
+    ) -> Result<impl Stream<Item = Result<Event>> + Send + 'static> {
+        let topic = self.topic(task_id);
+        let follower = Follower(topic.clone());
+        if topic.followers.fetch_add(1, Ordering::Relaxed) >= MAX_FOLLOWERS_PER_TASK {
+            return Err(Error::InsufficientResources {
+                message: format!(
+                    "task {task_id} already has {MAX_FOLLOWERS_PER_TASK} stream readers"
+                ),
+                retry_after: Some(Duration::from_secs(5)),
+            });
+        }
+        // Subscribe before reading history, so nothing falls in between.
+        let mut live = topic.live.subscribe();
+        drop(topic);
         let log = self.clone();
         let task_id = task_id.to_string();
-        async_stream::try_stream! {
-            // Subscribe before reading history, so nothing falls in between.
-            let mut live = log.topic(&task_id).live.subscribe();
+        Ok(async_stream::try_stream! {
+            let _follower = follower;
             let mut last = after_seq;
             let mut closed = false;
             'replay: loop {
@@ -166,7 +195,7 @@ impl EventLog {
                     }
                 }
             }
-        }
+        })
     }
 }
 

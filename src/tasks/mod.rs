@@ -23,8 +23,8 @@ use crate::{
 use events::EventLog;
 use runner::Runner;
 pub use runner::{RunnerSettings, StopReason};
-pub use workspace::{MAX_UPLOAD_BYTES, Upload};
 use workspace::Workspaces;
+pub use workspace::{MAX_UPLOAD_BYTES, Upload};
 
 /// A task together with its artifacts, as both dialects show it.
 #[derive(Debug, Clone)]
@@ -197,7 +197,7 @@ impl TaskManager {
         after_seq: i64,
     ) -> Result<impl futures_util::Stream<Item = Result<Event>> + Send + 'static> {
         self.task(task_id).await?;
-        Ok(self.events.follow(task_id, after_seq))
+        self.events.follow(task_id, after_seq)
     }
 
     /// The seq of the task's latest event (0 when there is none).
@@ -241,5 +241,4 @@ impl TaskManager {
             machine_available_bytes,
         })
     }
-
 }

@@ -90,7 +90,11 @@ pub struct Session {
 
 impl Session {
     pub fn new(agent: Agent, sink: LogSink, max_steps: u32) -> Self {
-        Self { agent, sink, max_steps }
+        Self {
+            agent,
+            sink,
+            max_steps,
+        }
     }
 }
 
@@ -232,8 +236,14 @@ impl Runner {
         };
         let mut s = session.lock().await;
         // Queued behind a step or stop that ended the task.
-        if !self.active().get(task_id).is_some_and(|a| a.session.as_ref().is_some_and(|x| Arc::ptr_eq(x, &session))) {
-            return Err(Error::invalid(format!("task {task_id} has ended; it takes no more steps")));
+        if !self
+            .active()
+            .get(task_id)
+            .is_some_and(|a| a.session.as_ref().is_some_and(|x| Arc::ptr_eq(x, &session)))
+        {
+            return Err(Error::invalid(format!(
+                "task {task_id} has ended; it takes no more steps"
+            )));
         }
         let max_steps = s.max_steps;
         let outcome = tokio::select! {
@@ -254,7 +264,9 @@ impl Runner {
             drop(session); // the agent goes with the last handle: its processes end
             if ended_here {
                 let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let final_outcome = outcome.outcome.clone().unwrap_or(RunOutcome::Stopped { reason: "ended".into() });
+                let final_outcome = outcome.outcome.clone().unwrap_or(RunOutcome::Stopped {
+                    reason: "ended".into(),
+                });
                 self.finish(task_id, &final_outcome, stop.as_ref()).await?;
             }
         }
@@ -289,7 +301,9 @@ impl Runner {
                 s.sink.flush().await;
                 drop(s);
                 drop(session);
-                let outcome = RunOutcome::Stopped { reason: reason.describe() };
+                let outcome = RunOutcome::Stopped {
+                    reason: reason.describe(),
+                };
                 self.finish(task_id, &outcome, Some(&reason)).await?;
             }
             None => {

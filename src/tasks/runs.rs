@@ -104,7 +104,8 @@ impl TaskManager {
         self.store.insert_task(&task).await?;
         self.append_start(&task_id, &req.task, &cfg, &working_dir)
             .await?;
-        self.runner.spawn_run(task, runner::RunPlan { agent, sink }, permit);
+        self.runner
+            .spawn_run(task, runner::RunPlan { agent, sink }, permit);
         Ok(task_id)
     }
 
