@@ -23,7 +23,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     // encode_file_descriptor_set() keeps extension options such as
     // google.api.http; file_descriptor_set() (prost-types) silently drops them.
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("agentd_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    fs::write(
+        out.join("agentd_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)

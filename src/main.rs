@@ -34,6 +34,22 @@ enum Command {
         /// Wall-clock limit of one task's run, in seconds.
         #[arg(long, env = "AGENTD_TASK_TIMEOUT_SECS", default_value_t = 3600)]
         task_timeout_secs: u64,
+        /// A directory the working_dir of `POST /api/run` must lie inside
+        /// (repeatable; the environment variable is colon-separated). None:
+        /// any absolute path. Agent Protocol workspaces are always allowed.
+        #[arg(
+            long = "allowed-root",
+            env = "AGENTD_ALLOWED_ROOTS",
+            value_delimiter = ':'
+        )]
+        allowed_roots: Vec<PathBuf>,
+        /// Run the bash tool under bubblewrap (bwrap) when it works here:
+        /// working_dir writable, the rest read-only, no network.
+        #[arg(long, env = "AGENTD_SANDBOX", value_parser = clap::builder::FalseyValueParser::new())]
+        sandbox: bool,
+        /// With --sandbox: let sandboxed commands use the network.
+        #[arg(long, env = "AGENTD_SANDBOX_NETWORK", value_parser = clap::builder::FalseyValueParser::new())]
+        sandbox_network: bool,
         /// API keys callers must present (comma-separated); none: no authentication.
         #[arg(
             long = "api-key",
@@ -67,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
             trae_config,
             max_running_tasks,
             task_timeout_secs,
+            allowed_roots,
+            sandbox,
+            sandbox_network,
             mut api_keys,
             api_keys_file,
             rate_limit,
@@ -92,6 +111,11 @@ async fn main() -> anyhow::Result<()> {
                 data_dir,
                 trae_config,
                 runner,
+                containment: agentd::tasks::Containment {
+                    allowed_roots,
+                    sandbox,
+                    sandbox_network,
+                },
                 api_keys: agentd::api::auth::ApiKeys::new(api_keys),
                 rate_limit_per_minute: rate_limit,
             })

@@ -27,7 +27,7 @@ use crate::{
         trae::trae_service_server::TraeServiceServer,
     },
     store::SqliteStore,
-    tasks::{RunnerSettings, TaskManager, TaskSettings, workspace::Workspaces},
+    tasks::{Containment, RunnerSettings, TaskManager, TaskSettings, workspace::Workspaces},
 };
 
 /// How long open streams may take to finish after SIGTERM/SIGINT.
@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub trae_config: Option<PathBuf>,
     pub runner: RunnerSettings,
+    /// Allowed roots of working_dir, bash sandbox.
+    pub containment: Containment,
     /// Empty: no authentication.
     pub api_keys: ApiKeys,
     /// Requests per client per minute; 0 turns the limit off.
@@ -57,6 +59,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             TaskSettings {
                 trae_config_file: opts.trae_config.clone(),
                 runner: opts.runner.clone(),
+                containment: opts.containment.clone(),
             },
         )
         .await?,

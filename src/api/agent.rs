@@ -23,7 +23,7 @@ use crate::{
         google::api::HttpBody,
     },
     store::{self, TaskQuery, TaskStatus},
-    tasks::{TaskManager, TaskView},
+    tasks::{StepView, TaskManager, TaskView},
 };
 
 /// Download chunk size: large enough for throughput, small enough that
@@ -103,9 +103,7 @@ impl AgentService for AgentApi {
             .tasks
             .execute_step(&req.task_id, req.input, from_struct(req.additional_input))
             .await?;
-        let mut out = step(&view.step);
-        out.artifacts = view.artifacts.iter().map(artifact).collect();
-        Ok(Response::new(out))
+        Ok(Response::new(step(&view)))
     }
 
     async fn list_steps(
@@ -320,7 +318,8 @@ fn task(v: &TaskView) -> ap::Task {
     }
 }
 
-fn step(s: &store::Step) -> ap::Step {
+fn step(v: &StepView) -> ap::Step {
+    let s = &v.step;
     ap::Step {
         step_id: s.step_id.clone(),
         task_id: s.task_id.clone(),
@@ -330,7 +329,7 @@ fn step(s: &store::Step) -> ap::Step {
         additional_input: Some(to_struct(&s.additional_input)),
         output: s.output.clone(),
         additional_output: Some(to_struct(&s.additional_output)),
-        artifacts: Vec::new(),
+        artifacts: v.artifacts.iter().map(artifact).collect(),
         is_last: s.is_last,
         created_at: clock::iso(s.created_at),
         state: s.state.clone(),

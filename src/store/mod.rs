@@ -32,9 +32,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Option<Step>>;
     async fn list_steps(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Step>, i64)>;
 
-    /// Records an artifact. An artifact already at the same location in the
-    /// workspace is replaced (its file was overwritten); its id is returned.
-    async fn upsert_artifact(&self, artifact: &Artifact) -> Result<Option<String>>;
+    /// Records an artifact. One already at the same location in the workspace
+    /// (its file was overwritten) is updated and keeps its id; the stored
+    /// artifact is returned. With `step_id`, the step is linked to it.
+    async fn upsert_artifact(&self, artifact: &Artifact, step_id: Option<&str>)
+    -> Result<Artifact>;
+    /// The artifacts each of these steps created or changed: (step_id, artifact).
+    async fn artifacts_of_steps(&self, step_ids: &[String]) -> Result<Vec<(String, Artifact)>>;
     async fn get_artifact(&self, task_id: &str, artifact_id: &str) -> Result<Option<Artifact>>;
     async fn list_artifacts(
         &self,
@@ -46,7 +50,9 @@ pub trait Store: Send + Sync + 'static {
     async fn artifacts_of(&self, task_ids: &[String]) -> Result<Vec<Artifact>>;
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool>;
 
-    async fn append_event(&self, event: &Event) -> Result<()>;
+    /// Appends events in one transaction, and with `task`, writes the task in
+    /// the same transaction (a run's final status and its last events).
+    async fn append_events(&self, events: &[Event], task: Option<&Task>) -> Result<()>;
     /// The highest seq of the task's log, 0 when it is empty.
     async fn last_event_seq(&self, task_id: &str) -> Result<i64>;
     /// Events with `seq > after_seq`, in order, at most `limit`.

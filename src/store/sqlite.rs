@@ -108,6 +108,27 @@ fn artifact_from_row(r: &SqliteRow) -> Result<Artifact> {
     })
 }
 
+async fn update_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET status = ?, run_spec = ?, modified_at = ?, started_at = ?, finished_at = ?, \
+         result = ?, error = ?, input_tokens = ?, output_tokens = ?, cost_usd = ? WHERE task_id = ?",
+    )
+    .bind(t.status.as_str())
+    .bind(t.run_spec.as_ref().map(Value::to_string))
+    .bind(t.modified_at)
+    .bind(t.started_at)
+    .bind(t.finished_at)
+    .bind(&t.result)
+    .bind(&t.error)
+    .bind(t.input_tokens)
+    .bind(t.output_tokens)
+    .bind(t.cost_usd)
+    .bind(&t.task_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
@@ -145,24 +166,8 @@ impl Store for SqliteStore {
     }
 
     async fn update_task(&self, t: &Task) -> Result<()> {
-        sqlx::query(
-            "UPDATE tasks SET status = ?, run_spec = ?, modified_at = ?, started_at = ?, finished_at = ?, \
-             result = ?, error = ?, input_tokens = ?, output_tokens = ?, cost_usd = ? WHERE task_id = ?",
-        )
-        .bind(t.status.as_str())
-        .bind(t.run_spec.as_ref().map(Value::to_string))
-        .bind(t.modified_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(&t.result)
-        .bind(&t.error)
-        .bind(t.input_tokens)
-        .bind(t.output_tokens)
-        .bind(t.cost_usd)
-        .bind(&t.task_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        update_task_in(&mut conn, t).await
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<(Vec<Task>, i64)> {
@@ -270,18 +275,14 @@ impl Store for SqliteStore {
         ))
     }
 
-    async fn upsert_artifact(&self, a: &Artifact) -> Result<Option<String>> {
+    async fn upsert_artifact(&self, a: &Artifact, step_id: Option<&str>) -> Result<Artifact> {
         let mut tx = self.pool.begin().await?;
-        let replaced: Option<String> = sqlx::query_scalar(
-            "DELETE FROM artifacts WHERE task_id = ? AND location = ? RETURNING artifact_id",
-        )
-        .bind(&a.task_id)
-        .bind(&a.location)
-        .fetch_optional(&mut *tx)
-        .await?;
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO artifacts (artifact_id, task_id, step_id, file_name, relative_path, location, \
-             file_size, agent_created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             file_size, agent_created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (task_id, location) DO UPDATE SET file_name = excluded.file_name, \
+             relative_path = excluded.relative_path, file_size = excluded.file_size, \
+             agent_created = excluded.agent_created RETURNING *",
         )
         .bind(&a.artifact_id)
         .bind(&a.task_id)
@@ -292,10 +293,38 @@ impl Store for SqliteStore {
         .bind(a.file_size)
         .bind(a.agent_created)
         .bind(a.created_at)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        let stored = artifact_from_row(&row)?;
+        if let Some(step_id) = step_id {
+            sqlx::query(
+                "INSERT OR IGNORE INTO step_artifacts (step_id, artifact_id) VALUES (?, ?)",
+            )
+            .bind(step_id)
+            .bind(&stored.artifact_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(replaced)
+        Ok(stored)
+    }
+
+    async fn artifacts_of_steps(&self, step_ids: &[String]) -> Result<Vec<(String, Artifact)>> {
+        if step_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = Value::from(step_ids.to_vec()).to_string();
+        let rows = sqlx::query(
+            "SELECT s.step_id AS linked_step, a.* FROM step_artifacts s \
+             JOIN artifacts a ON a.artifact_id = s.artifact_id \
+             WHERE s.step_id IN (SELECT value FROM json_each(?)) ORDER BY a.created_at, a.artifact_id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("linked_step")?, artifact_from_row(r)?)))
+            .collect()
     }
 
     async fn get_artifact(&self, task_id: &str, artifact_id: &str) -> Result<Option<Artifact>> {
@@ -356,17 +385,24 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn append_event(&self, e: &Event) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&e.task_id)
-        .bind(e.seq)
-        .bind(&e.kind)
-        .bind(e.timestamp)
-        .bind(json_text(&e.body))
-        .execute(&self.pool)
-        .await?;
+    async fn append_events(&self, events: &[Event], task: Option<&Task>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&e.task_id)
+            .bind(e.seq)
+            .bind(&e.kind)
+            .bind(e.timestamp)
+            .bind(json_text(&e.body))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(t) = task {
+            update_task_in(&mut tx, t).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

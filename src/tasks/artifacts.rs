@@ -44,8 +44,7 @@ impl TaskManager {
             agent_created: false,
             created_at: clock::now_ms(),
         };
-        self.store.upsert_artifact(&artifact).await?;
-        Ok(artifact)
+        self.store.upsert_artifact(&artifact, None).await
     }
 
     pub async fn list_artifacts(

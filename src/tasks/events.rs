@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 use crate::{
     clock,
     error::{Error, Result},
-    store::{Event, Store},
+    store::{Event, Store, Task},
 };
 
 /// The type of the last event of every finished task's log.
@@ -102,30 +102,56 @@ impl EventLog {
         kind: &str,
         body: Map<String, Value>,
     ) -> Result<Event> {
+        let mut events = self
+            .append_all(task_id, vec![(kind.to_string(), body)], None)
+            .await?;
+        events
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no event appended").into())
+    }
+
+    /// Appends several events in one transaction, and with `task`, writes the
+    /// task row in the same transaction: a run's final status and its last
+    /// events become visible together, and a crash cannot split them.
+    pub async fn append_all(
+        &self,
+        task_id: &str,
+        entries: Vec<(String, Map<String, Value>)>,
+        task: Option<&Task>,
+    ) -> Result<Vec<Event>> {
         let topic = self.topic(task_id);
         let mut last = topic.last_seq.lock().await;
-        let prev = match *last {
+        let mut seq = match *last {
             Some(seq) => seq,
             None => self.store.last_event_seq(task_id).await?,
         };
-        let event = Event {
-            task_id: task_id.to_string(),
-            seq: prev + 1,
-            kind: kind.to_string(),
-            timestamp: clock::now_ms(),
-            body,
-        };
-        self.store.append_event(&event).await?;
-        *last = Some(event.seq);
+        let now = clock::now_ms();
+        let events: Vec<Event> = entries
+            .into_iter()
+            .map(|(kind, body)| {
+                seq += 1;
+                Event {
+                    task_id: task_id.to_string(),
+                    seq,
+                    kind,
+                    timestamp: now,
+                    body,
+                }
+            })
+            .collect();
+        self.store.append_events(&events, task).await?;
+        *last = Some(seq);
         // No receivers is fine: readers that come later replay from the store.
-        let shared = Arc::new(event.clone());
-        let _ = topic.live.send(shared.clone());
-        let _ = self.all.send(shared);
+        for event in &events {
+            let shared = Arc::new(event.clone());
+            let _ = topic.live.send(shared.clone());
+            let _ = self.all.send(shared);
+        }
         drop(last);
-        if kind == END {
+        if events.iter().any(|e| e.kind == END) {
             self.close(task_id);
         }
-        Ok(event)
+        Ok(events)
     }
 
     /// Live events of every task, from now on. A reader that falls more than
@@ -160,7 +186,9 @@ impl EventLog {
         Ok(async_stream::try_stream! {
             let _follower = follower;
             let mut last = after_seq;
-            let mut closed = false;
+            // Resuming after the `end` itself: there is nothing more to come.
+            let mut closed = after_seq > 0
+                && log.store.list_events(&task_id, after_seq - 1, 1).await?.first().is_some_and(|e| e.kind == END);
             'replay: loop {
                 // Replay what the store has after `last`.
                 loop {

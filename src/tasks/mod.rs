@@ -5,7 +5,9 @@
 //! the task runner; everything here already goes through the durable store.
 
 mod artifacts;
+pub mod containment;
 pub mod events;
+pub mod processes;
 mod recovery;
 mod runner;
 mod runs;
@@ -20,7 +22,11 @@ use crate::{
     error::{Error, Resource, Result},
     store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals},
 };
+use agentd_engine::tools::{BashSandbox, ToolSetOptions};
+pub use containment::Containment;
+use containment::{AllowedRoots, SandboxStatus};
 use events::EventLog;
+use processes::ProcessRecords;
 use runner::Runner;
 pub use runner::{RunnerSettings, StopReason};
 use workspace::Workspaces;
@@ -39,6 +45,8 @@ pub struct TaskSettings {
     /// `--trae-config` / TRAE_CONFIG_FILE: the default Trae config file.
     pub trae_config_file: Option<PathBuf>,
     pub runner: RunnerSettings,
+    /// Allowed roots of `working_dir` and the bash sandbox.
+    pub containment: Containment,
 }
 
 /// A Trae `POST /api/run` request, in domain terms.
@@ -81,18 +89,35 @@ pub struct TaskManager {
     workspaces: Workspaces,
     settings: TaskSettings,
     started_at: i64,
+    /// The process groups of running tasks, recorded for crash recovery.
+    processes: ProcessRecords,
+    allowed_roots: AllowedRoots,
+    sandbox: Option<BashSandbox>,
+    sandbox_status: SandboxStatus,
 }
 
 impl TaskManager {
-    /// Opens the task layer over a store; runs a previous process left
-    /// unfinished are marked failed (interrupted) first.
+    /// Opens the task layer over a store. What a previous process left
+    /// behind is cleaned up first: process groups its tasks were running are
+    /// ended, and its unfinished runs are marked failed (interrupted).
     pub async fn start(
         store: Arc<dyn Store>,
         workspaces: Workspaces,
         settings: TaskSettings,
     ) -> Result<Self> {
+        let allowed_roots = AllowedRoots::resolve(&settings.containment.allowed_roots)?;
+        if allowed_roots.is_restricted() {
+            tracing::info!(roots = ?allowed_roots.roots(), "working_dir of /api/run must lie inside an allowed root");
+        }
+        let processes = ProcessRecords::open(workspaces.data_dir())?;
+        recovery::end_orphaned_processes(&processes).await?;
         let events = Arc::new(EventLog::new(store.clone()));
         recovery::fail_interrupted_runs(store.as_ref(), &events).await?;
+        let (sandbox, sandbox_status) = containment::prepare_sandbox(
+            &settings.containment,
+            sandbox_hidden(&workspaces, &settings),
+        )
+        .await;
         let runner = Arc::new(Runner::new(
             store.clone(),
             events.clone(),
@@ -105,7 +130,28 @@ impl TaskManager {
             workspaces,
             settings,
             started_at: clock::now_ms(),
+            processes,
+            allowed_roots,
+            sandbox,
+            sandbox_status,
         })
+    }
+
+    /// Whether the bash sandbox is available and on.
+    // TODO(proto): report in `/api/config` and `/ap/v1/agent/status` once the
+    // protos carry `sandbox` fields (available, enabled); logged at start until then.
+    pub fn sandbox_status(&self) -> &SandboxStatus {
+        &self.sandbox_status
+    }
+
+    /// The tool options of a task's run: its process groups are recorded,
+    /// and bash runs in the sandbox when it is on.
+    fn tool_options(&self, task_id: &str) -> ToolSetOptions {
+        ToolSetOptions {
+            process_observer: Some(self.processes.observer(task_id)),
+            sandbox: self.sandbox.clone(),
+            ..ToolSetOptions::default()
+        }
     }
 
     pub async fn create_task(
@@ -210,12 +256,14 @@ impl TaskManager {
         self.events.subscribe_all()
     }
 
-    pub async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Step> {
+    pub async fn get_step(&self, task_id: &str, step_id: &str) -> Result<StepView> {
         self.task(task_id).await?;
-        self.store
+        let step = self
+            .store
             .get_step(task_id, step_id)
             .await?
-            .ok_or_else(|| Error::not_found(Resource::Step, step_id))
+            .ok_or_else(|| Error::not_found(Resource::Step, step_id))?;
+        Ok(self.with_artifacts(vec![step]).await?.remove(0))
     }
 
     pub async fn list_steps(
@@ -223,9 +271,26 @@ impl TaskManager {
         task_id: &str,
         offset: i64,
         limit: i64,
-    ) -> Result<(Vec<Step>, i64)> {
+    ) -> Result<(Vec<StepView>, i64)> {
         self.task(task_id).await?;
-        self.store.list_steps(task_id, offset, limit).await
+        let (steps, total) = self.store.list_steps(task_id, offset, limit).await?;
+        Ok((self.with_artifacts(steps).await?, total))
+    }
+
+    /// Each step with the artifacts it created or changed.
+    async fn with_artifacts(&self, steps: Vec<Step>) -> Result<Vec<StepView>> {
+        let ids: Vec<String> = steps.iter().map(|s| s.step_id.clone()).collect();
+        let mut by_step: HashMap<String, Vec<Artifact>> = HashMap::new();
+        for (step_id, artifact) in self.store.artifacts_of_steps(&ids).await? {
+            by_step.entry(step_id).or_default().push(artifact);
+        }
+        Ok(steps
+            .into_iter()
+            .map(|step| {
+                let artifacts = by_step.remove(&step.step_id).unwrap_or_default();
+                StepView { step, artifacts }
+            })
+            .collect())
     }
 
     pub async fn runtime_status(&self) -> Result<RuntimeStatus> {
@@ -241,4 +306,17 @@ impl TaskManager {
             machine_available_bytes,
         })
     }
+}
+
+/// What sandboxed commands must not see: agentd's data (other tasks, the
+/// database) and the default configuration file (provider keys).
+fn sandbox_hidden(workspaces: &Workspaces, settings: &TaskSettings) -> Vec<PathBuf> {
+    [
+        Some(workspaces.data_dir().to_path_buf()),
+        settings.trae_config_file.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p| std::fs::canonicalize(p).ok())
+    .collect()
 }

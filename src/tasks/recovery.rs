@@ -1,10 +1,13 @@
-//! On start, runs that were in flight when agentd stopped (a crash, SIGKILL)
-//! are closed: their log gets an `error` and an `end`, and they are marked
-//! failed. Idempotent, so a crash during recovery is harmless.
+//! On start, what agentd left when it stopped (a crash, SIGKILL) is cleaned
+//! up: the process groups its tasks' tools were running are ended, and runs
+//! that were in flight are closed (their log gets an `error` and an `end`,
+//! and they are marked failed). Idempotent, so a crash during recovery is
+//! harmless.
 
 use serde_json::{Map, Value};
 
 use super::events::{END, EventLog};
+use super::processes::{ORPHAN_GRACE, ProcessRecords};
 use crate::{
     clock,
     error::Result,
@@ -12,6 +15,22 @@ use crate::{
 };
 
 pub const INTERRUPTED: &str = "interrupted: agentd stopped while the task was running";
+
+/// Ends every recorded process group still running (see `processes`).
+pub async fn end_orphaned_processes(records: &ProcessRecords) -> Result<()> {
+    let report = records.end_orphans(ORPHAN_GRACE).await?;
+    if report.records > 0 {
+        tracing::warn!(
+            records = report.records,
+            groups_ended = report.groups_ended,
+            processes_ended = report.processes_ended,
+            survivors = ?report.survivors,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "ended the processes of tasks a previous agentd left running"
+        );
+    }
+    Ok(())
+}
 
 pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Result<usize> {
     let query = TaskQuery {
@@ -22,30 +41,24 @@ pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Resu
     };
     let (running, _) = store.list_tasks(&query).await?;
     for mut task in running.iter().cloned() {
-        let last = store
-            .list_events(
-                &task.task_id,
-                store.last_event_seq(&task.task_id).await? - 1,
-                1,
-            )
-            .await?;
-        if last.first().is_none_or(|e| e.kind != END) {
-            events
-                .append(&task.task_id, "error", body("error", INTERRUPTED))
-                .await?;
-            let mut end = body("message", "Stream ended");
-            end.insert(
-                "data".into(),
-                serde_json::json!({ "status": TaskStatus::Failed.as_str() }),
-            );
-            events.append(&task.task_id, END, end).await?;
-        }
         let now = clock::now_ms();
         task.status = TaskStatus::Failed;
         task.error = Some(INTERRUPTED.into());
         task.finished_at = Some(now);
         task.modified_at = now;
-        store.update_task(&task).await?;
+        let mut end = body("message", "Stream ended");
+        end.insert(
+            "data".into(),
+            serde_json::json!({ "status": TaskStatus::Failed.as_str() }),
+        );
+        let entries = vec![
+            ("error".to_string(), body("error", INTERRUPTED)),
+            (END.to_string(), end),
+        ];
+        // Status and last events in one transaction: recovery is all-or-nothing.
+        events
+            .append_all(&task.task_id, entries, Some(&task))
+            .await?;
         tracing::warn!(task_id = %task.task_id, "marked an interrupted run as failed");
     }
     Ok(running.len())

@@ -61,7 +61,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             StopReason::Requested => "stopped on request".into(),
             StopReason::TimedOut(d) => format!("timed out after {}s", d.as_secs()),
@@ -202,7 +202,7 @@ impl Runner {
         task_id: &str,
         input: Option<String>,
         make_session: F,
-    ) -> Result<(StepOutcome, u32)>
+    ) -> Result<(StepOutcome, u32, Option<StopReason>)>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Session>>,
@@ -270,7 +270,8 @@ impl Runner {
                 self.finish(task_id, &final_outcome, stop.as_ref()).await?;
             }
         }
-        Ok((outcome, max_steps))
+        let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok((outcome, max_steps, stop))
     }
 
     /// Cancels a run and waits (bounded) for it to record its end. Returns
@@ -366,21 +367,18 @@ impl Runner {
                 _ => format!("Task {}", status.as_str()),
             })
         });
-        self.events.append(task_id, kind, body).await?;
         let mut end = text("message", "Stream ended");
         end.insert("data".into(), json!({ "status": status.as_str() }));
-        self.events.append(task_id, END, end).await?;
+        // `task` was read after the forwarder's flush, so it has the final usage.
         let now = clock::now_ms();
         task.status = status;
         task.finished_at = Some(now);
         task.modified_at = now;
-        // Usage was written by the forwarder; keep the stored figures.
-        if let Some(stored) = self.store.get_task(task_id).await? {
-            task.input_tokens = stored.input_tokens;
-            task.output_tokens = stored.output_tokens;
-            task.cost_usd = stored.cost_usd;
-        }
-        self.store.update_task(&task).await
+        let entries = vec![(kind.to_string(), body), (END.to_string(), end)];
+        self.events
+            .append_all(task_id, entries, Some(&task))
+            .await
+            .map(|_| ())
     }
 }
 

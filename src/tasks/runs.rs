@@ -38,12 +38,16 @@ impl TaskManager {
                 req.working_dir
             )));
         }
+        // Checked before anything is created, and again once the directory
+        // exists (a symlink may have appeared meanwhile).
+        self.allowed_roots.check(&working_dir)?;
         tokio::fs::create_dir_all(&working_dir).await.map_err(|e| {
             Error::invalid(format!(
                 "cannot create working_dir {}: {e}",
                 working_dir.display()
             ))
         })?;
+        self.allowed_roots.check(&working_dir)?;
         config::validate_agent_type(&req.agent_type).map_err(|e| Error::invalid(e.to_string()))?;
         let cfg = self.run_config(&ConfigRequest {
             config_file: req.config_file.clone(),
@@ -58,15 +62,15 @@ impl TaskManager {
                 .filter(|p| !p.is_empty())
                 .map(|p| working_dir.join(p))
         };
+        let task_id = uuid::Uuid::new_v4().to_string();
         let options = AgentOptions {
             must_patch: req.must_patch,
             patch_path: in_workdir(&req.patch_path),
             trajectory_file: in_workdir(&req.trajectory_file),
             max_steps: None,
-            tools: Default::default(),
+            tools: self.tool_options(&task_id),
         };
         let permit = self.runner.reserve()?;
-        let task_id = uuid::Uuid::new_v4().to_string();
         let sink = self.runner.sink(&task_id);
         let agent = Agent::new(
             &cfg,
@@ -177,7 +181,10 @@ impl TaskManager {
                 llm,
                 task.input.clone(),
                 &ws,
-                AgentOptions::default(),
+                AgentOptions {
+                    tools: self.tool_options(task_id),
+                    ..AgentOptions::default()
+                },
                 Arc::new(sink.clone()),
             )
             .await
@@ -192,7 +199,7 @@ impl TaskManager {
             Ok(Session::new(agent, sink, cfg.max_steps))
         };
         let extra = (!input.trim().is_empty()).then(|| input.clone());
-        let (outcome, max_steps) = self.runner.step(task_id, extra, make_session).await?;
+        let (outcome, max_steps, stop) = self.runner.step(task_id, extra, make_session).await?;
 
         let (_, steps_so_far) = self.store.list_steps(task_id, 0, 0).await?;
         let step_id = uuid::Uuid::new_v4().to_string();
@@ -203,17 +210,19 @@ impl TaskManager {
                 .await
                 .map_err(anyhow::Error::new)?
         };
-        let state = match &outcome.outcome {
-            Some(RunOutcome::Failed { .. }) => "failed",
-            Some(RunOutcome::Stopped { .. }) => "stopped",
+        // Matches the task's final status: only a requested stop is `stopped`;
+        // a timeout or restart that cancelled the step failed it.
+        let state = match (&outcome.outcome, &stop) {
+            (Some(RunOutcome::Failed { .. }), _) => "failed",
+            (Some(RunOutcome::Stopped { .. }), None | Some(StopReason::Requested)) => "stopped",
+            (Some(RunOutcome::Stopped { .. }), Some(_)) => "failed",
             _ => "completed",
         };
         let tools: Vec<&str> = outcome.tool_calls.iter().map(|c| c.name.as_str()).collect();
-        let output = match &outcome.outcome {
-            Some(RunOutcome::Failed { error, .. }) if outcome.output.is_empty() => error.clone(),
-            _ if outcome.output.is_empty() && !tools.is_empty() => {
-                format!("Called {}", tools.join(", "))
-            }
+        let output = match (&outcome.outcome, &stop) {
+            (Some(RunOutcome::Failed { error, .. }), _) if outcome.output.is_empty() => error.clone(),
+            (Some(RunOutcome::Stopped { .. }), Some(reason)) if outcome.output.is_empty() => reason.describe(),
+            _ if outcome.output.is_empty() && !tools.is_empty() => format!("Called {}", tools.join(", ")),
             _ => outcome.output.clone(),
         };
         let mut additional_output = Map::new();
@@ -269,8 +278,11 @@ impl TaskManager {
                 agent_created: true,
                 created_at: now,
             };
-            self.store.upsert_artifact(&artifact).await?;
-            artifacts.push(artifact);
+            artifacts.push(
+                self.store
+                    .upsert_artifact(&artifact, Some(&step_id))
+                    .await?,
+            );
         }
         Ok(StepView { step, artifacts })
     }

@@ -14,6 +14,7 @@ pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
 /// Where workspaces and in-flight uploads live, under the data directory.
 #[derive(Debug, Clone)]
 pub struct Workspaces {
+    data_dir: PathBuf,
     root: PathBuf,
     tmp: PathBuf,
 }
@@ -28,7 +29,16 @@ impl Workspaces {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("cleaning {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        Ok(Self { root, tmp })
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            root,
+            tmp,
+        })
+    }
+
+    /// The data directory these workspaces live in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The task's workspace directory (created on first use).

@@ -110,6 +110,7 @@ fn options() -> AgentOptions {
         tools: ToolSetOptions {
             bash_timeout: Duration::from_secs(60),
             kill_grace: Duration::from_millis(500),
+            ..ToolSetOptions::default()
         },
         ..AgentOptions::default()
     }

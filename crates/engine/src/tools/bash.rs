@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,7 +21,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::args::{Args, optional_bool, required_str};
 use super::clip::{MAX_RESPONSE_CHARS, clip_middle};
-use super::process_group::{signal_group, terminate_group};
+use super::process_group::{
+    ProcessGroup, ProcessObserver, process_start_time, signal_group, terminate_group,
+};
+use super::sandbox::BashSandbox;
 use super::{Tool, ToolOutput};
 use crate::messages::ToolSpec;
 
@@ -70,6 +74,8 @@ pub(crate) struct BashTool {
     /// Process group of the current session, reachable without the session
     /// lock so that `shutdown` can interrupt a command in progress.
     group: StdMutex<Option<Pid>>,
+    observer: Option<Arc<dyn ProcessObserver>>,
+    sandbox: Option<BashSandbox>,
 }
 
 impl BashTool {
@@ -80,7 +86,21 @@ impl BashTool {
             kill_grace,
             session: tokio::sync::Mutex::new(None),
             group: StdMutex::new(None),
+            observer: None,
+            sandbox: None,
         }
+    }
+
+    /// Reports the shell's process groups to `observer`; runs the shell
+    /// under `sandbox`.
+    pub(crate) fn supervised(
+        mut self,
+        observer: Option<Arc<dyn ProcessObserver>>,
+        sandbox: Option<BashSandbox>,
+    ) -> Self {
+        self.observer = observer;
+        self.sandbox = sandbox;
+        self
     }
 
     fn set_group(&self, pgid: Option<Pid>) {
@@ -95,7 +115,13 @@ impl BashTool {
     }
 
     async fn start_session(&self) -> Result<BashSession, String> {
-        let session = BashSession::start(&self.working_dir).await.map_err(|e| {
+        let session = BashSession::start(
+            &self.working_dir,
+            self.sandbox.as_ref(),
+            self.observer.clone(),
+        )
+        .await
+        .map_err(|e| {
             format!(
                 "Error starting bash session in {}: {e}",
                 self.working_dir.display()
@@ -295,6 +321,9 @@ struct BashSession {
     stdin: ChildStdin,
     stdout: ChildStdout,
     pgid: Pid,
+    /// The group as reported to the observer (told when it ends).
+    group: ProcessGroup,
+    observer: Option<Arc<dyn ProcessObserver>>,
     /// Marker text that ends each command's output.
     marker: String,
     marker_parts: (String, String),
@@ -308,8 +337,19 @@ struct BashSession {
 static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl BashSession {
-    async fn start(working_dir: &Path) -> std::io::Result<Self> {
-        let mut cmd = Command::new("bash");
+    async fn start(
+        working_dir: &Path,
+        sandbox: Option<&BashSandbox>,
+        observer: Option<Arc<dyn ProcessObserver>>,
+    ) -> std::io::Result<Self> {
+        let mut cmd = match sandbox {
+            Some(sandbox) => {
+                let mut cmd = Command::new(&sandbox.program);
+                cmd.args(sandbox.args(working_dir)).arg("bash");
+                cmd
+            }
+            None => Command::new("bash"),
+        };
         cmd.current_dir(working_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -329,11 +369,28 @@ impl BashSession {
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("bash exited at once"))?;
-        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let pgid = Pid::from_raw(pid as i32);
+        let group = ProcessGroup {
+            pgid: pid as i32,
+            start_time: process_start_time(pid as i32).unwrap_or(0),
+        };
+        // Recorded before any command runs: a crash from here on leaves a
+        // record by which the next start ends the group.
+        if let Some(observer) = &observer
+            && let Err(e) = observer.group_started(group).await
+        {
+            signal_group(pgid, Signal::SIGKILL);
+            return Err(std::io::Error::other(format!(
+                "could not record the shell's process group, so nothing was run: {e}"
+            )));
+        }
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            signal_group(pgid, Signal::SIGKILL);
+            if let Some(observer) = &observer {
+                observer.group_ended(group);
+            }
             return Err(std::io::Error::other("bash pipes were not created"));
         };
-        stdin.write_all(b"exec 2>&1\n").await?;
-        stdin.flush().await?;
         let nonce = format!(
             "{}_{}_{}",
             std::process::id(),
@@ -346,17 +403,22 @@ impl BashSession {
         // of the sentinel line never contains it whole.
         let marker_parts = ("__AGENTD_".to_string(), format!("CMD_END_{nonce}__"));
         let marker = format!("\n{}{}", marker_parts.0, marker_parts.1);
-        Ok(Self {
+        let mut session = Self {
             child,
             stdin,
             stdout,
-            pgid: Pid::from_raw(pid as i32),
+            pgid,
+            group,
+            observer,
             marker,
             marker_parts,
             busy: false,
             timed_out: false,
             ended: false,
-        })
+        };
+        // On failure, dropping the session ends the group and reports it.
+        session.write(b"exec 2>&1\n").await?;
+        Ok(session)
     }
 
     async fn run(&mut self, command: &str, timeout: Duration) -> RunEnd {
@@ -441,6 +503,9 @@ impl Drop for BashSession {
         // kill_on_drop ends only bash itself; its children share the group.
         if !self.ended {
             signal_group(self.pgid, Signal::SIGKILL);
+        }
+        if let Some(observer) = &self.observer {
+            observer.group_ended(self.group);
         }
     }
 }
@@ -711,6 +776,107 @@ mod tests {
         );
         assert_eq!(run(&t, "echo hi").await.output, "hi");
         t.shutdown().await;
+    }
+
+    /// Remembers what it was told; can be made to refuse new groups.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        started: StdMutex<Vec<ProcessGroup>>,
+        ended: StdMutex<Vec<ProcessGroup>>,
+        refuse: bool,
+    }
+
+    #[async_trait]
+    impl ProcessObserver for Recorder {
+        async fn group_started(&self, group: ProcessGroup) -> std::io::Result<()> {
+            if self.refuse {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.started.lock().unwrap().push(group);
+            Ok(())
+        }
+        fn group_ended(&self, group: ProcessGroup) {
+            self.ended.lock().unwrap().push(group);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_observer_hears_of_every_group_before_it_runs_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let t = tool(dir.path()).supervised(Some(rec.clone()), None);
+        let pid: i32 = run(&t, "echo $$").await.output.trim().parse().unwrap();
+        let first = rec.started.lock().unwrap().clone();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].pgid, pid);
+        assert_eq!(Some(first[0].start_time), process_start_time(pid));
+        assert!(rec.ended.lock().unwrap().is_empty());
+        // A restart ends one group and starts another.
+        t.call(&args(json!({ "command": "", "restart": true }))).await;
+        assert_eq!(rec.started.lock().unwrap().len(), 2);
+        assert_eq!(*rec.ended.lock().unwrap(), first);
+        t.shutdown().await;
+        assert_eq!(*rec.ended.lock().unwrap(), *rec.started.lock().unwrap());
+        // Dropped without shutdown: the group is still reported as ended.
+        let t = tool(dir.path()).supervised(Some(rec.clone()), None);
+        run(&t, "true").await;
+        drop(t);
+        assert_eq!(*rec.ended.lock().unwrap(), *rec.started.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn nothing_runs_when_the_group_cannot_be_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder {
+            refuse: true,
+            ..Recorder::default()
+        });
+        let t = tool(dir.path()).supervised(Some(rec), None);
+        let out = run(&t, "touch ran").await;
+        assert!(
+            out.error.as_deref().unwrap_or("").contains("could not record"),
+            "{out:?}"
+        );
+        assert!(!dir.path().join("ran").exists());
+    }
+
+    #[tokio::test]
+    async fn sandboxed_bash_writes_only_its_working_dir() {
+        let sandbox = BashSandbox::new(false);
+        if let Err(why) = sandbox.probe().await {
+            eprintln!("bubblewrap is not usable here, skipping: {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let wd = dir.path().join("wd");
+        let hidden = dir.path().join("hidden");
+        std::fs::create_dir_all(&wd).unwrap();
+        std::fs::create_dir_all(&hidden).unwrap();
+        std::fs::write(hidden.join("secret"), "s3cret").unwrap();
+        let sandbox = BashSandbox {
+            hidden: vec![hidden.clone()],
+            ..sandbox
+        };
+        let t = tool(&wd).supervised(None, Some(sandbox));
+        let out = run(&t, "echo $$ > pid; pwd; echo hi > mine.txt && echo wrote").await;
+        assert!(out.output.ends_with("wrote"), "{out:?}");
+        assert!(wd.join("mine.txt").exists());
+        // $$ is a host pid (no PID namespace), so process bookkeeping holds.
+        let pid: i32 = std::fs::read_to_string(wd.join("pid")).unwrap().trim().parse().unwrap();
+        assert!(process_is_alive(pid));
+        // Outside the working directory: read-only, and /tmp is private.
+        let outside = std::env::current_dir()
+            .unwrap()
+            .join(format!("sandbox-probe-{}", std::process::id()));
+        let out = run(&t, &format!("touch {} 2>&1; echo rc=$?", outside.display())).await;
+        let _ = std::fs::remove_file(&outside);
+        assert!(out.output.contains("Read-only file system"), "{out:?}");
+        run(&t, &format!("touch {}/x", dir.path().display())).await;
+        assert!(!dir.path().join("x").exists());
+        let out = run(&t, &format!("ls -A {}", hidden.display())).await;
+        assert_eq!(out.output, "", "{out:?}");
+        t.shutdown().await;
+        assert!(!process_is_alive(pid));
     }
 
     #[test]

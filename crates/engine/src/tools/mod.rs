@@ -11,10 +11,12 @@ mod edit;
 mod json_edit;
 mod json_path;
 mod process_group;
+mod sandbox;
 mod task_done;
 mod thinking;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,7 +25,11 @@ use serde_json::Value;
 use crate::messages::{ToolCall, ToolResult, ToolSpec};
 
 pub use clip::MAX_RESPONSE_CHARS;
-pub use process_group::process_is_alive;
+pub use process_group::{
+    OrphanCleanup, ProcessGroup, ProcessObserver, end_orphaned_group, process_is_alive,
+    process_start_time,
+};
+pub use sandbox::BashSandbox;
 pub use task_done::NAME as TASK_DONE;
 
 /// Every built-in tool, in the order they are listed to clients and models.
@@ -67,6 +73,11 @@ pub struct ToolSetOptions {
     pub bash_timeout: Duration,
     /// Between SIGTERM and SIGKILL when ending a process group.
     pub kill_grace: Duration,
+    /// Told of every process group the tools start and end (the service
+    /// records them to end what a crash leaves behind).
+    pub process_observer: Option<Arc<dyn ProcessObserver>>,
+    /// Run `bash` under bubblewrap; `None`: directly.
+    pub sandbox: Option<BashSandbox>,
 }
 
 impl Default for ToolSetOptions {
@@ -74,6 +85,8 @@ impl Default for ToolSetOptions {
         Self {
             bash_timeout: Duration::from_secs(120),
             kill_grace: Duration::from_secs(2),
+            process_observer: None,
+            sandbox: None,
         }
     }
 }
@@ -161,11 +174,14 @@ impl ToolSet {
                 continue;
             }
             let tool: Box<dyn Tool> = match name {
-                bash::NAME => Box::new(bash::BashTool::new(
-                    working_dir.clone(),
-                    options.bash_timeout,
-                    options.kill_grace,
-                )),
+                bash::NAME => Box::new(
+                    bash::BashTool::new(
+                        working_dir.clone(),
+                        options.bash_timeout,
+                        options.kill_grace,
+                    )
+                    .supervised(options.process_observer.clone(), options.sandbox.clone()),
+                ),
                 edit::NAME => Box::new(edit::EditTool),
                 thinking::NAME => Box::new(thinking::ThinkingTool::default()),
                 task_done::NAME => Box::new(task_done::TaskDoneTool),

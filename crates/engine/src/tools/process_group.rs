@@ -73,6 +73,164 @@ fn parse_state_and_pgrp(stat: &str) -> Option<(char, i32)> {
     Some((state, pgrp))
 }
 
+/// State, process group and start time (field 22 of `/proc/<pid>/stat`:
+/// clock ticks after boot) of one process.
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    let (state, pgrp) = parse_state_and_pgrp(stat)?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields 3.. follow the `)`; field 22 is the 20th of them.
+    let start_time = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        pgrp,
+        start_time,
+    })
+}
+
+struct ProcStat {
+    state: char,
+    pgrp: i32,
+    start_time: u64,
+}
+
+impl ProcStat {
+    fn is_live(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
+fn read_stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/<pid>/stat`
+/// field 22); `None` without `/proc` or once the process is gone. Together
+/// with the pid it names one process for good: a reused pid starts later.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    read_stat(pid).map(|s| s.start_time)
+}
+
+/// A process group the tools started: its id (the pid of its first process)
+/// and that process's start time (see [`process_start_time`]; 0 if unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProcessGroup {
+    pub pgid: i32,
+    pub start_time: u64,
+}
+
+/// Told when the tools start and end a process group, so that a supervisor
+/// can keep a durable record and end groups that outlive their agentd (a
+/// crash or SIGKILL gives the tools no chance to clean up).
+#[async_trait::async_trait]
+pub trait ProcessObserver: Send + Sync + std::fmt::Debug {
+    /// A group was started; nothing runs in it until this returns. An error
+    /// (the record could not be written) ends the group and fails the call.
+    async fn group_started(&self, group: ProcessGroup) -> std::io::Result<()>;
+    /// Every process of the group was ended (or sent SIGKILL).
+    fn group_ended(&self, group: ProcessGroup);
+}
+
+/// What ending a recorded group found (see [`end_orphaned_group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrphanCleanup {
+    /// Nothing of the group runs any more (or its id now names someone else's group).
+    Gone,
+    /// This many of its processes were running and were ended.
+    Ended { processes: usize },
+    /// Processes that were still alive after SIGKILL had time to act.
+    Survived { pids: Vec<i32> },
+    /// Without `/proc` or a recorded start time, the group's processes
+    /// cannot be told from whoever reused its ids; nothing was signalled.
+    Unverifiable,
+}
+
+/// The live processes of a recorded group, and whether its leader (the
+/// recorded process itself) still exists. A process counts only if it is in
+/// group `pgid` and started no earlier than the leader did: once the leader
+/// and every member are gone the kernel may hand the id to a new process,
+/// which then starts later than the recorded one and has another start time.
+/// `None` when `/proc` cannot be read.
+fn orphan_members(group: ProcessGroup) -> Option<(Vec<i32>, bool)> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let mut members = Vec::new();
+    let mut leader_matches = false;
+    let mut saw_any_process = false;
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        saw_any_process = true;
+        let Some(stat) = read_stat(pid) else { continue };
+        if pid == group.pgid {
+            if stat.start_time != group.start_time {
+                // The id was reused: the recorded group is gone (a group
+                // keeps its id reserved while any member lives).
+                return Some((Vec::new(), false));
+            }
+            leader_matches = true;
+        }
+        if stat.pgrp == group.pgid && stat.is_live() && stat.start_time >= group.start_time {
+            members.push(pid);
+        }
+    }
+    saw_any_process.then_some((members, leader_matches))
+}
+
+fn signal_members(group: ProcessGroup, members: &[i32], leader_matches: bool, signal: Signal) {
+    if leader_matches {
+        signal_group(Pid::from_raw(group.pgid), signal);
+        return;
+    }
+    // No verified leader: signal only the processes checked above.
+    for &pid in members {
+        match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(err) => tracing::warn!(pid, %signal, %err, "could not signal process"),
+        }
+    }
+}
+
+/// Ends what is left of a group a previous agentd started and recorded:
+/// SIGTERM (and SIGCONT), then SIGKILL after `grace`, to the processes that
+/// provably belong to it (see [`ProcessGroup`]). Used on start, before
+/// anything new runs.
+pub async fn end_orphaned_group(group: ProcessGroup, grace: Duration) -> OrphanCleanup {
+    if group.start_time == 0 || group.pgid <= 1 {
+        return OrphanCleanup::Unverifiable;
+    }
+    let Some((members, leader)) = orphan_members(group) else {
+        return OrphanCleanup::Unverifiable;
+    };
+    if members.is_empty() {
+        return OrphanCleanup::Gone;
+    }
+    let found = members.len();
+    signal_members(group, &members, leader, Signal::SIGTERM);
+    signal_members(group, &members, leader, Signal::SIGCONT);
+    let mut killed = false;
+    let term_deadline = tokio::time::Instant::now() + grace;
+    let kill_deadline = term_deadline + KILL_SETTLE;
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let Some((left, leader)) = orphan_members(group) else {
+            return OrphanCleanup::Unverifiable;
+        };
+        if left.is_empty() {
+            return OrphanCleanup::Ended { processes: found };
+        }
+        let now = tokio::time::Instant::now();
+        if !killed && now >= term_deadline {
+            signal_members(group, &left, leader, Signal::SIGKILL);
+            killed = true;
+        } else if killed && now >= kill_deadline {
+            return OrphanCleanup::Survived { pids: left };
+        } else if killed {
+            // Members forked meanwhile get the same treatment.
+            signal_members(group, &left, leader, Signal::SIGKILL);
+        }
+    }
+}
+
 /// Whether process `pid` exists and is not a zombie (used by tests and
 /// diagnostics; a zombie has already released everything but its pid).
 pub fn process_is_alive(pid: i32) -> bool {
@@ -124,6 +282,44 @@ mod tests {
         let stat = "4242 (my (odd) cmd) S 1 4240 4240 0 -1 4194560 0";
         assert_eq!(parse_state_and_pgrp(stat), Some(('S', 4240)));
         assert_eq!(parse_state_and_pgrp("garbage"), None);
+    }
+
+    #[test]
+    fn reads_start_time_from_field_22() {
+        let stat = "4242 (my (odd) cmd) S 1 4240 4240 0 -1 4194560 10 0 0 0 5 6 0 0 20 0 1 0 987654 1000 10";
+        let parsed = parse_stat(stat).unwrap();
+        assert_eq!((parsed.state, parsed.pgrp, parsed.start_time), ('S', 4240, 987654));
+        let me = std::process::id() as i32;
+        assert!(process_start_time(me).is_some_and(|t| t > 0));
+        assert_eq!(process_start_time(i32::MAX - 7), None);
+    }
+
+    #[tokio::test]
+    async fn orphaned_group_is_ended_only_when_its_start_time_matches() {
+        use std::os::unix::process::CommandExt as _;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; sleep 300 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let start_time = process_start_time(pid).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await; // `sleep` has started
+        // Another start time: the pid names someone else; nothing is signalled.
+        let other = ProcessGroup { pgid: pid, start_time: start_time + 1 };
+        assert_eq!(end_orphaned_group(other, Duration::from_millis(100)).await, OrphanCleanup::Gone);
+        assert!(process_is_alive(pid));
+        assert_eq!(
+            end_orphaned_group(ProcessGroup { pgid: pid, start_time: 0 }, Duration::ZERO).await,
+            OrphanCleanup::Unverifiable
+        );
+        // The recorded group: its shell ignores SIGTERM, so SIGKILL ends it.
+        let group = ProcessGroup { pgid: pid, start_time };
+        let reaper = std::thread::spawn(move || child.wait());
+        let outcome = end_orphaned_group(group, Duration::from_millis(200)).await;
+        assert!(matches!(outcome, OrphanCleanup::Ended { processes } if processes >= 2), "{outcome:?}");
+        reaper.join().unwrap().unwrap();
+        assert_eq!(end_orphaned_group(group, Duration::ZERO).await, OrphanCleanup::Gone);
     }
 
     #[test]
