@@ -9,7 +9,7 @@ use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    convert::{event_stream, from_struct, to_struct},
+    convert::{event_stream, from_struct, sandbox, to_struct},
     paging::Page,
     upload,
 };
@@ -51,7 +51,10 @@ impl AgentService for AgentApi {
         let req = req.into_inner();
         let view = self
             .tasks
-            .create_task(req.input, from_struct(req.additional_input))
+            .create_task(
+                req.input,
+                from_struct(req.additional_input, "additional_input")?,
+            )
             .await?;
         Ok(Response::new(task(&view)))
     }
@@ -101,7 +104,11 @@ impl AgentService for AgentApi {
         let req = req.into_inner();
         let view = self
             .tasks
-            .execute_step(&req.task_id, req.input, from_struct(req.additional_input))
+            .execute_step(
+                &req.task_id,
+                req.input,
+                from_struct(req.additional_input, "additional_input")?,
+            )
             .await?;
         Ok(Response::new(step(&view)))
     }
@@ -255,6 +262,7 @@ impl AgentService for AgentApi {
                 failed: count(TaskStatus::Failed),
                 stopped: count(TaskStatus::Stopped),
             }),
+            sandbox: Some(sandbox(self.tasks.sandbox_status())),
         }))
     }
 

@@ -4,7 +4,13 @@
 use prost_types::{ListValue, Struct, Value as PValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
-use crate::{clock, proto::TaskEvent, store::Event};
+use crate::{
+    clock,
+    error::Error,
+    proto::{TaskEvent, agentd::v1::Sandbox},
+    store::Event,
+    tasks::containment::SandboxStatus,
+};
 
 pub fn to_struct(map: &Map<String, Value>) -> Struct {
     Struct {
@@ -26,14 +32,38 @@ fn to_value(v: &Value) -> PValue {
     PValue { kind: Some(kind) }
 }
 
-pub fn from_struct(s: Option<Struct>) -> Map<String, Value> {
-    s.map(|s| {
-        s.fields
-            .into_iter()
-            .map(|(k, v)| (k, from_value(v)))
-            .collect()
-    })
-    .unwrap_or_default()
+/// A free-form JSON object from a request (`additional_input`). Empty keys
+/// are refused at any depth: Envoy's transcoder crashes printing them, so
+/// storing one would make every later read of the task fail.
+pub fn from_struct(s: Option<Struct>, field: &str) -> Result<Map<String, Value>, Error> {
+    fn check(s: &Struct, path: &str) -> Result<(), Error> {
+        for (k, v) in &s.fields {
+            if k.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{path} has an empty key; every key must be a non-empty string"
+                )));
+            }
+            check_value(v, &format!("{path}.{k}"))?;
+        }
+        Ok(())
+    }
+    fn check_value(v: &PValue, path: &str) -> Result<(), Error> {
+        match &v.kind {
+            Some(Kind::StructValue(s)) => check(s, path),
+            Some(Kind::ListValue(l)) => l.values.iter().try_for_each(|v| check_value(v, path)),
+            _ => Ok(()),
+        }
+    }
+    let Some(s) = s else { return Ok(Map::new()) };
+    check(&s, field)?;
+    Ok(struct_to_map(s))
+}
+
+fn struct_to_map(s: Struct) -> Map<String, Value> {
+    s.fields
+        .into_iter()
+        .map(|(k, v)| (k, from_value(v)))
+        .collect()
 }
 
 fn from_value(v: PValue) -> Value {
@@ -45,7 +75,7 @@ fn from_value(v: PValue) -> Value {
         Some(Kind::NumberValue(n)) => Number::from_f64(n).map_or(Value::Null, Value::Number),
         Some(Kind::StringValue(s)) => Value::String(s),
         Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(from_value).collect()),
-        Some(Kind::StructValue(s)) => Value::Object(from_struct(Some(s))),
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_map(s)),
     }
 }
 
@@ -79,6 +109,24 @@ pub fn event_stream(
     }))
 }
 
+/// What became of `--sandbox`, as both dialects report it.
+pub fn sandbox(status: &SandboxStatus) -> Sandbox {
+    let (network, detail) = match status {
+        SandboxStatus::On { version, network } => (*network, version.clone()),
+        SandboxStatus::Off { available: true } => {
+            (true, "available; off (start with --sandbox)".into())
+        }
+        SandboxStatus::Off { available: false } => (true, "bubblewrap not found".into()),
+        SandboxStatus::Unavailable { reason } => (true, reason.clone()),
+    };
+    Sandbox {
+        available: status.available(),
+        enabled: status.enabled(),
+        network,
+        detail,
+    }
+}
+
 /// An event-log entry in the shape every stream prints.
 pub fn task_event(e: &Event) -> TaskEvent {
     let text = |k: &str| e.body.get(k).and_then(Value::as_str).map(str::to_string);
@@ -102,6 +150,25 @@ mod tests {
     fn json_survives_a_round_trip_through_struct() {
         let v = serde_json::json!({"a": 1, "b": [true, null, "x", {"c": 1.5}], "d": {}});
         let map = v.as_object().unwrap().clone();
-        assert_eq!(Value::Object(from_struct(Some(to_struct(&map)))), v);
+        assert_eq!(
+            Value::Object(from_struct(Some(to_struct(&map)), "x").unwrap()),
+            v
+        );
+    }
+
+    #[test]
+    fn empty_keys_are_refused_at_any_depth() {
+        for bad in [
+            serde_json::json!({"": 1}),
+            serde_json::json!({"a": {"": 1}}),
+            serde_json::json!({"a": [{"": 1}]}),
+        ] {
+            let err = from_struct(
+                Some(to_struct(bad.as_object().unwrap())),
+                "additional_input",
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("empty key"), "{err}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use agentd_engine::config::ConfigRequest;
 use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{event_stream, task_event, to_struct};
+use super::convert::{event_stream, sandbox, task_event, to_struct};
 use crate::tasks::{RunRequest, TaskManager};
 use crate::{
     clock,
@@ -114,6 +114,7 @@ impl TraeService for TraeApi {
                     temperature: cfg.temperature,
                     top_p: cfg.top_p,
                 }),
+                sandbox: Some(sandbox(self.tasks.sandbox_status())),
             }),
         }))
     }

@@ -108,7 +108,7 @@ fn resolve_lenient(path: &Path) -> std::result::Result<PathBuf, String> {
     Err("no part of it exists".into())
 }
 
-/// What became of `--sandbox` at start (logged; see the TODO in `TaskManager::sandbox_status`).
+/// What became of `--sandbox` at start (logged, and reported by `/api/config` and `/ap/v1/agent/status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SandboxStatus {
     /// Not asked for; `available` says whether bubblewrap would work.

@@ -137,9 +137,7 @@ impl TaskManager {
         })
     }
 
-    /// Whether the bash sandbox is available and on.
-    // TODO(proto): report in `/api/config` and `/ap/v1/agent/status` once the
-    // protos carry `sandbox` fields (available, enabled); logged at start until then.
+    /// Whether the bash sandbox is available and on (`/api/config`, `/ap/v1/agent/status`).
     pub fn sandbox_status(&self) -> &SandboxStatus {
         &self.sandbox_status
     }

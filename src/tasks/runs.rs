@@ -220,9 +220,15 @@ impl TaskManager {
         };
         let tools: Vec<&str> = outcome.tool_calls.iter().map(|c| c.name.as_str()).collect();
         let output = match (&outcome.outcome, &stop) {
-            (Some(RunOutcome::Failed { error, .. }), _) if outcome.output.is_empty() => error.clone(),
-            (Some(RunOutcome::Stopped { .. }), Some(reason)) if outcome.output.is_empty() => reason.describe(),
-            _ if outcome.output.is_empty() && !tools.is_empty() => format!("Called {}", tools.join(", ")),
+            (Some(RunOutcome::Failed { error, .. }), _) if outcome.output.is_empty() => {
+                error.clone()
+            }
+            (Some(RunOutcome::Stopped { .. }), Some(reason)) if outcome.output.is_empty() => {
+                reason.describe()
+            }
+            _ if outcome.output.is_empty() && !tools.is_empty() => {
+                format!("Called {}", tools.join(", "))
+            }
             _ => outcome.output.clone(),
         };
         let mut additional_output = Map::new();

@@ -256,6 +256,24 @@ def test_sandboxed_bash_writes_only_its_working_dir(fresh_runs, tmp_path):
         # Stop still ends everything, bwrap included.
         assert runs.stop(task_id)["message"] == "Task stopped successfully"
         assert not procs.wait_gone(timeout=10), procs.survivors()
+
+        # An Agent Protocol task's workspace lies inside the (hidden) data
+        # directory: it is bound back in, writable, and its files become artifacts.
+        route = runs.llm.route().script(
+            openai_tool_call("bash", {"command": "echo made > made.txt; ls -A .. | wc -l > siblings.txt"}),
+            openai_tool_call("task_done", {}, text="done"),
+        )
+        other = runs.stack.create_task("sibling")  # a workspace the sandboxed task must not see
+        assert runs.stack.upload(other["task_id"], "private.txt", b"private").status_code == 200
+        r = requests.post(f"{runs.stack.ap_url}{AP}/tasks", timeout=30,
+                          json={"input": "ap", "additional_input": {"config_file": runs.config(route)}})
+        tid = r.json()["task_id"]
+        step = requests.post(f"{runs.stack.ap_url}{AP}/tasks/{tid}/steps", json={}, timeout=60)
+        assert step.status_code == 200, step.text
+        assert "made.txt" in [a["file_name"] for a in step.json()["artifacts"]], step.json()
+        ws = runs.stack.data_dir / "workspaces" / tid
+        assert (ws / "made.txt").read_text() == "made\n"
+        assert (ws / "siblings.txt").read_text().strip() == "1", "other tasks' workspaces are visible"
     finally:
         if elsewhere.exists():
             elsewhere.unlink()

@@ -76,9 +76,6 @@ def test_sigkill_mid_task_then_restart_reports_failed_and_stream_ends(fresh_runs
         procs.kill_leftovers()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server gap: the bash tool's process group outlives a SIGKILLed agentd (no PR_SET_PDEATHSIG, "
-    "no record of the group for recovery to kill); the issue requires only status and stream here"))
 def test_sigkill_then_restart_leaves_no_process_of_the_task(fresh_runs, tmp_path):
     """What happens to the bash of a task whose agentd was SIGKILLed: the
     task is failed after the restart, so nothing of it should keep running.

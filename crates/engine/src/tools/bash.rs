@@ -812,7 +812,8 @@ mod tests {
         assert_eq!(Some(first[0].start_time), process_start_time(pid));
         assert!(rec.ended.lock().unwrap().is_empty());
         // A restart ends one group and starts another.
-        t.call(&args(json!({ "command": "", "restart": true }))).await;
+        t.call(&args(json!({ "command": "", "restart": true })))
+            .await;
         assert_eq!(rec.started.lock().unwrap().len(), 2);
         assert_eq!(*rec.ended.lock().unwrap(), first);
         t.shutdown().await;
@@ -834,7 +835,10 @@ mod tests {
         let t = tool(dir.path()).supervised(Some(rec), None);
         let out = run(&t, "touch ran").await;
         assert!(
-            out.error.as_deref().unwrap_or("").contains("could not record"),
+            out.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("could not record"),
             "{out:?}"
         );
         assert!(!dir.path().join("ran").exists());
@@ -862,7 +866,11 @@ mod tests {
         assert!(out.output.ends_with("wrote"), "{out:?}");
         assert!(wd.join("mine.txt").exists());
         // $$ is a host pid (no PID namespace), so process bookkeeping holds.
-        let pid: i32 = std::fs::read_to_string(wd.join("pid")).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(wd.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(process_is_alive(pid));
         // Outside the working directory: read-only, and /tmp is private.
         let outside = std::env::current_dir()

@@ -156,7 +156,11 @@ fn orphan_members(group: ProcessGroup) -> Option<(Vec<i32>, bool)> {
     let mut leader_matches = false;
     let mut saw_any_process = false;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         saw_any_process = true;
@@ -288,7 +292,10 @@ mod tests {
     fn reads_start_time_from_field_22() {
         let stat = "4242 (my (odd) cmd) S 1 4240 4240 0 -1 4194560 10 0 0 0 5 6 0 0 20 0 1 0 987654 1000 10";
         let parsed = parse_stat(stat).unwrap();
-        assert_eq!((parsed.state, parsed.pgrp, parsed.start_time), ('S', 4240, 987654));
+        assert_eq!(
+            (parsed.state, parsed.pgrp, parsed.start_time),
+            ('S', 4240, 987654)
+        );
         let me = std::process::id() as i32;
         assert!(process_start_time(me).is_some_and(|t| t > 0));
         assert_eq!(process_start_time(i32::MAX - 7), None);
@@ -306,20 +313,42 @@ mod tests {
         let start_time = process_start_time(pid).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await; // `sleep` has started
         // Another start time: the pid names someone else; nothing is signalled.
-        let other = ProcessGroup { pgid: pid, start_time: start_time + 1 };
-        assert_eq!(end_orphaned_group(other, Duration::from_millis(100)).await, OrphanCleanup::Gone);
+        let other = ProcessGroup {
+            pgid: pid,
+            start_time: start_time + 1,
+        };
+        assert_eq!(
+            end_orphaned_group(other, Duration::from_millis(100)).await,
+            OrphanCleanup::Gone
+        );
         assert!(process_is_alive(pid));
         assert_eq!(
-            end_orphaned_group(ProcessGroup { pgid: pid, start_time: 0 }, Duration::ZERO).await,
+            end_orphaned_group(
+                ProcessGroup {
+                    pgid: pid,
+                    start_time: 0
+                },
+                Duration::ZERO
+            )
+            .await,
             OrphanCleanup::Unverifiable
         );
         // The recorded group: its shell ignores SIGTERM, so SIGKILL ends it.
-        let group = ProcessGroup { pgid: pid, start_time };
+        let group = ProcessGroup {
+            pgid: pid,
+            start_time,
+        };
         let reaper = std::thread::spawn(move || child.wait());
         let outcome = end_orphaned_group(group, Duration::from_millis(200)).await;
-        assert!(matches!(outcome, OrphanCleanup::Ended { processes } if processes >= 2), "{outcome:?}");
+        assert!(
+            matches!(outcome, OrphanCleanup::Ended { processes } if processes >= 2),
+            "{outcome:?}"
+        );
         reaper.join().unwrap().unwrap();
-        assert_eq!(end_orphaned_group(group, Duration::ZERO).await, OrphanCleanup::Gone);
+        assert_eq!(
+            end_orphaned_group(group, Duration::ZERO).await,
+            OrphanCleanup::Gone
+        );
     }
 
     #[test]

@@ -148,7 +148,10 @@ mod tests {
         assert!(args.contains(&"--unshare-net".to_string()));
         assert!(!args.iter().any(|a| a.contains("missing")));
         assert_eq!(args.last().map(String::as_str), Some("--"));
-        let with_net = BashSandbox { network: true, ..sb };
+        let with_net = BashSandbox {
+            network: true,
+            ..sb
+        };
         assert!(
             !with_net
                 .args(&wd)
