@@ -87,6 +87,35 @@ pub struct Task {
     pub cost_usd: f64,
 }
 
+impl Task {
+    /// A new task, `created`, with nothing run yet.
+    pub fn new(
+        task_id: String,
+        input: String,
+        additional_input: Map<String, Value>,
+        origin: Origin,
+        now: i64,
+    ) -> Self {
+        Task {
+            task_id,
+            input,
+            additional_input,
+            status: TaskStatus::Created,
+            origin,
+            run_spec: None,
+            created_at: now,
+            modified_at: now,
+            started_at: None,
+            finished_at: None,
+            result: None,
+            error: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub step_id: String,

@@ -1,8 +1,11 @@
-//! The task layer: one core behind both API dialects. Creates, lists and
-//! deletes tasks, keeps their artifacts, and reports runtime status.
+//! The task layer: one core behind both API dialects.
 //!
-//! Running tasks (engine runs, steps, stop, the live event log) arrives with
-//! the task runner; everything here already goes through the durable store.
+//! - this file: creating, listing and deleting tasks, steps, runtime status;
+//! - `artifacts`, `workspace`: task files (uploads, downloads, path checks);
+//! - `runs`, `runner`: running the engine (Trae runs, Agent Protocol steps,
+//!   limits, timeouts, stop); `events`: the durable per-task event log;
+//! - `recovery`, `processes`, `containment`: what a crash left behind, the
+//!   tasks' process groups, allowed roots and the bash sandbox.
 
 mod artifacts;
 pub mod containment;
@@ -20,7 +23,7 @@ use serde_json::{Map, Value};
 use crate::{
     clock,
     error::{Error, Resource, Result},
-    store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals},
+    store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, Totals},
 };
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
 pub use containment::Containment;
@@ -157,24 +160,14 @@ impl TaskManager {
         input: String,
         additional_input: Map<String, Value>,
     ) -> Result<TaskView> {
-        let now = clock::now_ms();
-        let task = Task {
-            task_id: uuid::Uuid::new_v4().to_string(),
+        let task_id = uuid::Uuid::new_v4().to_string();
+        let task = Task::new(
+            task_id,
             input,
             additional_input,
-            status: TaskStatus::Created,
-            origin: Origin::AgentProtocol,
-            run_spec: None,
-            created_at: now,
-            modified_at: now,
-            started_at: None,
-            finished_at: None,
-            result: None,
-            error: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-        };
+            Origin::AgentProtocol,
+            clock::now_ms(),
+        );
         self.store.insert_task(&task).await?;
         Ok(TaskView {
             task,

@@ -89,21 +89,16 @@ impl TaskManager {
             "patch_path": req.patch_path, "trajectory_file": req.trajectory_file,
         });
         let task = Task {
-            task_id: task_id.clone(),
-            input: req.task.clone(),
-            additional_input: Map::new(),
             status: TaskStatus::Running,
-            origin: Origin::Trae,
             run_spec: Some(run_spec),
-            created_at: now,
-            modified_at: now,
             started_at: Some(now),
-            finished_at: None,
-            result: None,
-            error: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
+            ..Task::new(
+                task_id.clone(),
+                req.task.clone(),
+                Map::new(),
+                Origin::Trae,
+                now,
+            )
         };
         self.store.insert_task(&task).await?;
         self.append_start(&task_id, &req.task, &cfg, &working_dir)

@@ -86,12 +86,7 @@ impl Tool for EditTool {
     }
 
     async fn call(&self, args: &Args) -> ToolOutput {
-        let args = args.clone();
-        match tokio::task::spawn_blocking(move || execute(&args)).await {
-            Ok(Ok(output)) => ToolOutput::ok(output),
-            Ok(Err(error)) => ToolOutput::error(error),
-            Err(e) => ToolOutput::error(format!("The {NAME} tool failed: {e}")),
-        }
+        super::run_blocking(NAME, args, execute).await
     }
 }
 

@@ -77,12 +77,7 @@ impl Tool for JsonEditTool {
     }
 
     async fn call(&self, args: &Args) -> ToolOutput {
-        let args = args.clone();
-        match tokio::task::spawn_blocking(move || execute(&args)).await {
-            Ok(Ok(output)) => ToolOutput::ok(output),
-            Ok(Err(error)) => ToolOutput::error(error),
-            Err(e) => ToolOutput::error(format!("JSON edit tool error: {e}")),
-        }
+        super::run_blocking(NAME, args, execute).await
     }
 }
 

@@ -120,6 +120,21 @@ impl ToolOutput {
     }
 }
 
+/// Runs a tool's file-system work on the blocking pool, so large files do not
+/// stall the runtime; its `Err` is the message the model sees.
+pub(crate) async fn run_blocking(
+    tool: &'static str,
+    args: &args::Args,
+    work: fn(&args::Args) -> Result<String, String>,
+) -> ToolOutput {
+    let args = args.clone();
+    match tokio::task::spawn_blocking(move || work(&args)).await {
+        Ok(Ok(output)) => ToolOutput::ok(output),
+        Ok(Err(error)) => ToolOutput::error(error),
+        Err(e) => ToolOutput::error(format!("The {tool} tool failed: {e}")),
+    }
+}
+
 #[async_trait]
 pub(crate) trait Tool: Send + Sync {
     fn name(&self) -> &'static str;
