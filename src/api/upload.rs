@@ -58,7 +58,8 @@ pub async fn receive(
         }
         Err(_) if raw_file_name.is_empty() => {
             return Err(Error::invalid(
-                "a non-multipart upload needs file_name in its first message",
+                "send the file as multipart/form-data with a 'file' part \
+                 (gRPC callers may send raw bytes with file_name set)",
             ));
         }
         Err(_) => {

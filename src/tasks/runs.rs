@@ -38,16 +38,7 @@ impl TaskManager {
                 req.working_dir
             )));
         }
-        // Checked before anything is created, and again once the directory
-        // exists (a symlink may have appeared meanwhile).
-        self.allowed_roots.check(&working_dir)?;
-        tokio::fs::create_dir_all(&working_dir).await.map_err(|e| {
-            Error::invalid(format!(
-                "cannot create working_dir {}: {e}",
-                working_dir.display()
-            ))
-        })?;
-        self.allowed_roots.check(&working_dir)?;
+        // Everything that can be refused is checked before anything is created.
         config::validate_agent_type(&req.agent_type).map_err(|e| Error::invalid(e.to_string()))?;
         let cfg = self.run_config(&ConfigRequest {
             config_file: req.config_file.clone(),
@@ -56,17 +47,36 @@ impl TaskManager {
             max_steps: req.max_steps,
         })?;
         let llm = llm::client_for(&cfg).map_err(|e| Error::invalid(e.to_string()))?;
-        // Relative output paths are taken relative to the working directory.
+        // Relative output paths are taken relative to the working directory;
+        // with allowed roots, outputs must stay inside them too.
         let in_workdir = |p: &Option<String>| {
             p.as_ref()
                 .filter(|p| !p.is_empty())
                 .map(|p| working_dir.join(p))
         };
+        let (patch_path, trajectory_file) = (
+            in_workdir(&req.patch_path),
+            in_workdir(&req.trajectory_file),
+        );
+        for path in [&Some(working_dir.clone()), &patch_path, &trajectory_file]
+            .into_iter()
+            .flatten()
+        {
+            self.allowed_roots.check(path)?;
+        }
+        tokio::fs::create_dir_all(&working_dir).await.map_err(|e| {
+            Error::invalid(format!(
+                "cannot create working_dir {}: {e}",
+                working_dir.display()
+            ))
+        })?;
+        // Again once it exists: a symlink may have appeared meanwhile.
+        self.allowed_roots.check(&working_dir)?;
         let task_id = uuid::Uuid::new_v4().to_string();
         let options = AgentOptions {
             must_patch: req.must_patch,
-            patch_path: in_workdir(&req.patch_path),
-            trajectory_file: in_workdir(&req.trajectory_file),
+            patch_path,
+            trajectory_file,
             max_steps: None,
             tools: self.tool_options(&task_id),
         };

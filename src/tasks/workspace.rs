@@ -61,6 +61,7 @@ impl Workspaces {
             temp,
             file: Some(file),
             written: 0,
+            committed: false,
         })
     }
 
@@ -70,7 +71,9 @@ impl Workspaces {
         let ws = self.dir(task_id);
         let dest = ws.join(location);
         let parent = dest.parent().unwrap_or(&ws).to_path_buf();
-        tokio::fs::create_dir_all(&parent).await?;
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| conflict(e, location))?;
         let ws_real = tokio::fs::canonicalize(&ws).await?;
         let parent_real = tokio::fs::canonicalize(&parent).await?;
         if !parent_real.starts_with(&ws_real) {
@@ -86,10 +89,29 @@ impl Workspaces {
                 "a directory already exists at {location:?}"
             )));
         }
-        upload.commit(&dest).await?;
+        upload.commit(&dest).await.map_err(|e| match e {
+            Error::Internal(inner) => match inner.downcast::<std::io::Error>() {
+                Ok(io) => conflict(io, location),
+                Err(inner) => Error::Internal(inner),
+            },
+            other => other,
+        })?;
         // Make the rename itself durable.
         tokio::fs::File::open(&parent).await?.sync_all().await?;
         Ok(())
+    }
+}
+
+/// A place in the workspace that the file system refuses (a file where a
+/// directory is needed, a name too long) is the caller's error; anything else
+/// is ours.
+fn conflict(e: std::io::Error, location: &str) -> Error {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        NotADirectory | IsADirectory | AlreadyExists | InvalidFilename | DirectoryNotEmpty => {
+            Error::invalid(format!("cannot place the file at {location:?}: {e}"))
+        }
+        _ => e.into(),
     }
 }
 
@@ -98,6 +120,8 @@ pub struct Upload {
     temp: PathBuf,
     file: Option<tokio::fs::File>,
     written: u64,
+    /// Renamed into the workspace: the temporary file is gone already.
+    committed: bool,
 }
 
 impl Upload {
@@ -127,13 +151,14 @@ impl Upload {
         file.sync_all().await?;
         drop(file);
         tokio::fs::rename(&self.temp, dest).await?;
+        self.committed = true;
         Ok(())
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
@@ -172,7 +197,16 @@ pub fn sanitize_relative_path(raw: &str) -> Result<String> {
             }
         }
     }
-    Ok(parts.join("/"))
+    if let Some(long) = parts.iter().find(|p| p.len() > 255) {
+        return Err(Error::invalid(format!(
+            "relative_path segment {long:?} is longer than 255 bytes"
+        )));
+    }
+    let joined = parts.join("/");
+    if joined.len() > 1024 {
+        return Err(Error::invalid("relative_path is longer than 1024 bytes"));
+    }
+    Ok(joined)
 }
 
 /// A file name from an upload: the last path segment, which must be a real

@@ -10,6 +10,7 @@ Agent Protocol errors:  {"success": false, "message": "...",
 
 from __future__ import annotations
 
+import json
 import uuid
 from contextlib import contextmanager
 
@@ -280,3 +281,26 @@ def test_bad_uploads(base, ref, unchanged):
         # Two files in one request.
         r = requests.post(url, files=[("file", ("one.txt", b"1")), ("file", ("two.txt", b"2"))], timeout=30)
         assert_ap_error(r, 400, "INVALID_REQUEST")
+
+
+def test_config_errors_do_not_echo_file_contents(base):
+    """/api/config takes a client-chosen path: a parse error must not carry the file's contents."""
+    r = requests.get(f"{base}/api/config", params={"config_file": "/etc/passwd"}, timeout=30)
+    body = assert_trae_error(r, 400)
+    assert "root:" not in body["error"] and "/bin/" not in body["error"], body
+
+
+def test_body_cannot_override_the_path_task_id(stack, base):
+    a = stack.create_task("path task")["task_id"]
+    b = stack.create_task("body task")["task_id"]
+    r = post_json(f"{base}/api/tasks/{a}/stop", json.dumps({"task_id": b}))
+    assert_trae_error(r, 400)
+    r = post_json(f"{base}{AP}/tasks/{a}/steps", json.dumps({"task_id": b}))
+    assert_ap_error(r, 400, "INVALID_REQUEST")
+
+
+def test_refused_run_creates_nothing(base, tmp_path):
+    wd = tmp_path / "never-created"
+    r = post_json(f"{base}/api/run", json.dumps({"task": "x", "working_dir": str(wd), "provider": "nope"}))
+    assert_trae_error(r, 400)
+    assert not wd.exists(), "a refused run created its working_dir"

@@ -117,7 +117,7 @@ pub(crate) fn is_legacy(path: &Path) -> bool {
 pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         path: path.to_path_buf(),
-        message: redact_keys(message, text),
+        message: elide_quoted(&redact_keys(message, text)),
     };
     if is_legacy(path) {
         serde_json::from_str::<LegacyFile>(text)
@@ -131,6 +131,30 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
             .map(|f| Parsed::Yaml(Box::new(f)))
             .map_err(|e| invalid(e.to_string()))
     }
+}
+
+/// Parser messages quote the values they stumbled on. `/api/config` takes a
+/// client-chosen path, so a message must not carry a file's contents (e.g.
+/// `?config_file=/etc/passwd`): quoted values become `"…"`, leaving the error
+/// kind, field names and position.
+fn elide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quote = false;
+    for ch in message.chars() {
+        match (ch, in_quote) {
+            ('"', false) => {
+                in_quote = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                in_quote = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 /// Parser messages may quote values; make sure none of the file's api keys
@@ -163,6 +187,19 @@ fn api_key_values(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod elide_tests {
+    #[test]
+    fn quoted_values_are_elided() {
+        assert_eq!(
+            super::elide_quoted(
+                r#"invalid type: string "root:x:0:0:root", expected struct at line 1 column 1"#
+            ),
+            r#"invalid type: string "…", expected struct at line 1 column 1"#
+        );
+    }
 }
 
 #[cfg(test)]
