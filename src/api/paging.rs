@@ -102,6 +102,22 @@ mod tests {
         assert_eq!(Page::resolve(Some(2), None, Some(2), None).unwrap().page, 2);
     }
 
+    proptest::proptest! {
+        /// Pages tile the items exactly: the last page holds the last item,
+        /// no page starts past the end, and both key sets agree.
+        #[test]
+        fn pages_cover_every_item(page in 1i32..10_000, size in 1i32..500, total in 0i64..1_000_000) {
+            let p = Page::resolve(Some(page), Some(size), None, None).unwrap();
+            proptest::prop_assert!(p.size <= MAX_SIZE);
+            proptest::prop_assert_eq!(p.offset(), i64::from(page - 1) * i64::from(p.size));
+            let pg = p.pagination(total);
+            let pages = i64::from(pg.pages);
+            proptest::prop_assert!(pages * i64::from(p.size) >= total);
+            proptest::prop_assert!(total == 0 || (pages - 1) * i64::from(p.size) < total);
+            proptest::prop_assert_eq!((pg.page, pg.size, pg.total, pg.pages), (pg.current_page, pg.page_size, pg.total_items, pg.total_pages));
+        }
+    }
+
     #[test]
     fn pagination_counts_pages() {
         let p = Page { page: 1, size: 10 };

@@ -265,6 +265,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, an accepted path is relative, has no `..`,
+        /// NUL or backslash, no empty or `.` segments, and is already normal.
+        #[test]
+        fn sanitised_paths_stay_inside(raw in "[a-z./\\\\\\x00]{0,40}") {
+            if let Ok(clean) = sanitize_relative_path(&raw) {
+                proptest::prop_assert!(!clean.starts_with('/'));
+                proptest::prop_assert!(!clean.contains('\0') && !clean.contains('\\'));
+                proptest::prop_assert!(clean.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..") || clean.is_empty());
+                proptest::prop_assert_eq!(sanitize_relative_path(&clean).ok(), Some(clean.clone()));
+                let loc = location(&clean, "f.txt");
+                proptest::prop_assert!(!loc.split('/').any(|seg| seg == ".."));
+            }
+        }
+    }
+
     #[test]
     fn location_accepts_directory_or_full_path() {
         assert_eq!(location("", "a.txt"), "a.txt");
