@@ -223,7 +223,7 @@ def _documented_deviation(failure, case, response) -> str | None:
         # page/current_page and size/page_size are aliases; different values for both are refused
         return "conflicting pagination aliases"
     if case.path.endswith("/artifacts") and (case.method or "").upper() == "POST":
-        if body is None and "needs file_name" in text:
+        if body is None and "multipart/form-data with a 'file' part" in text:
             # the official spec does not mark the upload body required; without one there is no file
             return "upload without a body"
         if _UPLOAD_RULES.search(text):
