@@ -50,6 +50,8 @@ pub enum Resource {
     Task,
     Step,
     Artifact,
+    /// A path agentd does not serve.
+    Route,
 }
 
 impl std::fmt::Display for Resource {
@@ -58,6 +60,7 @@ impl std::fmt::Display for Resource {
             Resource::Task => "task",
             Resource::Step => "step",
             Resource::Artifact => "artifact",
+            Resource::Route => "route",
         })
     }
 }

@@ -5,11 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{
-    Router,
-    http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-};
+use axum::{Router, http::header, response::Response};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_web::GrpcWebLayer;
@@ -20,8 +16,9 @@ use crate::{
         AgentApi, TraeApi,
         auth::{self, ApiKeys},
         rate_limit::{self, RateLimit},
-        websocket,
+        reject, websocket,
     },
+    error::{Error, Resource},
     proto::{
         self, ap::agent_service_server::AgentServiceServer,
         trae::trae_service_server::TraeServiceServer,
@@ -133,25 +130,19 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 }
 
 /// Unknown paths: gRPC callers get UNIMPLEMENTED, as gRPC expects; anything
-/// else a JSON 404 (tonic's default would answer 200 with a gRPC status).
+/// else a 404 envelope (tonic's default would answer 200 with a gRPC status).
 async fn unknown_route(req: axum::extract::Request) -> Response {
+    let path = req.uri().path().to_string();
     let is_grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    if is_grpc {
-        let mut resp = tonic::Status::unimplemented(format!("unknown method {}", req.uri().path()))
-            .into_http::<axum::body::Body>();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        return resp;
-    }
-    let body =
-        serde_json::json!({"error": format!("no route for {} {}", req.method(), req.uri().path())});
-    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    let e = if is_grpc {
+        Error::Unimplemented(format!("unknown method {path}"))
+    } else {
+        Error::not_found(Resource::Route, format!("{} {path}", req.method()))
+    };
+    reject(&req, e)
 }
 
 async fn shutdown_signal() {

@@ -7,7 +7,7 @@
 //! document's HTTP status, which gRPC codes cannot always express: 409, 413,
 //! 502) and `x-error-details` (a JSON object).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use serde_json::{Value, json};
 use tonic::{Code, Status, metadata::MetadataMap};
@@ -24,7 +24,19 @@ impl From<Error> for Status {
     }
 }
 
-pub fn error_status(e: Error) -> Status {
+/// What every rendering of an error needs: the gRPC code, the document's
+/// error code (`reason`) and HTTP status, the details object, the message
+/// callers may see, and how long to wait before retrying.
+struct Described {
+    code: Code,
+    reason: &'static str,
+    http: u16,
+    details: Value,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+fn describe(e: Error) -> Described {
     let message = e.to_string();
     let (code, reason, http, details, retry_after) = match &e {
         Error::InvalidRequest(_) => (
@@ -50,6 +62,11 @@ pub fn error_status(e: Error) -> Status {
                     "ARTIFACT_NOT_FOUND",
                     "artifact_id",
                     "check the artifact id; listing the task's artifacts shows which exist",
+                ),
+                Resource::Route => (
+                    "ROUTE_NOT_FOUND",
+                    "path",
+                    "see the README for the API's paths",
                 ),
             };
             (
@@ -99,35 +116,38 @@ pub fn error_status(e: Error) -> Status {
         Error::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED", 501, json!({}), None),
         Error::Internal(inner) => {
             tracing::error!(error = ?inner, "internal error");
-            return build(
-                Code::Internal,
-                "internal error",
-                "INTERNAL_ERROR",
-                500,
-                json!({}),
-                None,
-            );
+            let message = "internal error".to_string();
+            return Described {
+                code: Code::Internal,
+                reason: "INTERNAL_ERROR",
+                http: 500,
+                details: json!({}),
+                message,
+                retry_after: None,
+            };
         }
     };
-    build(code, &message, reason, http, details, retry_after)
+    Described {
+        code,
+        reason,
+        http,
+        details,
+        message,
+        retry_after,
+    }
 }
 
-fn build(
-    code: Code,
-    message: &str,
-    reason: &str,
-    http: u16,
-    details: Value,
-    retry_after: Option<std::time::Duration>,
-) -> Status {
+pub fn error_status(e: Error) -> Status {
+    let d = describe(e);
     let mut md = MetadataMap::new();
-    md.insert("x-error-code", ascii(reason));
-    md.insert("x-http-status", ascii(&http.to_string()));
-    md.insert("x-error-details", ascii(&ascii_json(&details)));
-    if let Some(after) = retry_after {
-        md.insert("retry-after", ascii(&after.as_secs().max(1).to_string()));
+    md.insert("x-error-code", ascii(d.reason));
+    md.insert("x-http-status", ascii(&d.http.to_string()));
+    md.insert("x-error-details", ascii(&ascii_json(&d.details)));
+    if let Some(after) = d.retry_after {
+        md.insert("retry-after", ascii(&retry_after_secs(after).to_string()));
     }
-    let info: HashMap<String, String> = details
+    let info: HashMap<String, String> = d
+        .details
         .as_object()
         .map(|m| {
             m.iter()
@@ -141,9 +161,9 @@ fn build(
         })
         .unwrap_or_default();
     Status::with_error_details_and_metadata(
-        code,
-        message,
-        ErrorDetails::with_error_info(reason, DOMAIN, info),
+        d.code,
+        d.message,
+        ErrorDetails::with_error_info(d.reason, DOMAIN, info),
         md,
     )
 }
@@ -153,36 +173,28 @@ fn build(
 /// status as the gRPC path, in the envelope of the path's dialect.
 pub fn http_error(e: Error, path: &str) -> axum::response::Response {
     use axum::{http::StatusCode, response::IntoResponse as _};
-    let status = error_status(e);
-    let md = status.metadata();
-    let get = |k: &str| {
-        md.get(k)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let code = StatusCode::from_u16(get("x-http-status").parse().unwrap_or(500))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let d = describe(e);
+    let status = StatusCode::from_u16(d.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = if path.starts_with("/api/") {
-        json!({"status": "error", "error": status.message()})
+        json!({"status": "error", "error": d.message})
     } else {
-        let details: Value =
-            serde_json::from_str(&get("x-error-details")).unwrap_or_else(|_| json!({}));
         json!({
             "success": false,
-            "message": status.message(),
-            "error": {"code": get("x-error-code"), "message": status.message(), "details": details},
+            "message": d.message,
+            "error": {"code": d.reason, "message": d.message, "details": d.details},
         })
     };
-    let mut resp = (code, axum::Json(body)).into_response();
-    if let Some(after) = md
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    {
-        resp.headers_mut().insert("retry-after", after);
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(after) = d.retry_after {
+        resp.headers_mut()
+            .insert("retry-after", retry_after_secs(after).into());
     }
     resp
+}
+
+/// Whole seconds, at least one (`Retry-After: 0` would invite a busy loop).
+fn retry_after_secs(after: Duration) -> u64 {
+    after.as_secs().max(1)
 }
 
 fn ascii(s: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {

@@ -27,15 +27,12 @@ def pytest_configure(config):
             raise pytest.UsageError(f"{name}={path} is not an executable (build agentd / run scripts/setup first)")
 
 
-_stacks: list[Stack] = []
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if rep.failed:
-        for s in _stacks:
+        for s in helpers.LIVE_STACKS:
             if s.agentd is not None or s.envoy is not None:
                 rep.sections.append((f"server logs ({s.root.name})", s.logs()))
 
@@ -52,10 +49,10 @@ def stack(tmp_path_factory):
     """The shared agentd + Envoy. Attributes: trae_url, ap_url, grpc_target,
     envoy_grpc_target, data_dir, agentd_pid (see helpers.Stack)."""
     s = _start(tmp_path_factory.mktemp("stack"))
-    _stacks.append(s)
+    helpers.LIVE_STACKS.append(s)
     yield s
     s.stop()
-    _stacks.remove(s)
+    helpers.LIVE_STACKS.remove(s)
 
 
 @pytest.fixture
@@ -66,13 +63,13 @@ def fresh_stack(tmp_path):
     def make() -> Stack:
         s = _start(tmp_path / f"stack{len(started)}")
         started.append(s)
-        _stacks.append(s)
+        helpers.LIVE_STACKS.append(s)
         return s
 
     yield make
     for s in started:
         s.stop()
-        _stacks.remove(s)
+        helpers.LIVE_STACKS.remove(s)
 
 
 @pytest.fixture(params=["trae_port", "ap_port"])

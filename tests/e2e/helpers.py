@@ -167,6 +167,11 @@ def config_env(paths: dict[str, Path]) -> dict[str, str]:
     }
 
 
+# Stacks that are up, whoever started them: conftest attaches their logs to
+# any failing test's report.
+LIVE_STACKS: list["Stack"] = []
+
+
 @dataclass
 class Stack:
     """agentd plus the real Envoy in front of it, on free 127.0.0.1 ports."""

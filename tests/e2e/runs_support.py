@@ -42,7 +42,6 @@ RUNS_API_KEY = "sk-runs-e2e-not-a-secret"
 RUN_WAIT = 60
 
 _route_ids = itertools.count(1)
-_my_stacks: list[Stack] = []
 
 
 # ---- a scripted LLM with one script per route --------------------------------
@@ -414,19 +413,19 @@ def start_runs(root: Path, llm: RoutedLLM, extra_env: dict[str, str] | None = No
     default_cfg.write_text(trae_config_yaml(default_route.base_url))
     env = {"TRAE_CONFIG_FILE": str(default_cfg), "OPENAI_API_KEY": RUNS_API_KEY} | (extra_env or {})
     stack = Stack(root=root, data_dir=root / "data", env=env)
-    _my_stacks.append(stack)
+    helpers.LIVE_STACKS.append(stack)
     try:
         stack.start()
     except BaseException:
-        _my_stacks.remove(stack)
+        helpers.LIVE_STACKS.remove(stack)
         raise
     return Runs(stack=stack, llm=llm, default_route=default_route, configs_dir=configs)
 
 
 def _stop(runs: Runs) -> None:
     runs.stack.stop()
-    if runs.stack in _my_stacks:
-        _my_stacks.remove(runs.stack)
+    if runs.stack in helpers.LIVE_STACKS:
+        helpers.LIVE_STACKS.remove(runs.stack)
 
 
 @pytest.fixture(scope="session")
@@ -475,15 +474,6 @@ def git_repo(tmp_path) -> Path:
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, timeout=30)
     return repo
 
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.failed:
-        for s in _my_stacks:
-            if s.agentd is not None or s.envoy is not None:
-                rep.sections.append((f"server logs ({s.root.name})", s.logs()))
 
 
 class Reader(threading.Thread):
