@@ -9,6 +9,7 @@ pub mod api;
 pub mod clock;
 pub mod error;
 pub mod host;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -1,14 +1,27 @@
-//! The `agentd` command.
+//! The `agentd` command: `serve` and `descriptor-set` here, the client
+//! commands (`run`, `tasks`, `logs`, `stop`, `artifacts`) in `cli`.
 
-use std::{io::Write as _, net::SocketAddr, path::PathBuf};
+mod cli;
+mod telemetry;
+
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc commits its arenas eagerly by default, which keeps ~20 MB more
+/// resident in an idle agentd. It reads its options from the environment when
+/// it starts (before `main`), so agentd re-executes itself once with this set.
+const MIMALLOC_LAZY_COMMIT: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
 
 #[derive(Parser)]
 #[command(
     name = "agentd",
     version,
-    about = "Runs AI coding-agent tasks as a service (gRPC, gRPC-Web, REST via Envoy)"
+    about = "Runs AI coding-agent tasks as a service (gRPC, gRPC-Web, REST via Envoy)",
+    after_help = cli::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -71,12 +84,36 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
+    let (name, value) = MIMALLOC_LAZY_COMMIT;
+    if std::env::var_os(name).is_none()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        use std::os::unix::process::CommandExt as _;
+        let mut args = std::env::args_os();
+        let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+        // Same PID, same arguments; exec returns only if it failed, and then
+        // agentd simply runs with mimalloc's defaults.
+        let _ = std::process::Command::new(&exe)
+            .arg0(arg0)
+            .args(args)
+            .env(name, value)
+            .exec();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(command) => Ok(cli::dispatch(command).await),
         Command::Serve {
             listen,
             data_dir,
@@ -90,12 +127,8 @@ async fn main() -> anyhow::Result<()> {
             api_keys_file,
             rate_limit,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,sqlx=warn".into()),
-                )
-                .init();
+            // Logs; spans to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+            let telemetry = telemetry::init()?;
             let runner = agentd::tasks::RunnerSettings {
                 max_running: max_running_tasks.max(1),
                 task_timeout: std::time::Duration::from_secs(task_timeout_secs.max(1)),
@@ -106,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 })?;
                 api_keys.extend(text.lines().map(str::to_string));
             }
-            agentd::server::serve(agentd::server::ServeOptions {
+            let served = agentd::server::serve(agentd::server::ServeOptions {
                 listen,
                 data_dir,
                 trae_config,
@@ -119,14 +152,17 @@ async fn main() -> anyhow::Result<()> {
                 api_keys: agentd::api::auth::ApiKeys::new(api_keys),
                 rate_limit_per_minute: rate_limit,
             })
-            .await
+            .await;
+            telemetry.shutdown().await;
+            served?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::DescriptorSet { out } => {
             match out {
                 Some(path) => std::fs::write(path, agentd::proto::DESCRIPTOR_SET)?,
                 None => std::io::stdout().write_all(agentd::proto::DESCRIPTOR_SET)?,
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

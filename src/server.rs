@@ -5,7 +5,12 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{Router, http::header, response::Response};
+use axum::{
+    Router,
+    http::header,
+    response::Response,
+    serve::{Listener as _, ListenerExt as _},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_web::GrpcWebLayer;
@@ -15,10 +20,12 @@ use crate::{
     api::{
         AgentApi, TraeApi,
         auth::{self, ApiKeys},
+        observe::ObserveLayer,
         rate_limit::{self, RateLimit},
-        reject, websocket,
+        reject, sse, websocket,
     },
     error::{Error, Resource},
+    metrics::Metrics,
     proto::{
         self, ap::agent_service_server::AgentServiceServer,
         trae::trae_service_server::TraeServiceServer,
@@ -49,6 +56,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
     let store = Arc::new(SqliteStore::open(&opts.data_dir.join("agentd.db")).await?);
     let workspaces = Workspaces::open(&opts.data_dir)?;
+    let metrics = Metrics::new();
     let tasks = Arc::new(
         TaskManager::start(
             store,
@@ -58,6 +66,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 runner: opts.runner.clone(),
                 containment: opts.containment.clone(),
             },
+            metrics.clone(),
         )
         .await?,
     );
@@ -89,6 +98,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Outermost first: rate limit (also for unauthenticated floods), then auth.
     let app: Router = grpc
         .merge(websocket::routes(tasks.clone()))
+        .merge(sse::routes(tasks.clone()))
+        .route("/metrics", {
+            let (metrics, tasks) = (metrics.clone(), tasks.clone());
+            axum::routing::get(move || async move { metrics_text(&metrics, &tasks).await })
+        })
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
             opts.api_keys.clone(),
@@ -97,11 +111,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .layer(axum::middleware::from_fn_with_state(
             RateLimit::per_minute(opts.rate_limit_per_minute),
             rate_limit::limit_rate,
-        ));
+        ))
+        // Outermost: spans and request metrics see refusals too.
+        .layer(ObserveLayer::new(metrics, grpc_methods()));
 
+    // TCP_NODELAY: a gRPC response is several small writes (headers, data,
+    // trailers); with Nagle, the last waits for the peer's delayed ACK (40 ms).
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .with_context(|| format!("binding {}", opts.listen))?;
+        .with_context(|| format!("binding {}", opts.listen))?
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
     tracing::info!(listen = %listener.local_addr()?, data_dir = %opts.data_dir.display(), "agentd serving");
 
     let stop = CancellationToken::new();
@@ -161,4 +184,52 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// `GET /metrics`: Prometheus text exposition. Tasks by status and the
+/// runner's load are read now; everything else is counted as it happens.
+async fn metrics_text(metrics: &Metrics, tasks: &TaskManager) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tasks.task_counts().await {
+        Ok(by_status) => metrics.set_task_state(&by_status, tasks.run_load()),
+        Err(e) => tracing::warn!(error = %e, "/metrics: cannot read task counts"),
+    }
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// Every gRPC method served, as `/package.Service/Method`: the request
+/// metrics' `method` label values.
+fn grpc_methods() -> Vec<String> {
+    use prost::Message as _;
+    let mut methods: Vec<String> = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ]
+    .map(String::from)
+    .into();
+    let Ok(set) = prost_types::FileDescriptorSet::decode(proto::DESCRIPTOR_SET) else {
+        return methods;
+    };
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    methods
 }

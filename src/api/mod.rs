@@ -5,8 +5,10 @@
 pub mod agent;
 pub mod auth;
 mod convert;
+pub mod observe;
 mod paging;
 pub mod rate_limit;
+pub mod sse;
 pub mod status;
 pub mod trae;
 mod upload;

@@ -16,10 +16,13 @@ use crate::{
         TaskEvent,
         trae::{self, trae_service_server::TraeService},
     },
-    store::{Task, TaskQuery, TaskStatus},
+    store::{Task, TaskStatus},
 };
 
 const SUCCESS: &str = "success";
+/// `GET /api/tasks`: tasks per response by default, and at most.
+const DEFAULT_LIST_LIMIT: i32 = 100;
+const MAX_LIST_LIMIT: i32 = 1000;
 
 pub struct TraeApi {
     tasks: Arc<TaskManager>,
@@ -142,25 +145,38 @@ impl TraeService for TraeApi {
         &self,
         req: Request<trae::ListTasksRequest>,
     ) -> Result<Response<trae::ListTasksResponse>, Status> {
-        let status = req.into_inner().status;
-        let status = match status.as_str() {
+        let req = req.into_inner();
+        let status = match req.status.as_str() {
             "" => None,
             s => Some(
                 TaskStatus::parse(s)
                     .ok_or_else(|| Error::invalid(format!("unknown status {s:?}")))?,
             ),
         };
-        let query = TaskQuery {
-            status,
-            created_after: None,
-            offset: 0,
-            limit: i64::MAX,
+        let limit = match req.limit {
+            None => DEFAULT_LIST_LIMIT,
+            Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+            Some(n) => {
+                return Err(Error::invalid(format!(
+                    "limit must be between 1 and {MAX_LIST_LIMIT}, got {n}"
+                ))
+                .into());
+            }
         };
-        let (views, total) = self.tasks.list_tasks(&query).await?;
+        let offset = match req.offset {
+            Some(n) if n < 0 => {
+                return Err(Error::invalid(format!("offset must not be negative, got {n}")).into());
+            }
+            other => other.map(i64::from),
+        };
+        let (tasks, total) = self
+            .tasks
+            .list_recent_tasks(status, i64::from(limit), offset)
+            .await?;
         let now = clock::now_ms();
         Ok(Response::new(trae::ListTasksResponse {
             status: SUCCESS.into(),
-            active_tasks: views.iter().map(|v| summary(&v.task, now)).collect(),
+            active_tasks: tasks.iter().map(|t| summary(t, now)).collect(),
             total_tasks: i32::try_from(total).unwrap_or(i32::MAX),
         }))
     }

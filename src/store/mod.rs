@@ -7,6 +7,7 @@
 
 mod model;
 mod sqlite;
+mod writer;
 
 use async_trait::async_trait;
 
@@ -21,6 +22,15 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>>;
     /// Writes every mutable field of the task (status, times, result, usage).
     async fn update_task(&self, task: &Task) -> Result<()>;
+    /// Records a running task's token usage and cost (only those columns).
+    async fn set_usage(
+        &self,
+        task_id: &str,
+        input_tokens: i64,
+        output_tokens: i64,
+        cost_usd: f64,
+        modified_at: i64,
+    ) -> Result<()>;
     /// One page of tasks in creation order, and how many match in all.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, i64)>;
     /// Removes the task with its steps, artifact rows and events. False if absent.

@@ -1,5 +1,6 @@
 //! The SQLite store: WAL journal with `synchronous = FULL`, so a write is on
-//! disk when its call returns (see README, "Durability").
+//! disk when its call returns (see README, "Durability"). Reads use a pool of
+//! connections; writes go through the group-committing [`Writer`].
 
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -13,11 +14,15 @@ use sqlx::{
     },
 };
 
-use super::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals};
+use super::{
+    Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals, writer::Writer,
+};
 use crate::error::Result;
 
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    writer: Writer,
 }
 
 impl SqliteStore {
@@ -31,14 +36,17 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
         sqlx::migrate!("src/store/migrations")
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        Ok(Self { pool })
+        let writer = Writer::open(&options)
+            .await
+            .context("opening the database writer")?;
+        Ok(Self { pool, writer })
     }
 }
 
@@ -129,32 +137,96 @@ async fn update_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<(
     Ok(())
 }
 
+async fn insert_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, created_at, \
+         modified_at, started_at, finished_at, result, error, input_tokens, output_tokens, cost_usd) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&t.task_id)
+    .bind(&t.input)
+    .bind(json_text(&t.additional_input))
+    .bind(t.status.as_str())
+    .bind(t.origin.as_str())
+    .bind(t.run_spec.as_ref().map(Value::to_string))
+    .bind(t.created_at)
+    .bind(t.modified_at)
+    .bind(t.started_at)
+    .bind(t.finished_at)
+    .bind(&t.result)
+    .bind(&t.error)
+    .bind(t.input_tokens)
+    .bind(t.output_tokens)
+    .bind(t.cost_usd)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_artifact_in(
+    conn: &mut sqlx::SqliteConnection,
+    a: &Artifact,
+    step_id: Option<&str>,
+) -> Result<Artifact> {
+    let row = sqlx::query(
+        "INSERT INTO artifacts (artifact_id, task_id, step_id, file_name, relative_path, location, \
+             file_size, agent_created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (task_id, location) DO UPDATE SET file_name = excluded.file_name, \
+             relative_path = excluded.relative_path, file_size = excluded.file_size, \
+             agent_created = excluded.agent_created RETURNING *",
+    )
+    .bind(&a.artifact_id)
+    .bind(&a.task_id)
+    .bind(&a.step_id)
+    .bind(&a.file_name)
+    .bind(&a.relative_path)
+    .bind(&a.location)
+    .bind(a.file_size)
+    .bind(a.agent_created)
+    .bind(a.created_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    let stored = artifact_from_row(&row)?;
+    if let Some(step_id) = step_id {
+        sqlx::query("INSERT OR IGNORE INTO step_artifacts (step_id, artifact_id) VALUES (?, ?)")
+            .bind(step_id)
+            .bind(&stored.artifact_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(stored)
+}
+
+async fn append_events_in(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[Event],
+    task: Option<&Task>,
+) -> Result<()> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&e.task_id)
+        .bind(e.seq)
+        .bind(&e.kind)
+        .bind(e.timestamp)
+        .bind(json_text(&e.body))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(t) = task {
+        update_task_in(conn, t).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, created_at, \
-             modified_at, started_at, finished_at, result, error, input_tokens, output_tokens, cost_usd) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&t.task_id)
-        .bind(&t.input)
-        .bind(json_text(&t.additional_input))
-        .bind(t.status.as_str())
-        .bind(t.origin.as_str())
-        .bind(t.run_spec.as_ref().map(Value::to_string))
-        .bind(t.created_at)
-        .bind(t.modified_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(&t.result)
-        .bind(&t.error)
-        .bind(t.input_tokens)
-        .bind(t.output_tokens)
-        .bind(t.cost_usd)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let t = t.clone();
+        self.writer
+            .write(move |conn| Box::pin(async move { insert_task_in(conn, &t).await }))
+            .await
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {
@@ -166,67 +238,153 @@ impl Store for SqliteStore {
     }
 
     async fn update_task(&self, t: &Task) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        update_task_in(&mut conn, t).await
+        let t = t.clone();
+        self.writer
+            .write(move |conn| Box::pin(async move { update_task_in(conn, &t).await }))
+            .await
+    }
+
+    async fn set_usage(
+        &self,
+        task_id: &str,
+        input_tokens: i64,
+        output_tokens: i64,
+        cost_usd: f64,
+        modified_at: i64,
+    ) -> Result<()> {
+        let task_id = task_id.to_string();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE tasks SET input_tokens = ?, output_tokens = ?, cost_usd = ?, \
+                         modified_at = ? WHERE task_id = ?",
+                    )
+                    .bind(input_tokens)
+                    .bind(output_tokens)
+                    .bind(cost_usd)
+                    .bind(modified_at)
+                    .bind(&task_id)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<(Vec<Task>, i64)> {
+        // One statement per filter combination, so SQLite walks the matching
+        // index (`x IS NULL OR` conditions would scan every task). Pages are
+        // picked by rowid on the covering index, so a deep OFFSET skips index
+        // entries rather than rows; counts without a time filter come from
+        // `task_counts`.
         let status = q.status.map(TaskStatus::as_str);
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tasks WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR created_at > ?2)",
-        )
-            .bind(status)
-            .bind(q.created_after)
-            .fetch_one(&self.pool)
-            .await?;
-        let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR created_at > ?2) \
-             ORDER BY created_at, task_id LIMIT ?3 OFFSET ?4",
-        )
-        .bind(status)
-        .bind(q.created_after)
-        .bind(q.limit)
-        .bind(q.offset)
-        .fetch_all(&self.pool)
-        .await?;
+        let (total, rows) = match (status, q.created_after) {
+            (None, None) => (
+                sqlx::query_scalar("SELECT COALESCE(SUM(n), 0) FROM task_counts")
+                    .fetch_one(&self.pool)
+                    .await?,
+                sqlx::query(
+                    "SELECT * FROM tasks WHERE rowid IN (SELECT rowid FROM tasks \
+                     ORDER BY created_at, task_id LIMIT ?1 OFFSET ?2) ORDER BY created_at, task_id",
+                )
+                .bind(q.limit)
+                .bind(q.offset)
+                .fetch_all(&self.pool)
+                .await?,
+            ),
+            (Some(status), None) => (
+                sqlx::query_scalar("SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE status = ?1")
+                    .bind(status)
+                    .fetch_one(&self.pool)
+                    .await?,
+                sqlx::query(
+                    "SELECT * FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE status = ?1 \
+                     ORDER BY created_at, task_id LIMIT ?2 OFFSET ?3) ORDER BY created_at, task_id",
+                )
+                .bind(status)
+                .bind(q.limit)
+                .bind(q.offset)
+                .fetch_all(&self.pool)
+                .await?,
+            ),
+            (None, Some(after)) => (
+                sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE created_at > ?1")
+                    .bind(after)
+                    .fetch_one(&self.pool)
+                    .await?,
+                sqlx::query(
+                    "SELECT * FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE created_at > ?1 \
+                     ORDER BY created_at, task_id LIMIT ?2 OFFSET ?3) ORDER BY created_at, task_id",
+                )
+                .bind(after)
+                .bind(q.limit)
+                .bind(q.offset)
+                .fetch_all(&self.pool)
+                .await?,
+            ),
+            (Some(status), Some(after)) => (
+                sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE status = ?1 AND created_at > ?2")
+                    .bind(status)
+                    .bind(after)
+                    .fetch_one(&self.pool)
+                    .await?,
+                sqlx::query(
+                    "SELECT * FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE status = ?1 \
+                     AND created_at > ?2 ORDER BY created_at, task_id LIMIT ?3 OFFSET ?4) \
+                     ORDER BY created_at, task_id",
+                )
+                .bind(status)
+                .bind(after)
+                .bind(q.limit)
+                .bind(q.offset)
+                .fetch_all(&self.pool)
+                .await?,
+            ),
+        };
         let tasks = rows.iter().map(task_from_row).collect::<Result<_>>()?;
         Ok((tasks, total))
     }
 
     async fn delete_task(&self, task_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
-            .bind(task_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let task_id = task_id.to_string();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
+                        .bind(&task_id)
+                        .execute(conn)
+                        .await?;
+                    Ok(done.rows_affected() > 0)
+                })
+            })
+            .await
     }
 
     async fn totals(&self) -> Result<Totals> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut by_status = Vec::new();
+        let rows =
+            sqlx::query("SELECT status, n, input_tokens, output_tokens, cost_usd FROM task_counts")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut totals = Totals::default();
         for r in &rows {
             if let Some(st) = TaskStatus::parse(&r.try_get::<String, _>("status")?) {
-                by_status.push((st, r.try_get("n")?));
+                totals.by_status.push((st, r.try_get("n")?));
             }
+            totals.input_tokens += r.try_get::<i64, _>("input_tokens")?;
+            totals.output_tokens += r.try_get::<i64, _>("output_tokens")?;
+            totals.cost_usd += r.try_get::<f64, _>("cost_usd")?;
         }
-        let sums = sqlx::query(
-            "SELECT COALESCE(SUM(input_tokens), 0) AS i, COALESCE(SUM(output_tokens), 0) AS o, \
-             COALESCE(SUM(cost_usd), 0.0) AS c FROM tasks",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Totals {
-            by_status,
-            input_tokens: sums.try_get("i")?,
-            output_tokens: sums.try_get("o")?,
-            cost_usd: sums.try_get("c")?,
-        })
+        Ok(totals)
     }
 
     async fn save_step(&self, s: &Step) -> Result<()> {
-        sqlx::query(
+        let s = s.clone();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
             "INSERT OR REPLACE INTO steps (step_id, task_id, number, name, status, state, input, \
              additional_input, output, additional_output, is_last, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -243,9 +401,12 @@ impl Store for SqliteStore {
         .bind(json_text(&s.additional_output))
         .bind(s.is_last)
         .bind(s.created_at)
-        .execute(&self.pool)
+        .execute(conn)
         .await?;
-        Ok(())
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn get_step(&self, task_id: &str, step_id: &str) -> Result<Option<Step>> {
@@ -276,37 +437,13 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_artifact(&self, a: &Artifact, step_id: Option<&str>) -> Result<Artifact> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO artifacts (artifact_id, task_id, step_id, file_name, relative_path, location, \
-             file_size, agent_created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (task_id, location) DO UPDATE SET file_name = excluded.file_name, \
-             relative_path = excluded.relative_path, file_size = excluded.file_size, \
-             agent_created = excluded.agent_created RETURNING *",
-        )
-        .bind(&a.artifact_id)
-        .bind(&a.task_id)
-        .bind(&a.step_id)
-        .bind(&a.file_name)
-        .bind(&a.relative_path)
-        .bind(&a.location)
-        .bind(a.file_size)
-        .bind(a.agent_created)
-        .bind(a.created_at)
-        .fetch_one(&mut *tx)
-        .await?;
-        let stored = artifact_from_row(&row)?;
-        if let Some(step_id) = step_id {
-            sqlx::query(
-                "INSERT OR IGNORE INTO step_artifacts (step_id, artifact_id) VALUES (?, ?)",
-            )
-            .bind(step_id)
-            .bind(&stored.artifact_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(stored)
+        let a = a.clone();
+        let step_id = step_id.map(str::to_string);
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move { upsert_artifact_in(conn, &a, step_id.as_deref()).await })
+            })
+            .await
     }
 
     async fn artifacts_of_steps(&self, step_ids: &[String]) -> Result<Vec<(String, Artifact)>> {
@@ -377,33 +514,30 @@ impl Store for SqliteStore {
     }
 
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
-            .bind(task_id)
-            .bind(artifact_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let (task_id, artifact_id) = (task_id.to_string(), artifact_id.to_string());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done =
+                        sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
+                            .bind(&task_id)
+                            .bind(&artifact_id)
+                            .execute(conn)
+                            .await?;
+                    Ok(done.rows_affected() > 0)
+                })
+            })
+            .await
     }
 
     async fn append_events(&self, events: &[Event], task: Option<&Task>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for e in events {
-            sqlx::query(
-                "INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&e.task_id)
-            .bind(e.seq)
-            .bind(&e.kind)
-            .bind(e.timestamp)
-            .bind(json_text(&e.body))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(t) = task {
-            update_task_in(&mut tx, t).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let events = events.to_vec();
+        let task = task.cloned();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move { append_events_in(conn, &events, task.as_ref()).await })
+            })
+            .await
     }
 
     async fn last_event_seq(&self, task_id: &str) -> Result<i64> {
@@ -436,5 +570,108 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Map;
+
+    use super::*;
+
+    fn task(id: &str, now: i64) -> Task {
+        Task::new(
+            id.into(),
+            "input".into(),
+            Map::new(),
+            Origin::AgentProtocol,
+            now,
+        )
+    }
+
+    /// Concurrent writes share transactions (group commit); one failing write
+    /// (a duplicate id) fails alone, and everything acknowledged is stored,
+    /// counted by the trigger-kept totals, and still there after reopening.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_isolates_failures_and_keeps_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentd.db");
+        let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let mut writes = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            writes.push(tokio::spawn(async move {
+                store.insert_task(&task(&format!("t{i:03}"), i)).await
+            }));
+        }
+        let duplicate = {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_task(&task("t007", 1000)).await })
+        };
+        let mut ok = 0;
+        for w in writes {
+            ok += usize::from(w.await.unwrap().is_ok());
+        }
+        let dup_ok = duplicate.await.unwrap().is_ok();
+        // Exactly one of the two t007 writes wins; every other write commits.
+        assert_eq!(ok + usize::from(dup_ok), 200);
+        let query = TaskQuery {
+            limit: 1000,
+            ..TaskQuery::default()
+        };
+        let (all, total) = store.list_tasks(&query).await.unwrap();
+        assert_eq!((total, all.len()), (200, 200));
+        let stored = store.get_task("t007").await.unwrap().unwrap();
+        assert_eq!(stored.created_at, if dup_ok { 1000 } else { 7 });
+
+        let mut done = store.get_task("t010").await.unwrap().unwrap();
+        done.status = TaskStatus::Completed;
+        done.input_tokens = 40;
+        store.update_task(&done).await.unwrap();
+        store.set_usage("t011", 5, 6, 0.5, 99).await.unwrap();
+        assert!(store.delete_task("t012").await.unwrap());
+        let totals = store.totals().await.unwrap();
+        let count = |s| {
+            totals
+                .by_status
+                .iter()
+                .find(|(st, _)| *st == s)
+                .map_or(0, |(_, n)| *n)
+        };
+        assert_eq!(count(TaskStatus::Created), 198);
+        assert_eq!(count(TaskStatus::Completed), 1);
+        assert_eq!((totals.input_tokens, totals.output_tokens), (45, 6));
+        let (failed, n) = store
+            .list_tasks(&TaskQuery {
+                status: Some(TaskStatus::Completed),
+                limit: 10,
+                ..TaskQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((n, failed[0].task_id.as_str()), (1, "t010"));
+
+        drop(store);
+        let reopened = SqliteStore::open(&path).await.unwrap();
+        let (_, total) = reopened
+            .list_tasks(&TaskQuery {
+                limit: 1,
+                ..TaskQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(total, 199);
+        let deep = reopened
+            .list_tasks(&TaskQuery {
+                offset: 198,
+                limit: 5,
+                created_after: Some(-1),
+                ..TaskQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((deep.0.len(), deep.1), (1, 199));
     }
 }

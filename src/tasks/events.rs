@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 use crate::{
     clock,
     error::{Error, Result},
+    metrics::Metrics,
     store::{Event, Store, Task},
 };
 
@@ -32,8 +33,10 @@ pub const END: &str = "end";
 /// Sent to live readers when nothing happened for a while; never stored.
 pub const HEARTBEAT: &str = "heartbeat";
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
-/// Events read from the store per query while replaying.
-const REPLAY_BATCH: i64 = 500;
+/// Events read from the store per query while replaying. Each reader that
+/// fell behind holds one batch: 1,000 lagging readers of a busy task hold
+/// 1,000 batches.
+const REPLAY_BATCH: i64 = 100;
 /// Live events buffered per task for slow readers; past this a reader
 /// catches up from the store.
 const LIVE_BUFFER: usize = 1024;
@@ -43,6 +46,7 @@ pub const MAX_FOLLOWERS_PER_TASK: usize = 5000;
 
 pub struct EventLog {
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     topics: Mutex<HashMap<String, Arc<Topic>>>,
     /// Every task's events, live only (the logs WebSocket).
     all: broadcast::Sender<Arc<Event>>,
@@ -56,18 +60,20 @@ struct Topic {
 }
 
 /// Counts one follower of a topic for as long as its stream lives.
-struct Follower(Arc<Topic>);
+struct Follower(Arc<Topic>, Arc<Metrics>);
 
 impl Drop for Follower {
     fn drop(&mut self) {
         self.0.followers.fetch_sub(1, Ordering::Relaxed);
+        self.1.stream_followers.dec();
     }
 }
 
 impl EventLog {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
+            metrics,
             topics: Mutex::new(HashMap::new()),
             all: broadcast::channel(LIVE_BUFFER).0,
         }
@@ -140,6 +146,7 @@ impl EventLog {
             })
             .collect();
         self.store.append_events(&events, task).await?;
+        self.metrics.events_written.inc_by(events.len() as u64);
         *last = Some(seq);
         // No receivers is fine: readers that come later replay from the store.
         for event in &events {
@@ -169,7 +176,8 @@ impl EventLog {
         after_seq: i64,
     ) -> Result<impl Stream<Item = Result<Event>> + Send + 'static> {
         let topic = self.topic(task_id);
-        let follower = Follower(topic.clone());
+        self.metrics.stream_followers.inc();
+        let follower = Follower(topic.clone(), self.metrics.clone());
         if topic.followers.fetch_add(1, Ordering::Relaxed) >= MAX_FOLLOWERS_PER_TASK {
             return Err(Error::InsufficientResources {
                 message: format!(

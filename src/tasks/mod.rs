@@ -23,7 +23,8 @@ use serde_json::{Map, Value};
 use crate::{
     clock,
     error::{Error, Resource, Result},
-    store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, Totals},
+    metrics::Metrics,
+    store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals},
 };
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
 pub use containment::Containment;
@@ -107,6 +108,7 @@ impl TaskManager {
         store: Arc<dyn Store>,
         workspaces: Workspaces,
         settings: TaskSettings,
+        metrics: Arc<Metrics>,
     ) -> Result<Self> {
         let allowed_roots = AllowedRoots::resolve(&settings.containment.allowed_roots)?;
         if allowed_roots.is_restricted() {
@@ -114,7 +116,7 @@ impl TaskManager {
         }
         let processes = ProcessRecords::open(workspaces.data_dir())?;
         recovery::end_orphaned_processes(&processes).await?;
-        let events = Arc::new(EventLog::new(store.clone()));
+        let events = Arc::new(EventLog::new(store.clone(), metrics.clone()));
         recovery::fail_interrupted_runs(store.as_ref(), &events).await?;
         let (sandbox, sandbox_status) = containment::prepare_sandbox(
             &settings.containment,
@@ -124,6 +126,7 @@ impl TaskManager {
         let runner = Arc::new(Runner::new(
             store.clone(),
             events.clone(),
+            metrics,
             settings.runner.clone(),
         ));
         Ok(Self {
@@ -209,6 +212,31 @@ impl TaskManager {
         Ok((views, total))
     }
 
+    /// Task rows without their artifacts (the Trae listing), oldest first:
+    /// from `offset`, or without one the most recent `limit`.
+    pub async fn list_recent_tasks(
+        &self,
+        status: Option<TaskStatus>,
+        limit: i64,
+        offset: Option<i64>,
+    ) -> Result<(Vec<Task>, i64)> {
+        let mut query = TaskQuery {
+            status,
+            created_after: None,
+            offset: offset.unwrap_or(0),
+            limit,
+        };
+        if offset.is_none() {
+            // Count first (no rows), then read the last page.
+            let (_, total) = self
+                .store
+                .list_tasks(&TaskQuery { limit: 0, ..query })
+                .await?;
+            query.offset = (total - limit).max(0);
+        }
+        self.store.list_tasks(&query).await
+    }
+
     /// Removes the task, its steps, events, artifact records and workspace
     /// files. A Trae task's `working_dir` belongs to the user and is kept.
     pub async fn delete_task(&self, task_id: &str) -> Result<()> {
@@ -282,6 +310,16 @@ impl TaskManager {
                 StepView { step, artifacts }
             })
             .collect())
+    }
+
+    /// Tasks by status (`/metrics`, at scrape time).
+    pub async fn task_counts(&self) -> Result<Vec<(TaskStatus, i64)>> {
+        Ok(self.store.totals().await?.by_status)
+    }
+
+    /// Runs executing, steps queued, and the limit (`/metrics`).
+    pub fn run_load(&self) -> crate::metrics::RunLoad {
+        self.runner.load()
     }
 
     pub async fn runtime_status(&self) -> Result<RuntimeStatus> {

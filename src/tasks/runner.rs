@@ -12,22 +12,28 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use agentd_engine::{
     agent::{Agent, RunOutcome, StepOutcome},
-    events::{EngineEvent, EventSink},
+    events::{EngineEvent, EventSink, FailureKind},
+    tools::BUILTIN_TOOL_NAMES,
 };
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, field::Empty};
 
 use super::events::{END, EventLog};
 use crate::{
     clock,
     error::{Error, Result},
+    metrics::{LlmObserver, Metrics, RunLoad},
     store::{Store, Task, TaskStatus},
 };
 
@@ -101,9 +107,12 @@ impl Session {
 pub struct Runner {
     store: Arc<dyn Store>,
     events: Arc<EventLog>,
+    metrics: Arc<Metrics>,
     settings: RunnerSettings,
     slots: Arc<Semaphore>,
     active: Mutex<HashMap<String, Active>>,
+    /// Steps waiting for the previous step of their task (`/metrics`).
+    queued: AtomicUsize,
 }
 
 /// What a background run needs beyond the task record.
@@ -113,14 +122,31 @@ pub struct RunPlan {
 }
 
 impl Runner {
-    pub fn new(store: Arc<dyn Store>, events: Arc<EventLog>, settings: RunnerSettings) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        events: Arc<EventLog>,
+        metrics: Arc<Metrics>,
+        settings: RunnerSettings,
+    ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.max_running));
         Self {
             store,
             events,
+            metrics,
             settings,
             slots,
             active: Mutex::new(HashMap::new()),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs holding a slot, steps queued behind their task's previous step.
+    pub fn load(&self) -> RunLoad {
+        let slots = self.settings.max_running;
+        RunLoad {
+            running: slots.saturating_sub(self.slots.available_permits()),
+            queued: self.queued.load(Ordering::Relaxed),
+            slots,
         }
     }
 
@@ -151,6 +177,7 @@ impl Runner {
             rx,
             self.events.clone(),
             self.store.clone(),
+            self.metrics.clone(),
             task_id.to_string(),
         ));
         LogSink { tx }
@@ -172,7 +199,10 @@ impl Runner {
             },
         );
         let runner = self.clone();
-        tokio::spawn(async move {
+        plan.sink
+            .observe_llm(self.metrics.llm(plan.agent.provider(), plan.agent.model()));
+        let span = task_span(&task.task_id, &plan.agent);
+        let run = async move {
             let RunPlan { mut agent, sink } = plan;
             let timeout = runner.settings.task_timeout;
             let outcome = tokio::select! {
@@ -184,6 +214,7 @@ impl Runner {
                 }
             };
             drop(agent); // ends the tools' processes
+            tracing::Span::current().record("task.outcome", outcome_name(&outcome));
             sink.flush().await;
             let stop = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Err(e) = runner.finish(&task.task_id, &outcome, stop.as_ref()).await {
@@ -192,7 +223,8 @@ impl Runner {
             runner.active().remove(&task.task_id);
             drop(permit);
             let _ = done_tx.send(true);
-        });
+        };
+        tokio::spawn(run.instrument(span));
     }
 
     /// Runs one step of a step-by-step task, creating its session on the
@@ -234,7 +266,10 @@ impl Runner {
                 }
             }
         };
-        let mut s = session.lock().await;
+        let mut s = {
+            let _queued = Queued::enter(&self.queued);
+            session.lock().await
+        };
         // Queued behind a step or stop that ended the task.
         if !self
             .active()
@@ -246,14 +281,22 @@ impl Runner {
             )));
         }
         let max_steps = s.max_steps;
+        if s.agent.steps_taken() == 0 {
+            s.sink
+                .observe_llm(self.metrics.llm(s.agent.provider(), s.agent.model()));
+        }
+        let span = task_span(task_id, &s.agent);
         let outcome = tokio::select! {
-            out = s.agent.step(&cancel, input.clone()) => out,
+            out = s.agent.step(&cancel, input.clone()).instrument(span.clone()) => out,
             () = tokio::time::sleep(self.settings.task_timeout) => {
                 set_reason(&reason, StopReason::TimedOut(self.settings.task_timeout));
                 cancel.cancel();
-                s.agent.step(&cancel, None).await
+                s.agent.step(&cancel, None).instrument(span.clone()).await
             }
         };
+        if let Some(o) = &outcome.outcome {
+            span.record("task.outcome", outcome_name(o));
+        }
         s.sink.flush().await;
         drop(permit);
         if outcome.is_last {
@@ -382,6 +425,45 @@ impl Runner {
     }
 }
 
+/// The span of a task's run (or of one Agent Protocol step of it); the
+/// engine's step, LLM and tool spans nest in it.
+fn task_span(task_id: &str, agent: &Agent) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        otel.name = "invoke_agent agentd",
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.system = agent.provider(),
+        gen_ai.provider.name = agent.provider(),
+        gen_ai.request.model = agent.model(),
+        task.id = task_id,
+        task.outcome = Empty,
+    )
+}
+
+fn outcome_name(outcome: &RunOutcome) -> &'static str {
+    match outcome {
+        RunOutcome::Completed { .. } => "completed",
+        RunOutcome::Failed { .. } => "failed",
+        RunOutcome::Stopped { .. } => "stopped",
+    }
+}
+
+/// Counts a step while it waits for its task's session.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn set_reason(slot: &Mutex<Option<StopReason>>, reason: StopReason) {
     slot.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -395,8 +477,11 @@ fn text(key: &str, value: &str) -> Map<String, Value> {
 }
 
 enum Forward {
-    Event(EngineEvent),
+    /// With the moment it was emitted (tool calls' durations).
+    Event(EngineEvent, Instant),
     Flush(oneshot::Sender<()>),
+    /// The run's provider/model metrics, sent before its first event.
+    Llm(LlmObserver),
 }
 
 /// The engine's event sink: a channel to the run's forwarder.
@@ -412,11 +497,16 @@ impl LogSink {
             let _ = rx.await;
         }
     }
+
+    /// Counts the run's LLM calls, tokens and cost under its provider/model.
+    pub fn observe_llm(&self, observer: LlmObserver) {
+        let _ = self.tx.send(Forward::Llm(observer));
+    }
 }
 
 impl EventSink for LogSink {
     fn emit(&self, event: EngineEvent) {
-        let _ = self.tx.send(Forward::Event(event));
+        let _ = self.tx.send(Forward::Event(event, Instant::now()));
     }
 }
 
@@ -428,41 +518,131 @@ impl Clone for LogSink {
     }
 }
 
+/// Engine messages a forwarder takes into one write at most.
+const FORWARD_BATCH: usize = 256;
+
+/// Appends a run's events to its log. Whatever arrived while the previous
+/// write was on its way to disk goes into the next one together, so a fast
+/// agent costs one transaction per batch rather than one per event.
 async fn forward(
     mut rx: mpsc::UnboundedReceiver<Forward>,
     events: Arc<EventLog>,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     task_id: String,
 ) {
-    while let Some(msg) = rx.recv().await {
-        let event = match msg {
-            Forward::Flush(done) => {
-                let _ = done.send(());
-                continue;
+    let mut inbox = Vec::with_capacity(FORWARD_BATCH);
+    let mut llm: Option<LlmObserver> = None;
+    // Tool calls in progress: (call_id, when it started).
+    let mut tools_started: Vec<(String, Instant)> = Vec::new();
+    while rx.recv_many(&mut inbox, FORWARD_BATCH).await > 0 {
+        let mut entries = Vec::new();
+        let mut usage = None;
+        let mut flushed = Vec::new();
+        for msg in inbox.drain(..) {
+            let (event, at) = match msg {
+                Forward::Flush(done) => {
+                    flushed.push(done);
+                    continue;
+                }
+                Forward::Llm(observer) => {
+                    llm = Some(observer);
+                    continue;
+                }
+                Forward::Event(e, at) => (e, at),
+            };
+            match &event {
+                EngineEvent::Usage {
+                    total,
+                    total_cost_usd,
+                    cost_usd,
+                    ..
+                } => {
+                    usage = Some((*total, *total_cost_usd));
+                    if let Some(llm) = &llm {
+                        llm.cost_usd.inc_by(*cost_usd);
+                    }
+                }
+                EngineEvent::LlmResponse { usage, .. } => {
+                    if let Some(llm) = &llm {
+                        llm.requests.inc();
+                        llm.input_tokens.inc_by(usage.input_tokens);
+                        llm.output_tokens.inc_by(usage.output_tokens);
+                    }
+                }
+                EngineEvent::Failed {
+                    kind: FailureKind::Provider,
+                    ..
+                } => {
+                    if let Some(llm) = &llm {
+                        llm.requests.inc();
+                        llm.errors.inc();
+                    }
+                }
+                EngineEvent::ToolCall { call, .. } => {
+                    tools_started.push((call.call_id.clone(), at));
+                }
+                EngineEvent::ToolResult { result, .. } => {
+                    if let Some(i) = tools_started
+                        .iter()
+                        .position(|(id, _)| *id == result.call_id)
+                    {
+                        let (_, started) = tools_started.swap_remove(i);
+                        metrics.observe_tool(
+                            tool_label(&result.name),
+                            at.saturating_duration_since(started).as_secs_f64(),
+                        );
+                    }
+                }
+                EngineEvent::StepFinished {
+                    llm_seconds,
+                    tool_seconds,
+                    overhead_seconds,
+                    ..
+                } => {
+                    metrics.steps.inc();
+                    metrics.step_llm.observe(*llm_seconds);
+                    metrics.step_tools.observe(*tool_seconds);
+                    metrics.step_overhead.observe(*overhead_seconds);
+                }
+                _ => {}
             }
-            Forward::Event(e) => e,
-        };
-        if let EngineEvent::Usage {
-            total,
-            total_cost_usd,
-            ..
-        } = &event
-            && let Ok(Some(mut task)) = store.get_task(&task_id).await
-        {
-            task.input_tokens = total.input_tokens as i64;
-            task.output_tokens = total.output_tokens as i64;
-            task.cost_usd = *total_cost_usd;
-            task.modified_at = clock::now_ms();
-            if let Err(e) = store.update_task(&task).await {
-                tracing::warn!(%task_id, error = %e, "could not record token usage");
+            if let Some((kind, body)) = log_entry(&event) {
+                entries.push((kind.to_string(), body));
             }
         }
-        if let Some((kind, body)) = log_entry(&event)
-            && let Err(e) = events.append(&task_id, kind, body).await
-        {
-            tracing::error!(%task_id, error = %e, "could not append to the event log");
+        // Both writes share the store's next group commit.
+        let record_usage = async {
+            if let Some((total, cost)) = &usage {
+                let (input, output) = (total.input_tokens as i64, total.output_tokens as i64);
+                let now = clock::now_ms();
+                if let Err(e) = store.set_usage(&task_id, input, output, *cost, now).await {
+                    tracing::warn!(%task_id, error = %e, "could not record token usage");
+                }
+            }
+        };
+        let append = async {
+            if !entries.is_empty()
+                && let Err(e) = events.append_all(&task_id, entries, None).await
+            {
+                tracing::error!(%task_id, error = %e, "could not append to the event log");
+            }
+        };
+        tokio::join!(record_usage, append);
+        for done in flushed {
+            let _ = done.send(());
         }
     }
+}
+
+/// A tool's metrics label: built-in tools by name, anything a model made up
+/// as `other` (labels must stay few).
+fn tool_label(name: &str) -> &'static str {
+    BUILTIN_TOOL_NAMES
+        .iter()
+        .find(|n| **n == name)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// An engine event as a log entry: (type, {message, data}). Terminal events
@@ -489,7 +669,8 @@ fn log_entry(event: &EngineEvent) -> Option<(&'static str, Map<String, Value>)> 
         }
         EngineEvent::Completed { .. }
         | EngineEvent::Failed { .. }
-        | EngineEvent::Stopped { .. } => return None,
+        | EngineEvent::Stopped { .. }
+        | EngineEvent::StepFinished { .. } => return None,
     };
     let mut data = match serde_json::to_value(event) {
         Ok(Value::Object(m)) => m,

@@ -345,10 +345,16 @@ class Stack:
         return requests.post(f"{base or self.ap_url}{AP}/tasks/{task_id}/artifacts", files=files, data=form, timeout=60)
 
     def all_tasks(self) -> list[dict]:
-        """Every stored task, via the Trae list (unpaged)."""
-        r = requests.get(f"{self.trae_url}/api/tasks", timeout=30)
-        assert r.status_code == 200, r.text
-        return sorted(r.json()["active_tasks"], key=lambda t: t["task_id"])
+        """Every stored task, via the Trae list, 1,000 at a time."""
+        tasks: list[dict] = []
+        while True:
+            params = {"limit": 1000, "offset": len(tasks)}
+            r = requests.get(f"{self.trae_url}/api/tasks", params=params, timeout=30)
+            assert r.status_code == 200, r.text
+            page = r.json()["active_tasks"]
+            tasks += page
+            if len(page) < 1000:
+                return sorted(tasks, key=lambda t: t["task_id"])
 
     def artifacts(self, task_id: str) -> list[dict]:
         r = requests.get(f"{self.ap_url}{AP}/tasks/{task_id}/artifacts", params={"size": 100}, timeout=30)

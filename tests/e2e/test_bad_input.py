@@ -304,3 +304,22 @@ def test_refused_run_creates_nothing(base, tmp_path):
     r = post_json(f"{base}/api/run", json.dumps({"task": "x", "working_dir": str(wd), "provider": "nope"}))
     assert_trae_error(r, 400)
     assert not wd.exists(), "a refused run created its working_dir"
+
+
+def test_stream_resume_parameter_is_checked_in_each_dialect(stack):
+    """The SSE streams (served by agentd itself) refuse a bad `after_seq` with
+    the dialect's envelope; a repeated one counts once (the last)."""
+    task = stack.create_task("stream query")
+    tid = task["task_id"]
+    for bad in ("abc", "-1", "null", "4294967296"):
+        assert_trae_error(requests.get(f"{stack.trae_url}/api/tasks/{tid}/stream", params={"after_seq": bad}, timeout=30), 400)
+        assert_ap_error(
+            requests.get(f"{stack.ap_url}{AP}/tasks/{tid}/events", params={"after_seq": bad}, timeout=30), 400, "INVALID_REQUEST"
+        )
+    assert_trae_error(requests.get(f"{stack.trae_url}/api/tasks/nope/stream", timeout=30), 404)
+    assert_ap_error(requests.get(f"{stack.ap_url}{AP}/tasks/nope/events", timeout=30), 404, "TASK_NOT_FOUND")
+    # A task that was never run has no events yet: the stream stays open; a
+    # repeated parameter is accepted and the stream starts (200, SSE).
+    with requests.get(f"{stack.trae_url}/api/tasks/{tid}/stream?after_seq=x&after_seq=0", stream=True, timeout=30) as r:
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")

@@ -26,6 +26,9 @@ What must hold for every request (a failure names the check, the request as a cu
   - agentd and Envoy are both still running at the end (this run found a request that crashed Envoy:
     test_struct_with_empty_key_is_refused_and_envoy_survives keeps it fixed).
 
+Each run loads its OpenAPI document from the stack itself: Envoy serves openapi/<file> at /openapi/<file> on both
+REST ports (checked to be the repository's file; tests/e2e/test_openapi.py keeps the files in step with the protos).
+
 How it runs: the schemathesis CLI (`schemathesis run`, the interface its maintainers keep stable) in a
 subprocess, configured by a generated schemathesis.toml, with this very file as its hooks module
 (SCHEMATHESIS_HOOKS=<this file>; the hooks register only when AGENTD_FUZZ_HOOKS=1, i.e. not under pytest).
@@ -446,10 +449,10 @@ if os.environ.get("AGENTD_FUZZ_HOOKS") != "1":
             ]
         return "\n".join(lines) + "\n"
 
-    def _operation_ids(spec: Path) -> set[str]:
+    def _operation_ids(spec_text: str) -> set[str]:
         import yaml
 
-        doc = yaml.safe_load(spec.read_text())
+        doc = yaml.safe_load(spec_text)
         return {
             op["operationId"]
             for item in doc["paths"].values()
@@ -457,10 +460,21 @@ if os.environ.get("AGENTD_FUZZ_HOOKS") != "1":
             if isinstance(op, dict) and "operationId" in op
         }
 
+    def served_spec(base_url: str, spec: Path) -> tuple[str, str]:
+        """The URL Envoy serves `spec` at (/openapi/<file>, see envoy/envoy.yaml.in) and the text it serves,
+        which must be the repository's file."""
+        url = f"{base_url}/openapi/{spec.name}"
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 200, f"{url}: {r.status_code} {r.text[:300]}"
+        assert r.text == spec.read_text(), f"{url} is not {spec}"
+        return url, r.text
+
     def run_schemathesis(fs: FuzzStack, spec: Path, base_url: str, *extra: str) -> str:
+        """Fuzzes `base_url` with the OpenAPI document served at base_url/openapi/<spec's file name>."""
+        url, text = served_spec(base_url, spec)
         cfg = fs.root / f"schemathesis-{spec.stem}.toml"
-        streams = re.search(r"/(stream|events):", spec.read_text()) is not None
-        cfg.write_text(_config(base_url, _operation_ids(spec), streams))
+        streams = re.search(r"/(stream|events):", text) is not None
+        cfg.write_text(_config(base_url, _operation_ids(text), streams))
         env = helpers.clean_env() | {
             "SCHEMATHESIS_HOOKS": str(HERE),
             "AGENTD_FUZZ_HOOKS": "1",
@@ -469,7 +483,9 @@ if os.environ.get("AGENTD_FUZZ_HOOKS") != "1":
             "NO_COLOR": "1",
             "COLUMNS": "160",
         }
-        cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(cfg), "run", str(spec), *extra]
+        if os.environ.get("AGENTD_FUZZ_DEBUG"):  # clean_env drops AGENTD_* variables
+            env["AGENTD_FUZZ_DEBUG"] = os.environ["AGENTD_FUZZ_DEBUG"]
+        cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(cfg), "run", url, *extra]
         started = time.monotonic()
         try:
             out = subprocess.run(
@@ -489,6 +505,8 @@ if os.environ.get("AGENTD_FUZZ_HOOKS") != "1":
         assert m and m.group(1) == m.group(3) != "0", f"not every selected operation was tested:\n{text[-4000:]}"
         assert re.search(r"Test cases:\s+\d{3,} generated", text), f"suspiciously few test cases:\n{text[-4000:]}"
         print(f"\n{spec.name}: {elapsed:.0f}s\n{text[text.rfind('API Operations:'):]}")
+        if os.environ.get("AGENTD_FUZZ_DEBUG"):
+            print("\n".join(line for line in text.splitlines() if line.startswith("filtered (")))
         return text
 
     # ---- the fuzz runs -------------------------------------------------------

@@ -167,11 +167,13 @@ def test_document_python_example_runs_a_task_in_a_git_repo(runs, git_repo):
     assert str(git_repo) in bash_result["message"], "bash did not run in working_dir"
 
     # The model saw the file it viewed: the second LLM request carries its content.
-    second = json.dumps(route.requests[1]["body"], ensure_ascii=False)
+    # (Other tests' tasks use the default route too: keep this task's requests.)
+    mine = [r for r in route.requests if str(git_repo) in json.dumps(r["body"], ensure_ascii=False)]
+    second = json.dumps(mine[1]["body"], ensure_ascii=False)
     assert "print(\\\"hello\\\")" in second or 'print("hello")' in second, second[:2000]
-    headers = {k.lower(): v for k, v in route.requests[0]["headers"].items()}
+    headers = {k.lower(): v for k, v in mine[0]["headers"].items()}
     assert headers.get("authorization") == f"Bearer {RUNS_API_KEY}", "OPENAI_API_KEY was not used"
-    assert route.requests[0]["body"]["model"] == "gpt-4", "the request's model was not used"
+    assert mine[0]["body"]["model"] == "gpt-4", "the request's model was not used"
 
     # patch_path: relative to working_dir; includes the edit and the new untracked file.
     patch = (git_repo / "out" / "task.patch").read_text()

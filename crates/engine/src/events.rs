@@ -37,6 +37,15 @@ pub enum EngineEvent {
         cost_usd: f64,
         total_cost_usd: f64,
     },
+    /// A step's wall time: in the model call, in its tools, and the rest
+    /// (the engine's own work: history, events, trajectory). Telemetry: the
+    /// task layer records it as metrics, not in the task's log.
+    StepFinished {
+        step: u32,
+        llm_seconds: f64,
+        tool_seconds: f64,
+        overhead_seconds: f64,
+    },
     /// The git diff was written to `patch_path`.
     PatchWritten { path: String, bytes: u64 },
     /// The trajectory file was finalised.

@@ -13,10 +13,12 @@ mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, field::Empty};
 
 use crate::config::ResolvedConfig;
 use crate::events::{EngineEvent, EventSink, FailureKind};
@@ -228,6 +230,32 @@ impl Agent {
         cancel: &CancellationToken,
         extra_user_input: Option<String>,
     ) -> StepOutcome {
+        if self.outcome.is_some() {
+            return self.step_traced(cancel, extra_user_input).await;
+        }
+        // The step's span: its LLM call and tool calls nest in it. A call
+        // that only ends the run (cancelled, out of steps) is `end run`.
+        let span = if cancel.is_cancelled() || self.steps_taken >= self.max_steps {
+            tracing::info_span!("end_run", otel.name = "end run", error.type = Empty)
+        } else {
+            let step = self.steps_taken + 1;
+            tracing::info_span!(
+                "step",
+                otel.name = format_args!("step {step}"),
+                agent.step = i64::from(step),
+                error.type = Empty
+            )
+        };
+        self.step_traced(cancel, extra_user_input)
+            .instrument(span)
+            .await
+    }
+
+    async fn step_traced(
+        &mut self,
+        cancel: &CancellationToken,
+        extra_user_input: Option<String>,
+    ) -> StepOutcome {
         if let Some(outcome) = &self.outcome {
             return StepOutcome::ended(self.steps_taken, outcome.clone());
         }
@@ -244,15 +272,55 @@ impl Agent {
         }
         self.steps_taken += 1;
         let step = self.steps_taken;
+        let started = Instant::now();
+        let step_span = tracing::Span::current();
         self.events.emit(EngineEvent::StepStarted { step });
 
-        // The LLM turn.
+        // The LLM turn (GenAI semantic conventions on its span).
         let input_start = self.recorded;
+        let llm_started = Instant::now();
+        let llm_span = tracing::info_span!(
+            "chat",
+            otel.name = format_args!("chat {}", self.model),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.system = self.provider.as_str(),
+            gen_ai.provider.name = self.provider.as_str(),
+            gen_ai.request.model = self.model.as_str(),
+            gen_ai.response.model = Empty,
+            gen_ai.response.finish_reasons = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            error.type = Empty,
+        );
         let answer = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = self.llm.chat(&self.messages, self.tools.specs()) => Some(r),
+            r = self.llm.chat(&self.messages, self.tools.specs()).instrument(llm_span.clone()) => Some(r),
         };
+        let llm_time = llm_started.elapsed();
+        match &answer {
+            Some(Ok(r)) => {
+                llm_span.record("gen_ai.response.model", r.model.as_str());
+                // i64: OpenTelemetry has no unsigned integers.
+                let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                llm_span.record("gen_ai.usage.input_tokens", tokens(r.usage.input_tokens));
+                llm_span.record("gen_ai.usage.output_tokens", tokens(r.usage.output_tokens));
+                if let Some(reason) = &r.finish_reason {
+                    llm_span.record("gen_ai.response.finish_reasons", reason.as_str());
+                }
+            }
+            Some(Err(e)) => {
+                llm_span.record("otel.status_code", "ERROR");
+                llm_span.record("error.type", llm_error_type(e));
+                step_span.record("error.type", "llm_error");
+            }
+            None => {
+                llm_span.record("error.type", "cancelled");
+            }
+        }
+        drop(llm_span);
         self.recorded = self.messages.len();
         let response = match answer {
             None => return self.end_step_early(step, None, stopped()).await,
@@ -285,6 +353,7 @@ impl Agent {
         let produced_from = self.messages.len();
 
         // Its tool calls.
+        let tools_started = Instant::now();
         let mut completed = false;
         let mut results = Vec::new();
         if response.tool_calls.is_empty() {
@@ -318,6 +387,7 @@ impl Agent {
                 results.push(result);
             }
         }
+        let tool_time = tools_started.elapsed();
 
         if let Some(rec) = self.trajectory.as_mut() {
             rec.record_step(&StepRecord {
@@ -332,6 +402,15 @@ impl Agent {
             save_trajectory(rec).await;
         }
 
+        self.events.emit(EngineEvent::StepFinished {
+            step,
+            llm_seconds: llm_time.as_secs_f64(),
+            tool_seconds: tool_time.as_secs_f64(),
+            overhead_seconds: started
+                .elapsed()
+                .saturating_sub(llm_time + tool_time)
+                .as_secs_f64(),
+        });
         let outcome = if completed {
             Some(
                 self.finish(RunOutcome::Completed {
@@ -409,6 +488,16 @@ impl Agent {
         &self.tools
     }
 
+    /// The configured provider (openai, anthropic, …).
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The configured model.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     fn account(&mut self, step: u32, response: &LlmResponse) {
         let usage = response.usage;
         self.usage += usage;
@@ -479,6 +568,16 @@ impl Agent {
 
     /// `task_done`: accepted unless `must_patch` finds no change outside tests.
     async fn answer_task_done(&mut self, step: u32, call: &ToolCall) -> (ToolResult, bool) {
+        let span = crate::tools::tool_span(call);
+        let answered = self
+            .answer_task_done_traced(step, call)
+            .instrument(span.clone())
+            .await;
+        crate::tools::record_tool_result(&span, &answered.0);
+        answered
+    }
+
+    async fn answer_task_done_traced(&mut self, step: u32, call: &ToolCall) -> (ToolResult, bool) {
         self.events.emit(EngineEvent::ToolCall {
             step,
             call: call.clone(),
@@ -612,6 +711,17 @@ impl StepOutcome {
             is_last: true,
             outcome: Some(outcome),
         }
+    }
+}
+
+/// `error.type` of a failed LLM call's span.
+fn llm_error_type(e: &llm::LlmError) -> &'static str {
+    match e {
+        llm::LlmError::Http { status, .. } if *status >= 500 => "http_5xx",
+        llm::LlmError::Http { status: 429, .. } => "http_429",
+        llm::LlmError::Http { .. } => "http_4xx",
+        llm::LlmError::Transport { .. } => "transport",
+        llm::LlmError::Decode { .. } => "decode",
     }
 }
 

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 
 use super::history::{self, non_empty_result_text, paired};
 use super::http::Endpoint;
@@ -78,7 +79,7 @@ impl AnthropicClient {
 /// User/assistant turns of content blocks. Tool results go in a user turn as
 /// `tool_result` blocks; consecutive same-role turns are merged (so several
 /// results, and text after them, share one user message).
-fn wire_messages(history: &[Message]) -> Vec<Value> {
+fn wire_messages(history: &[Cow<'_, Message>]) -> Vec<Value> {
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in history {
         let (role, blocks) = match m.role {

@@ -1,5 +1,6 @@
 //! Google Gemini `generateContent` with function calling.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,7 +177,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// `user`/`model` contents; function responses answer in a user turn and
 /// consecutive same-role contents are merged (Gemini wants all responses to
 /// one turn's calls together).
-fn wire_contents(history: &[Message], signatures: &HashMap<String, String>) -> Vec<Value> {
+fn wire_contents(history: &[Cow<'_, Message>], signatures: &HashMap<String, String>) -> Vec<Value> {
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in history {
         let (role, parts) = match m.role {

@@ -5,7 +5,7 @@
 //! turn's calls are followed by exactly one result each: missing ones become
 //! failed results, stray ones become plain user text after the block.
 
-use std::collections::HashSet;
+use std::{borrow::Cow, collections::HashSet};
 
 use serde_json::{Value, json};
 
@@ -13,11 +13,13 @@ use crate::messages::{Message, Role, ToolCall, ToolResult};
 
 pub(crate) const MISSING_RESULT: &str = "no result was recorded for this tool call";
 
-pub(crate) fn paired(messages: &[Message]) -> Vec<Message> {
+/// Borrows the history's messages and only makes the ones it synthesizes:
+/// this runs before every model call, on a history that only grows.
+pub(crate) fn paired(messages: &[Message]) -> Vec<Cow<'_, Message>> {
     let mut out = Vec::with_capacity(messages.len());
     let mut pending: Vec<(String, String)> = Vec::new();
     let mut answered: HashSet<String> = HashSet::new();
-    let mut stray: Vec<Message> = Vec::new();
+    let mut stray: Vec<Cow<'_, Message>> = Vec::new();
     for m in messages {
         if m.role == Role::Tool {
             match &m.tool_result {
@@ -25,21 +27,23 @@ pub(crate) fn paired(messages: &[Message]) -> Vec<Message> {
                     if pending.iter().any(|(id, _)| *id == r.call_id)
                         && answered.insert(r.call_id.clone()) =>
                 {
-                    out.push(m.clone());
+                    out.push(Cow::Borrowed(m));
                 }
-                Some(r) => stray.push(Message::user(format!(
+                Some(r) => stray.push(Cow::Owned(Message::user(format!(
                     "[result of tool call {} ({})]\n{}",
                     r.call_id,
                     r.name,
                     result_text(r)
-                ))),
-                None if !m.content.is_empty() => stray.push(Message::user(m.content.clone())),
+                )))),
+                None if !m.content.is_empty() => {
+                    stray.push(Cow::Owned(Message::user(m.content.clone())))
+                }
                 None => {}
             }
             continue;
         }
         close_block(&mut out, &mut pending, &mut answered, &mut stray);
-        out.push(m.clone());
+        out.push(Cow::Borrowed(m));
         if m.role == Role::Assistant {
             pending = m
                 .tool_calls
@@ -52,21 +56,21 @@ pub(crate) fn paired(messages: &[Message]) -> Vec<Message> {
     out
 }
 
-fn close_block(
-    out: &mut Vec<Message>,
+fn close_block<'a>(
+    out: &mut Vec<Cow<'a, Message>>,
     pending: &mut Vec<(String, String)>,
     answered: &mut HashSet<String>,
-    stray: &mut Vec<Message>,
+    stray: &mut Vec<Cow<'a, Message>>,
 ) {
     for (call_id, name) in pending.drain(..) {
         if !answered.contains(&call_id) {
-            out.push(Message::tool(ToolResult {
+            out.push(Cow::Owned(Message::tool(ToolResult {
                 call_id,
                 name,
                 success: false,
                 result: String::new(),
                 error: Some(MISSING_RESULT.to_string()),
-            }));
+            })));
         }
     }
     answered.clear();
@@ -195,7 +199,8 @@ mod tests {
 
     #[test]
     fn trailing_calls_are_answered() {
-        let out = paired(&[Message::user("go"), assistant(vec![call("a")])]);
+        let history = [Message::user("go"), assistant(vec![call("a")])];
+        let out = paired(&history);
         assert_eq!(out.len(), 3);
         assert_eq!(
             out[2].tool_result.as_ref().map(|r| r.error.as_deref()),

@@ -85,7 +85,7 @@ impl OpenAiClient {
         body.insert("model".into(), json!(self.cfg.model));
         body.insert(
             "messages".into(),
-            Value::Array(paired(messages).iter().map(wire_message).collect()),
+            Value::Array(paired(messages).iter().map(|m| wire_message(m)).collect()),
         );
         if !tools.is_empty() && self.cfg.supports_tool_calling {
             let tools: Vec<Value> = tools

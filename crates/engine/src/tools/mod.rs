@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::messages::{ToolCall, ToolResult, ToolSpec};
 
@@ -237,6 +238,13 @@ impl ToolSet {
     /// Runs one tool call. Never fails: an unknown tool or malformed arguments
     /// come back as an unsuccessful result the model can read and correct.
     pub async fn call(&self, call: &ToolCall) -> ToolResult {
+        let span = tool_span(call);
+        let result = self.call_traced(call).instrument(span.clone()).await;
+        record_tool_result(&span, &result);
+        result
+    }
+
+    async fn call_traced(&self, call: &ToolCall) -> ToolResult {
         let output = match self.tools.iter().find(|t| t.name() == call.name) {
             None => ToolOutput::error(format!(
                 "Tool '{}' not found. Available tools: [{}]",
@@ -267,6 +275,27 @@ impl ToolSet {
         for tool in &self.tools {
             tool.shutdown().await;
         }
+    }
+}
+
+/// The span of one tool call (GenAI semantic conventions: `execute_tool`).
+pub(crate) fn tool_span(call: &ToolCall) -> tracing::Span {
+    tracing::info_span!(
+        "execute_tool",
+        otel.name = format_args!("execute_tool {}", call.name),
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = call.name.as_str(),
+        gen_ai.tool.call.id = call.call_id.as_str(),
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Marks a tool call's span failed when the tool reported an error.
+pub(crate) fn record_tool_result(span: &tracing::Span, result: &ToolResult) {
+    if !result.success {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", "tool_error");
     }
 }
 

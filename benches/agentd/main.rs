@@ -1,0 +1,107 @@
+//! agentd's benchmark suite: `bench/run` (see bench/README.md).
+//!
+//! Every workload runs against the release binary and the real Envoy on free
+//! 127.0.0.1 ports, and is reported next to a reference measured in the same
+//! run on the same machine (ratios hold on a noisy machine; absolute numbers
+//! drift). The table is printed and written to bench/RESULTS.md.
+//!
+//! Usage: cargo bench --bench agentd [-- WORKLOAD...]   (reads, writes,
+//! fanout, artifacts, engine, scale; default all)
+
+mod llm;
+mod load;
+mod report;
+mod stack;
+mod workloads;
+
+use std::{path::Path, time::Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+
+use agentd::proto::trae;
+pub use report::Row;
+use stack::Stack;
+
+const WORKLOADS: &[&str] = &["reads", "writes", "fanout", "artifacts", "engine", "scale"];
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; anything else names workloads.
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    for c in &chosen {
+        if !WORKLOADS.contains(&c.as_str()) {
+            bail!("unknown workload {c:?}; choose from {WORKLOADS:?}");
+        }
+    }
+    // reqwest is built without a crypto provider (see crates/engine); plain
+    // HTTP still needs one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut rows = Vec::new();
+        for name in WORKLOADS {
+            if !chosen.is_empty() && !chosen.iter().any(|c| c == name) {
+                continue;
+            }
+            eprintln!("== {name}");
+            let t = Instant::now();
+            let result = match *name {
+                "reads" => workloads::reads::run(&mut rows).await,
+                "writes" => workloads::writes::run(&mut rows).await,
+                "fanout" => workloads::fanout::run(&mut rows).await,
+                "artifacts" => workloads::artifacts::run(&mut rows).await,
+                "engine" => workloads::engine::run(&mut rows).await,
+                "scale" => workloads::scale::run(&mut rows).await,
+                _ => unreachable!(),
+            };
+            if let Err(e) = result {
+                rows.push(Row::failed(name, &format!("{e:#}")));
+            }
+            eprintln!("   {name} took {:.1} s", t.elapsed().as_secs_f64());
+        }
+        let table = report::render(&rows, started.elapsed());
+        println!("{table}");
+        let all = chosen.is_empty();
+        if all {
+            let path = Path::new(stack::REPO).join("bench/RESULTS.md");
+            std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("written to {}", path.display());
+        }
+        Ok(())
+    })
+}
+
+/// Runs one Trae task to its end through gRPC and returns its id.
+pub async fn finished_run(stack: &Stack, dir: &Path) -> Result<String> {
+    let mut client =
+        trae::trae_service_client::TraeServiceClient::connect(stack.grpc_url.clone()).await?;
+    let work = dir.join(format!("work-{}", uuid::Uuid::new_v4()));
+    let task_id = client
+        .run(trae::RunRequest {
+            task: "benchmark task".into(),
+            working_dir: work.display().to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .task_id;
+    let mut events = client
+        .stream_task(trae::StreamTaskRequest {
+            task_id: task_id.clone(),
+            after_seq: None,
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = events.next().await {
+        if e?.r#type == "end" {
+            return Ok(task_id);
+        }
+    }
+    bail!("the event stream of {task_id} ended before `end`")
+}

@@ -1,0 +1,151 @@
+//! Engine overhead: 100 concurrent Trae runs against a model that answers at
+//! once with a no-op tool call. Steps/s in total, and agentd's own time per
+//! step: the step's wall time minus the model call and the tool calls, from
+//! agentd's `agentd_step_overhead_seconds` histogram at /metrics. agentd's CPU
+//! time per step (everything: HTTP client, JSON, SQLite, streams) is shown
+//! alongside.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures_util::StreamExt;
+
+use crate::{
+    Row,
+    llm::InstantLlm,
+    stack::{Stack, StackOptions, cpu_time},
+};
+use agentd::proto::trae;
+
+const TASKS: usize = 100;
+/// Tool-calling turns per task; the `task_done` turn makes one more.
+const TURNS: usize = 60;
+
+pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
+    let llm = InstantLlm::start(TURNS, Duration::ZERO, true).await;
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("trae.yaml");
+    llm.write_config(&cfg, TURNS + 5)?;
+    let stack = Stack::start(StackOptions {
+        envoy: false,
+        max_running_tasks: TASKS,
+        trae_config: Some(cfg),
+        ..Default::default()
+    })
+    .await?;
+    let channels = super::reads::channels(&stack.grpc_url, 4).await?;
+    let cpu_before = cpu_time(stack.agentd_pid());
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for i in 0..TASKS {
+        let mut client =
+            trae::trae_service_client::TraeServiceClient::new(channels[i % channels.len()].clone());
+        let work = dir.path().join(format!("work-{i}"));
+        runs.push(tokio::spawn(async move {
+            let task_id = client
+                .run(trae::RunRequest {
+                    task: "engine benchmark".into(),
+                    working_dir: work.display().to_string(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .task_id;
+            let mut events = client
+                .stream_task(trae::StreamTaskRequest {
+                    task_id,
+                    after_seq: None,
+                })
+                .await?
+                .into_inner();
+            let (mut steps, mut completed) = (0u32, false);
+            while let Some(e) = events.next().await {
+                let e = e?;
+                match e.r#type.as_str() {
+                    "step" => steps += 1,
+                    "complete" => completed = true,
+                    "end" => return anyhow::Ok((steps, completed)),
+                    _ => {}
+                }
+            }
+            bail!("event stream ended before `end`")
+        }));
+    }
+    let mut steps = 0u64;
+    let mut failed = 0;
+    for r in runs {
+        let (s, completed) = r.await??;
+        steps += s as u64;
+        failed += usize::from(!completed);
+    }
+    let took = started.elapsed().as_secs_f64();
+    let cpu = cpu_time(stack.agentd_pid()) - cpu_before;
+    let overhead = step_overhead_p99(&stack.grpc_url).await?;
+
+    let w = "Engine, 100 concurrent tasks";
+    rows.push(Row::at_least(
+        w,
+        "steps/s in total",
+        steps as f64 / took,
+        5000.0,
+        &format!(
+            "{steps} steps, {} model calls, {failed} tasks not completed",
+            llm.requests.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+    ));
+    rows.push(Row::at_most(
+        w,
+        "agentd overhead per step p99 ms (excl. LLM, tools)",
+        overhead * 1000.0,
+        1.0,
+        &format!(
+            "agentd CPU {:.0} µs per step (all work, mean)",
+            cpu.as_secs_f64() * 1e6 / steps.max(1) as f64
+        ),
+    ));
+    if failed > 0 {
+        bail!("{failed} of {TASKS} tasks did not complete");
+    }
+    Ok(())
+}
+
+/// p99 of agentd's step-overhead histogram, interpolated inside its bucket.
+async fn step_overhead_p99(base: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with("agentd_step_overhead_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        bail!("agentd_step_overhead_seconds has no observations");
+    }
+    let want = total * 0.99;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in &buckets {
+        if count >= want {
+            if le.is_infinite() {
+                return Ok(prev.0);
+            }
+            let frac = (want - prev.1) / (count - prev.1).max(1e-9);
+            return Ok(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, count);
+    }
+    Ok(prev.0)
+}
