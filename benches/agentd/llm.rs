@@ -72,16 +72,13 @@ impl InstantLlm {
         let _ = self.gate.send(true);
     }
 
-    /// A Trae config file using this server.
-    pub fn write_config(&self, path: &std::path::Path, max_steps: usize) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            format!(
-                "agents:\n  trae_agent:\n    model: bench\n    max_steps: {max_steps}\n    enable_lakeview: false\n\
+    /// A Trae config (YAML) using this server.
+    pub fn trae_config(&self, max_steps: usize) -> String {
+        format!(
+            "agents:\n  trae_agent:\n    model: bench\n    max_steps: {max_steps}\n    enable_lakeview: false\n\
                  model_providers:\n  openai:\n    provider: openai\n    api_key: bench-key\n    base_url: {}\n\
                  models:\n  bench:\n    model_provider: openai\n    model: instant\n    max_tokens: 256\n    temperature: 0\n    top_p: 1\n    max_retries: 0\n",
-                self.base_url
-            ),
+            self.base_url
         )
     }
 }

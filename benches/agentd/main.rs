@@ -23,6 +23,8 @@ use agentd::proto::trae;
 pub use report::Row;
 use stack::Stack;
 
+pub type TraeClient = trae::trae_service_client::TraeServiceClient<tonic::transport::Channel>;
+
 const WORKLOADS: &[&str] = &["reads", "writes", "fanout", "artifacts", "engine", "scale"];
 
 fn main() -> Result<()> {
@@ -77,20 +79,33 @@ fn main() -> Result<()> {
     })
 }
 
-/// Runs one Trae task to its end through gRPC and returns its id.
-pub async fn finished_run(stack: &Stack, dir: &Path) -> Result<String> {
-    let mut client =
-        trae::trae_service_client::TraeServiceClient::connect(stack.grpc_url.clone()).await?;
-    let work = dir.join(format!("work-{}", uuid::Uuid::new_v4()));
-    let task_id = client
+/// Starts a Trae run in a new working directory under the stack's own.
+pub async fn start_run(client: &mut TraeClient, stack: &Stack, task: &str) -> Result<String> {
+    let work = stack
+        .root
+        .path()
+        .join(format!("work-{}", uuid::Uuid::new_v4()));
+    Ok(client
         .run(trae::RunRequest {
-            task: "benchmark task".into(),
+            task: task.into(),
             working_dir: work.display().to_string(),
             ..Default::default()
         })
         .await?
         .into_inner()
-        .task_id;
+        .task_id)
+}
+
+/// What a run's event stream showed by its `end`.
+pub struct RunEnd {
+    pub task_id: String,
+    pub steps: u32,
+    pub completed: bool,
+}
+
+/// Starts a Trae run and follows its event stream to `end`.
+pub async fn run_to_end(client: &mut TraeClient, stack: &Stack, task: &str) -> Result<RunEnd> {
+    let task_id = start_run(client, stack, task).await?;
     let mut events = client
         .stream_task(trae::StreamTaskRequest {
             task_id: task_id.clone(),
@@ -98,9 +113,19 @@ pub async fn finished_run(stack: &Stack, dir: &Path) -> Result<String> {
         })
         .await?
         .into_inner();
+    let (mut steps, mut completed) = (0, false);
     while let Some(e) = events.next().await {
-        if e?.r#type == "end" {
-            return Ok(task_id);
+        match e?.r#type.as_str() {
+            "step" => steps += 1,
+            "complete" => completed = true,
+            "end" => {
+                return Ok(RunEnd {
+                    task_id,
+                    steps,
+                    completed,
+                });
+            }
+            _ => {}
         }
     }
     bail!("the event stream of {task_id} ended before `end`")

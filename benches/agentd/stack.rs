@@ -57,13 +57,26 @@ impl Drop for Proc {
     }
 }
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct StackOptions {
     /// Reuse this data directory (the scale workload seeds one).
     pub data_dir: Option<PathBuf>,
     pub envoy: bool,
     pub max_running_tasks: usize,
-    pub trae_config: Option<PathBuf>,
+    /// The default Trae config (YAML), written into the stack's directory.
+    pub trae_config: Option<String>,
+}
+
+impl Default for StackOptions {
+    /// agentd's own defaults (5 runs at once), no Envoy, no model.
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            envoy: false,
+            max_running_tasks: 5,
+            trae_config: None,
+        }
+    }
 }
 
 pub struct Stack {
@@ -137,7 +150,7 @@ async fn spawn_agentd(
         .arg("--rate-limit")
         .arg("0")
         .arg("--max-running-tasks")
-        .arg(opts.max_running_tasks.max(1).to_string())
+        .arg(opts.max_running_tasks.to_string())
         .current_dir(root)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -148,7 +161,9 @@ async fn spawn_agentd(
             cmd.env_remove(k);
         }
     }
-    if let Some(cfg) = &opts.trae_config {
+    if let Some(yaml) = &opts.trae_config {
+        let cfg = root.join("trae.yaml");
+        std::fs::write(&cfg, yaml)?;
         cmd.arg("--trae-config").arg(cfg);
     }
     let started = Instant::now();

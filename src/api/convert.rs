@@ -82,6 +82,9 @@ fn from_value(v: PValue) -> Value {
 /// A task's event log as a gRPC stream (and so, through Envoy, SSE).
 /// Storage errors end the stream with an in-band `error` event: a gRPC error
 /// after the first message would be invisible to SSE clients.
+/// What a reader gets when its stream fails part-way (then the stream ends).
+pub const STREAM_FAILED: &str = "the event stream failed; resume with after_seq";
+
 pub fn event_stream(
     events: impl futures_util::Stream<Item = crate::error::Result<Event>> + Send + 'static,
     task_id: String,
@@ -100,7 +103,7 @@ pub fn event_stream(
                 TaskEvent {
                     r#type: "error".into(),
                     task_id: task_id.clone(),
-                    error: Some("the event stream failed; resume with after_seq".into()),
+                    error: Some(STREAM_FAILED.into()),
                     timestamp: clock::epoch_secs(clock::now_ms()),
                     ..Default::default()
                 }

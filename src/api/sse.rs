@@ -174,7 +174,7 @@ fn failure_frame(task_id: &str) -> Bytes {
         task_id,
         message: None,
         result: None,
-        error: Some("the event stream failed; resume with after_seq"),
+        error: Some(super::convert::STREAM_FAILED),
         timestamp: clock::epoch_secs(clock::now_ms()),
         seq: 0,
         data: None,

@@ -89,7 +89,8 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Work>) {
     let mut any_ok = false;
     for work in batch {
         if !alone && let Err(e) = exec(conn, "SAVEPOINT w").await {
-            replies.push(failed_reply(work, e));
+            // Dropping the work drops its reply: its caller sees it abandoned.
+            tracing::error!(error = %e, "a database write could not start");
             continue;
         }
         let (ok, reply) = work(conn).await;
@@ -119,13 +120,6 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Work>) {
     for reply in replies {
         reply(outcome.clone());
     }
-}
-
-/// The reply of a write that could not start: it is told the error.
-fn failed_reply(work: Work, error: sqlx::Error) -> Reply {
-    drop(work);
-    let message = error.to_string();
-    Box::new(move |_| tracing::error!(error = %message, "a database write could not start"))
 }
 
 async fn exec(

@@ -7,13 +7,16 @@ Everything listens on 127.0.0.1 only; processes are stopped by their own PIDs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import itertools
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -641,3 +644,26 @@ def error_info(err: grpc.RpcError):
                 if any_.Unpack(info):
                     return info
     return None
+
+
+def run_in_thread(code: str, name: str, timeout: float = 60) -> tuple[dict, str]:
+    """Executes a document's example `code` in a thread (so that a hang fails
+    clearly, after `timeout` seconds); returns its globals and what it printed."""
+    ns: dict = {"__name__": name}
+    out = io.StringIO()
+    failure: list[BaseException] = []
+
+    def main():
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(code, name, "exec"), ns)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            failure.append(e)
+
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{name} did not finish within {timeout}s; printed:\n{out.getvalue()}"
+    if failure:
+        raise AssertionError(f"{name} raised {failure[0]!r}; printed:\n{out.getvalue()}") from failure[0]
+    return ns, out.getvalue()

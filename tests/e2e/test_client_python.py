@@ -13,7 +13,6 @@ route to itself.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -129,28 +128,6 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def run_in_thread(code: str, name: str, timeout: float = RUN_WAIT) -> tuple[dict, str]:
-    """Executes `code` (so that a hang fails clearly); returns its globals and output."""
-    ns: dict = {"__name__": name}
-    out = io.StringIO()
-    failure: list[BaseException] = []
-
-    def main():
-        try:
-            with contextlib.redirect_stdout(out):
-                exec(compile(code, name, "exec"), ns)
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            failure.append(e)
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"{name} did not finish within {timeout}s; printed:\n{out.getvalue()}"
-    if failure:
-        raise AssertionError(f"{name} raised {failure[0]!r}; printed:\n{out.getvalue()}") from failure[0]
-    return ns, out.getvalue()
-
-
 def step_until_last(client: AutoGPTClient, task_id: str, limit: int = 10) -> list[Step]:
     steps = []
     for _ in range(limit):
@@ -171,7 +148,7 @@ def test_document_snippet_runs_verbatim(crun):
     snippet = DOC_SNIPPET.replace('base_url="http://localhost:8000"', f'base_url="{crun.stack.ap_url}"')
     assert snippet.count(crun.stack.ap_url) == 1, "the snippet no longer names http://localhost:8000"
 
-    ns, _ = run_in_thread(snippet, "autogpt-doc-snippet")
+    ns, _ = helpers.run_in_thread(snippet, "autogpt-doc-snippet", RUN_WAIT)
 
     task, step, artifacts = ns["task"], ns["step"], ns["artifacts"]
     assert isinstance(task, Task) and isinstance(step, Step), (task, step)

@@ -5,12 +5,9 @@ written; provider failures fail the task with the provider's status."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import textwrap
-import threading
 import time
 
 import pytest
@@ -18,6 +15,7 @@ import requests
 
 pytest.register_assert_rewrite("runs_support")
 
+from helpers import run_in_thread  # noqa: E402
 from runs_support import RUN_WAIT, RUNS_API_KEY, assert_well_formed_log, key  # noqa: E402
 from scripted_llm import error, openai_tool_call  # noqa: E402
 
@@ -85,26 +83,8 @@ def adapt(code: str, old: str, new: str) -> str:
 
 
 def run_example(code: str, timeout: float = RUN_WAIT) -> tuple[dict, str]:
-    """Executes the example in a thread (so a hang fails clearly); returns
-    its globals and what it printed."""
-    ns: dict = {"__name__": "trae_doc_example"}
-    out = io.StringIO()
-    failure: list[BaseException] = []
-
-    def main():
-        try:
-            with contextlib.redirect_stdout(out):
-                exec(compile(code, "trae-doc-example", "exec"), ns)
-        except BaseException as e:  # noqa: BLE001
-            failure.append(e)
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"the document example did not finish within {timeout}s; printed:\n{out.getvalue()}"
-    if failure:
-        raise AssertionError(f"the document example raised {failure[0]!r}; printed:\n{out.getvalue()}") from failure[0]
-    return ns, out.getvalue()
+    """Executes the example in a thread; returns its globals and what it printed."""
+    return run_in_thread(code, "trae_doc_example", timeout)
 
 
 def test_document_python_example_runs_a_task_in_a_git_repo(runs, git_repo):

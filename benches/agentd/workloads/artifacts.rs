@@ -19,7 +19,6 @@ const MB: f64 = 1e6;
 pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let stack = Stack::start(StackOptions {
         envoy: true,
-        max_running_tasks: 5,
         ..Default::default()
     })
     .await?;

@@ -5,17 +5,18 @@
 //! time per step (everything: HTTP client, JSON, SQLite, streams) is shown
 //! alongside.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
-use futures_util::StreamExt;
 
 use crate::{
     Row,
     llm::InstantLlm,
     stack::{Stack, StackOptions, cpu_time},
 };
-use agentd::proto::trae;
 
 const TASKS: usize = 100;
 /// Tool-calling turns per task; the `task_done` turn makes one more.
@@ -23,60 +24,31 @@ const TURNS: usize = 60;
 
 pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let llm = InstantLlm::start(TURNS, Duration::ZERO, true).await;
-    let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("trae.yaml");
-    llm.write_config(&cfg, TURNS + 5)?;
-    let stack = Stack::start(StackOptions {
-        envoy: false,
-        max_running_tasks: TASKS,
-        trae_config: Some(cfg),
-        ..Default::default()
-    })
-    .await?;
+    let stack = Arc::new(
+        Stack::start(StackOptions {
+            max_running_tasks: TASKS,
+            trae_config: Some(llm.trae_config(TURNS + 5)),
+            ..Default::default()
+        })
+        .await?,
+    );
     let channels = super::reads::channels(&stack.grpc_url, 4).await?;
     let cpu_before = cpu_time(stack.agentd_pid());
     let started = Instant::now();
     let mut runs = Vec::new();
     for i in 0..TASKS {
-        let mut client =
-            trae::trae_service_client::TraeServiceClient::new(channels[i % channels.len()].clone());
-        let work = dir.path().join(format!("work-{i}"));
+        let mut client = crate::TraeClient::new(channels[i % channels.len()].clone());
+        let stack = stack.clone();
         runs.push(tokio::spawn(async move {
-            let task_id = client
-                .run(trae::RunRequest {
-                    task: "engine benchmark".into(),
-                    working_dir: work.display().to_string(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .task_id;
-            let mut events = client
-                .stream_task(trae::StreamTaskRequest {
-                    task_id,
-                    after_seq: None,
-                })
-                .await?
-                .into_inner();
-            let (mut steps, mut completed) = (0u32, false);
-            while let Some(e) = events.next().await {
-                let e = e?;
-                match e.r#type.as_str() {
-                    "step" => steps += 1,
-                    "complete" => completed = true,
-                    "end" => return anyhow::Ok((steps, completed)),
-                    _ => {}
-                }
-            }
-            bail!("event stream ended before `end`")
+            crate::run_to_end(&mut client, &stack, "engine benchmark").await
         }));
     }
     let mut steps = 0u64;
     let mut failed = 0;
     for r in runs {
-        let (s, completed) = r.await??;
-        steps += s as u64;
-        failed += usize::from(!completed);
+        let end = r.await??;
+        steps += u64::from(end.steps);
+        failed += usize::from(!end.completed);
     }
     let took = started.elapsed().as_secs_f64();
     let cpu = cpu_time(stack.agentd_pid()) - cpu_before;

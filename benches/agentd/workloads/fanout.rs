@@ -50,27 +50,14 @@ fn now_ms() -> f64 {
 pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     raise_fd_limit();
     let llm = InstantLlm::start_with_calls(TURNS, CALLS_PER_TURN, PACE, false).await;
-    let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("trae.yaml");
-    llm.write_config(&cfg, TURNS + 10)?;
     let stack = Stack::start(StackOptions {
         envoy: true,
-        max_running_tasks: 5,
-        trae_config: Some(cfg),
+        trae_config: Some(llm.trae_config(TURNS + 10)),
         ..Default::default()
     })
     .await?;
-    let mut client =
-        trae::trae_service_client::TraeServiceClient::connect(stack.grpc_url.clone()).await?;
-    let task_id = client
-        .run(trae::RunRequest {
-            task: "fan-out benchmark".into(),
-            working_dir: dir.path().join("work").display().to_string(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .task_id;
+    let mut client = crate::TraeClient::connect(stack.grpc_url.clone()).await?;
+    let task_id = crate::start_run(&mut client, &stack, "fan-out benchmark").await?;
 
     // Everyone connects and reads the history so far; then the model answers.
     let ready = Arc::new(AtomicUsize::new(0));
@@ -284,7 +271,7 @@ async fn grpc_reader(
     ready: Arc<AtomicUsize>,
     timestamps: Option<Arc<tokio::sync::Mutex<HashMap<u32, f64>>>>,
 ) -> Result<Seen> {
-    let mut client = trae::trae_service_client::TraeServiceClient::new(channel);
+    let mut client = crate::TraeClient::new(channel);
     let mut stream = client
         .stream_task(trae::StreamTaskRequest {
             task_id,

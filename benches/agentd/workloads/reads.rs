@@ -19,19 +19,18 @@ const CONNS: u32 = 64;
 
 pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let llm = InstantLlm::start(3, Duration::ZERO, true).await;
-    let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("trae.yaml");
-    llm.write_config(&cfg, 10)?;
     let stack = Stack::start(StackOptions {
         envoy: true,
-        max_running_tasks: 5,
-        trae_config: Some(cfg),
+        trae_config: Some(llm.trae_config(10)),
         ..Default::default()
     })
     .await?;
     // A finished Trae run (its status carries ~20 messages) is what both
     // endpoints read: a realistic task, not an empty row.
-    let task_id = crate::finished_run(&stack, dir.path()).await?;
+    let mut client = crate::TraeClient::connect(stack.grpc_url.clone()).await?;
+    let task_id = crate::run_to_end(&mut client, &stack, "benchmark task")
+        .await?
+        .task_id;
     let direct = format!("{}/bench/direct", stack.rest_url);
     let ap_task = format!("{}/ap/v1/agent/tasks/{task_id}", stack.rest_url);
     let trae_status = format!("{}/api/tasks/{task_id}/status", stack.rest_url);

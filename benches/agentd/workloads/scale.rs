@@ -19,7 +19,6 @@ const CALLS: usize = 300;
 
 pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let empty = Stack::start(StackOptions {
-        max_running_tasks: 5,
         ..Default::default()
     })
     .await?;
@@ -35,7 +34,6 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let stack = Stack::start(StackOptions {
         data_dir: Some(data_dir.clone()),
         envoy: true,
-        max_running_tasks: 5,
         ..Default::default()
     })
     .await?;

@@ -24,7 +24,6 @@ const CONNS: u32 = 128;
 pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let stack = Stack::start(StackOptions {
         envoy: true,
-        max_running_tasks: 5,
         ..Default::default()
     })
     .await?;
