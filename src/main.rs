@@ -77,6 +77,10 @@ enum Command {
         /// Requests per client (IP address) per minute; 0 turns the limit off.
         #[arg(long, env = "AGENTD_RATE_LIMIT", default_value_t = 100)]
         rate_limit: u32,
+        /// Memory for the read cache of recently read tasks (rows, artifact
+        /// lists, event logs), in MiB; 0 turns it off.
+        #[arg(long, env = "AGENTD_READ_CACHE_MB", default_value_t = 32)]
+        read_cache_mb: u64,
     },
     /// Write the protobuf descriptor set (with HTTP annotations) that Envoy's
     /// transcoder loads, to a file or standard output.
@@ -126,6 +130,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             mut api_keys,
             api_keys_file,
             rate_limit,
+            read_cache_mb,
         } => {
             // Logs; spans to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
             let telemetry = telemetry::init()?;
@@ -151,6 +156,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                 },
                 api_keys: agentd::api::auth::ApiKeys::new(api_keys),
                 rate_limit_per_minute: rate_limit,
+                read_cache_bytes: read_cache_mb.saturating_mul(1 << 20),
             })
             .await;
             telemetry.shutdown().await;

@@ -22,7 +22,7 @@ use crate::{
         auth::{self, ApiKeys},
         observe::ObserveLayer,
         rate_limit::{self, RateLimit},
-        reject, sse, websocket,
+        reject, sse, trae_status, websocket,
     },
     error::{Error, Resource},
     metrics::Metrics,
@@ -49,12 +49,17 @@ pub struct ServeOptions {
     pub api_keys: ApiKeys,
     /// Requests per client per minute; 0 turns the limit off.
     pub rate_limit_per_minute: u32,
+    /// Size of the store's read cache of hot tasks, in bytes; 0 turns it off.
+    pub read_cache_bytes: u64,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
-    let store = Arc::new(SqliteStore::open(&opts.data_dir.join("agentd.db")).await?);
+    let store = Arc::new(
+        SqliteStore::open_with_cache(&opts.data_dir.join("agentd.db"), opts.read_cache_bytes)
+            .await?,
+    );
     let workspaces = Workspaces::open(&opts.data_dir)?;
     let metrics = Metrics::new();
     let tasks = Arc::new(
@@ -99,6 +104,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let app: Router = grpc
         .merge(websocket::routes(tasks.clone()))
         .merge(sse::routes(tasks.clone()))
+        .merge(trae_status::routes(tasks.clone()))
         .route("/metrics", {
             let (metrics, tasks) = (metrics.clone(), tasks.clone());
             axum::routing::get(move || async move { metrics_text(&metrics, &tasks).await })

@@ -82,6 +82,16 @@ impl Row {
     }
 
     /// Requests that failed make the row fail: a fast error is not a result.
+    /// Adds context to the reference column.
+    pub fn with_note(mut self, note: &str) -> Self {
+        if self.reference == "-" {
+            self.reference = note.into();
+        } else {
+            self.reference = format!("{}; {note}", self.reference);
+        }
+        self
+    }
+
     pub fn with_errors(mut self, errors: u64) -> Self {
         if errors > 0 {
             self.measured = format!("{} [{errors} errors]", self.measured);

@@ -65,6 +65,11 @@ pub struct StackOptions {
     pub max_running_tasks: usize,
     /// The default Trae config (YAML), written into the stack's directory.
     pub trae_config: Option<String>,
+    /// agentd's `--read-cache-mb`; None: its default.
+    pub read_cache_mb: Option<u64>,
+    /// Envoy also proxies `/bench/proxy` to this 127.0.0.1 port (HTTP/2,
+    /// no transcoder), like its routes to agentd.
+    pub proxy_upstream: Option<u16>,
 }
 
 impl Default for StackOptions {
@@ -75,6 +80,8 @@ impl Default for StackOptions {
             envoy: false,
             max_running_tasks: 5,
             trae_config: None,
+            read_cache_mb: None,
+            proxy_upstream: None,
         }
     }
 }
@@ -112,7 +119,8 @@ impl Stack {
             start_time,
         };
         if opts.envoy {
-            let (envoy, rest_url) = spawn_envoy(stack.root.path(), grpc_port).await?;
+            let (envoy, rest_url) =
+                spawn_envoy(stack.root.path(), grpc_port, opts.proxy_upstream).await?;
             stack.envoy = Some(envoy);
             stack.rest_url = rest_url;
         }
@@ -134,6 +142,27 @@ impl Stack {
     }
 }
 
+/// What the reference routes answer: a small JSON object, as the API does.
+pub const REFERENCE_BODY: &str =
+    r#"{"status":"success","task_id":"0f3c2a6e-0000-4000-8000-000000000000"}"#;
+
+/// An HTTP/2 (h2c) server that answers every request at once with
+/// [`REFERENCE_BODY`]: the upstream of Envoy's `/bench/proxy` route.
+pub async fn reference_upstream() -> Result<(u16, tokio::task::JoinHandle<()>)> {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            REFERENCE_BODY,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((port, task))
+}
+
 async fn spawn_agentd(
     root: &Path,
     data_dir: &Path,
@@ -151,6 +180,12 @@ async fn spawn_agentd(
         .arg("0")
         .arg("--max-running-tasks")
         .arg(opts.max_running_tasks.to_string())
+        .args(
+            opts.read_cache_mb
+                .map(|mb| ["--read-cache-mb".to_string(), mb.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .current_dir(root)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -209,7 +244,11 @@ async fn serving(url: &str) -> bool {
 /// Envoy with the repository's config, plus one `direct_response` route in
 /// the same virtual host (same filter chain): the ceiling for anything
 /// served behind Envoy.
-async fn spawn_envoy(root: &Path, grpc_port: u16) -> Result<(Proc, String)> {
+async fn spawn_envoy(
+    root: &Path,
+    grpc_port: u16,
+    proxy_upstream: Option<u16>,
+) -> Result<(Proc, String)> {
     let (rest, ap, admin) = (free_port(), free_port(), free_port());
     let dir = root.join("envoy");
     let out = Command::new(Path::new(REPO).join("scripts/envoy-config"))
@@ -233,13 +272,30 @@ async fn spawn_envoy(root: &Path, grpc_port: u16) -> Result<(Proc, String)> {
             .last()
             .unwrap_or_default(),
     );
-    let yaml = std::fs::read_to_string(&cfg)?;
-    let marker = "              routes:\n";
-    if !yaml.contains(marker) {
-        bail!("envoy config changed shape: no routes list to add the reference route to");
+    let mut yaml = std::fs::read_to_string(&cfg)?;
+    let mut routes = format!(
+        "              - match: {{path: \"/bench/direct\"}}\n                direct_response: {{status: 200, body: {{inline_string: {body:?}}}}}\n                response_headers_to_add: [{{header: {{key: content-type, value: application/json}}}}]\n",
+        body = REFERENCE_BODY
+    );
+    if let Some(port) = proxy_upstream {
+        routes.push_str(
+            "              - match: {path: \"/bench/proxy\"}\n                route: {cluster: bench_upstream}\n                typed_per_filter_config: *no_transcoder\n",
+        );
+        let clusters = "  clusters:\n";
+        if !yaml.contains(clusters) {
+            bail!("envoy config changed shape: no clusters list to add the reference upstream to");
+        }
+        let cluster = format!(
+            "  - name: bench_upstream\n    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{}}}}\n    load_assignment:\n      cluster_name: bench_upstream\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
+        );
+        yaml = yaml.replacen(clusters, &format!("{clusters}{cluster}"), 1);
     }
-    let direct = "              - match: {path: \"/bench/direct\"}\n                direct_response: {status: 200, body: {inline_string: \"{\\\"status\\\":\\\"success\\\",\\\"task_id\\\":\\\"0f3c2a6e-0000-4000-8000-000000000000\\\"}\"}}\n                response_headers_to_add: [{header: {key: content-type, value: application/json}}]\n";
-    std::fs::write(&cfg, yaml.replacen(marker, &format!("{marker}{direct}"), 1))?;
+    // Appended after the routes that define the `*no_transcoder` anchor.
+    let anchor = "              # Everything the transcoder produced";
+    if !yaml.contains(anchor) {
+        bail!("envoy config changed shape: no catch-all route to put the reference routes before");
+    }
+    std::fs::write(&cfg, yaml.replacen(anchor, &format!("{routes}{anchor}"), 1))?;
 
     let envoy_bin =
         std::env::var("ENVOY_BIN").unwrap_or_else(|_| format!("{REPO}/.venv/bin/envoy"));

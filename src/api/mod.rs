@@ -5,12 +5,14 @@
 pub mod agent;
 pub mod auth;
 mod convert;
+mod event_json;
 pub mod observe;
 mod paging;
 pub mod rate_limit;
 pub mod sse;
 pub mod status;
 pub mod trae;
+pub mod trae_status;
 mod upload;
 pub mod websocket;
 

@@ -20,10 +20,9 @@ use axum::{
     response::Response,
     routing::get,
 };
-use serde::Serialize;
-use serde_json::{Map, Value};
 use tokio_stream::StreamExt as _;
 
+use super::event_json::Wire;
 use crate::{clock, error::Error, store::Event, tasks::TaskManager};
 
 /// Frames kept per task, and tasks kept: enough for every reader of a busy
@@ -118,34 +117,6 @@ async fn stream(
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-/// `agentd.v1.TaskEvent` as the transcoder printed it, borrowing the event.
-#[derive(Serialize)]
-struct Wire<'a> {
-    r#type: &'a str,
-    task_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    /// Seconds since the epoch; whole seconds print without a fraction, as
-    /// protobuf's JSON printer does.
-    #[serde(serialize_with = "proto_double")]
-    timestamp: f64,
-    seq: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a Map<String, Value>>,
-}
-
-fn proto_double<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-    if v.fract() == 0.0 && v.abs() < 9.0e15 {
-        s.serialize_i64(*v as i64)
-    } else {
-        s.serialize_f64(*v)
-    }
-}
-
 fn encode(wire: &Wire<'_>) -> Bytes {
     let mut out = b"data: ".to_vec();
     // Serializing borrowed strings and JSON values cannot fail.
@@ -155,17 +126,7 @@ fn encode(wire: &Wire<'_>) -> Bytes {
 }
 
 fn event_frame(e: &Event) -> Bytes {
-    let text = |k: &str| e.body.get(k).and_then(Value::as_str);
-    encode(&Wire {
-        r#type: &e.kind,
-        task_id: &e.task_id,
-        message: text("message"),
-        result: text("result"),
-        error: text("error"),
-        timestamp: clock::epoch_secs(e.timestamp),
-        seq: u32::try_from(e.seq).unwrap_or(u32::MAX),
-        data: e.body.get("data").and_then(Value::as_object),
-    })
+    encode(&Wire::of(e))
 }
 
 fn failure_frame(task_id: &str) -> Bytes {
@@ -222,7 +183,7 @@ impl FrameCache {
 mod tests {
     use super::*;
 
-    fn event(seq: i64, body: Value) -> Event {
+    fn event(seq: i64, body: serde_json::Value) -> Event {
         Event {
             task_id: "t1".into(),
             seq,

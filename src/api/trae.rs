@@ -224,7 +224,7 @@ impl TraeService for TraeApi {
 }
 
 /// Start time (or creation time, before a run) and how long it ran so far.
-fn summary(t: &Task, now: i64) -> trae::TaskSummary {
+pub(super) fn summary(t: &Task, now: i64) -> trae::TaskSummary {
     let start = t.started_at.unwrap_or(t.created_at);
     let end = if t.status.is_finished() {
         t.finished_at.unwrap_or(t.modified_at)

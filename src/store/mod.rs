@@ -5,6 +5,7 @@
 //! trait. Artifact bytes are not here: they live in each task's workspace
 //! directory (see `tasks::workspace`).
 
+mod cache;
 mod model;
 mod sqlite;
 mod writer;
@@ -12,7 +13,7 @@ mod writer;
 use async_trait::async_trait;
 
 pub use model::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{DEFAULT_READ_CACHE_BYTES, SqliteStore};
 
 use crate::error::Result;
 

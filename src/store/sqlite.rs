@@ -2,7 +2,7 @@
 //! disk when its call returns (see README, "Durability"). Reads use a pool of
 //! connections; writes go through the group-committing [`Writer`].
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -15,7 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals, writer::Writer,
+    Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals, cache::ReadCache,
+    writer::Writer,
 };
 use crate::error::Result;
 
@@ -23,11 +24,22 @@ pub struct SqliteStore {
     /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
     writer: Writer,
+    /// Hot tasks, their artifacts and event logs; every write of a task
+    /// drops its entries once committed.
+    cache: ReadCache,
 }
+
+/// The read cache's default size (estimated bytes of cached rows).
+pub const DEFAULT_READ_CACHE_BYTES: u64 = 32 << 20;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with_cache(path, DEFAULT_READ_CACHE_BYTES).await
+    }
+
+    /// As [`SqliteStore::open`], with a read cache of `cache_bytes` (0: none).
+    pub async fn open_with_cache(path: &Path, cache_bytes: u64) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -36,6 +48,9 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A local file does not go stale; the default ping costs a round
+            // trip to the connection's worker thread on every acquire.
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
@@ -46,7 +61,11 @@ impl SqliteStore {
         let writer = Writer::open(&options)
             .await
             .context("opening the database writer")?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            cache: ReadCache::new(cache_bytes),
+        })
     }
 }
 
@@ -223,25 +242,39 @@ async fn append_events_in(
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
-        let t = t.clone();
-        self.writer
-            .write(move |conn| Box::pin(async move { insert_task_in(conn, &t).await }))
-            .await
+        let task = t.clone();
+        let done = self
+            .writer
+            .write(move |conn| Box::pin(async move { insert_task_in(conn, &task).await }))
+            .await;
+        self.cache.invalidate(&t.task_id);
+        done
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {
+        if let Some(task) = self.cache.task(task_id) {
+            return Ok(Some(Task::clone(&task)));
+        }
+        let stamp = self.cache.stamp(task_id);
         let row = sqlx::query("SELECT * FROM tasks WHERE task_id = ?")
             .bind(task_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(task_from_row).transpose()
+        let task = row.as_ref().map(task_from_row).transpose()?;
+        if let Some(t) = &task {
+            self.cache.fill_task(stamp, Arc::new(t.clone()));
+        }
+        Ok(task)
     }
 
     async fn update_task(&self, t: &Task) -> Result<()> {
-        let t = t.clone();
-        self.writer
-            .write(move |conn| Box::pin(async move { update_task_in(conn, &t).await }))
-            .await
+        let task = t.clone();
+        let done = self
+            .writer
+            .write(move |conn| Box::pin(async move { update_task_in(conn, &task).await }))
+            .await;
+        self.cache.invalidate(&t.task_id);
+        done
     }
 
     async fn set_usage(
@@ -252,8 +285,9 @@ impl Store for SqliteStore {
         cost_usd: f64,
         modified_at: i64,
     ) -> Result<()> {
-        let task_id = task_id.to_string();
-        self.writer
+        let id = task_id.to_string();
+        let done = self
+            .writer
             .write(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
@@ -264,13 +298,15 @@ impl Store for SqliteStore {
                     .bind(output_tokens)
                     .bind(cost_usd)
                     .bind(modified_at)
-                    .bind(&task_id)
+                    .bind(&id)
                     .execute(conn)
                     .await?;
                     Ok(())
                 })
             })
-            .await
+            .await;
+        self.cache.invalidate(task_id);
+        done
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<(Vec<Task>, i64)> {
@@ -348,18 +384,21 @@ impl Store for SqliteStore {
     }
 
     async fn delete_task(&self, task_id: &str) -> Result<bool> {
-        let task_id = task_id.to_string();
-        self.writer
+        let id = task_id.to_string();
+        let done = self
+            .writer
             .write(move |conn| {
                 Box::pin(async move {
                     let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
-                        .bind(&task_id)
+                        .bind(&id)
                         .execute(conn)
                         .await?;
                     Ok(done.rows_affected() > 0)
                 })
             })
-            .await
+            .await;
+        self.cache.invalidate(task_id);
+        done
     }
 
     async fn totals(&self) -> Result<Totals> {
@@ -437,13 +476,18 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_artifact(&self, a: &Artifact, step_id: Option<&str>) -> Result<Artifact> {
-        let a = a.clone();
+        let artifact = a.clone();
         let step_id = step_id.map(str::to_string);
-        self.writer
+        let done = self
+            .writer
             .write(move |conn| {
-                Box::pin(async move { upsert_artifact_in(conn, &a, step_id.as_deref()).await })
+                Box::pin(
+                    async move { upsert_artifact_in(conn, &artifact, step_id.as_deref()).await },
+                )
             })
-            .await
+            .await;
+        self.cache.invalidate(&a.task_id);
+        done
     }
 
     async fn artifacts_of_steps(&self, step_ids: &[String]) -> Result<Vec<(String, Artifact)>> {
@@ -498,9 +542,17 @@ impl Store for SqliteStore {
     }
 
     async fn artifacts_of(&self, task_ids: &[String]) -> Result<Vec<Artifact>> {
-        if task_ids.is_empty() {
-            return Ok(Vec::new());
+        match task_ids {
+            [] => return Ok(Vec::new()),
+            // One task (GetTask): cached.
+            [task_id] => {
+                if let Some(list) = self.cache.artifacts(task_id) {
+                    return Ok(Vec::clone(&list));
+                }
+            }
+            _ => {}
         }
+        let stamp = (task_ids.len() == 1).then(|| self.cache.stamp(&task_ids[0]));
         // json_each keeps this one statement whatever the number of ids.
         let ids = Value::from(task_ids.to_vec()).to_string();
         let rows = sqlx::query(
@@ -510,34 +562,51 @@ impl Store for SqliteStore {
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(artifact_from_row).collect()
+        let artifacts: Vec<Artifact> = rows.iter().map(artifact_from_row).collect::<Result<_>>()?;
+        if let Some(stamp) = stamp {
+            self.cache
+                .fill_artifacts(&task_ids[0], stamp, Arc::new(artifacts.clone()));
+        }
+        Ok(artifacts)
     }
 
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool> {
-        let (task_id, artifact_id) = (task_id.to_string(), artifact_id.to_string());
-        self.writer
+        let (id, artifact_id) = (task_id.to_string(), artifact_id.to_string());
+        let done = self
+            .writer
             .write(move |conn| {
                 Box::pin(async move {
                     let done =
                         sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
-                            .bind(&task_id)
+                            .bind(&id)
                             .bind(&artifact_id)
                             .execute(conn)
                             .await?;
                     Ok(done.rows_affected() > 0)
                 })
             })
-            .await
+            .await;
+        self.cache.invalidate(task_id);
+        done
     }
 
     async fn append_events(&self, events: &[Event], task: Option<&Task>) -> Result<()> {
-        let events = events.to_vec();
-        let task = task.cloned();
-        self.writer
+        let batch = events.to_vec();
+        let row = task.cloned();
+        let done = self
+            .writer
             .write(move |conn| {
-                Box::pin(async move { append_events_in(conn, &events, task.as_ref()).await })
+                Box::pin(async move { append_events_in(conn, &batch, row.as_ref()).await })
             })
-            .await
+            .await;
+        let mut touched: Vec<&str> = events.iter().map(|e| e.task_id.as_str()).collect();
+        touched.extend(task.map(|t| t.task_id.as_str()));
+        touched.sort_unstable();
+        touched.dedup();
+        for task_id in touched {
+            self.cache.invalidate(task_id);
+        }
+        done
     }
 
     async fn last_event_seq(&self, task_id: &str) -> Result<i64> {
@@ -550,6 +619,15 @@ impl Store for SqliteStore {
     }
 
     async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+        // The whole log is cached once read whole (a Trae status); slices of
+        // it (replays) are served from it.
+        if let Some(log) = self.cache.events(task_id) {
+            let from = log.partition_point(|e| e.seq <= after_seq);
+            let limit = usize::try_from(limit).unwrap_or(0);
+            return Ok(log[from..].iter().take(limit).cloned().collect());
+        }
+        let whole = after_seq <= 0 && limit == i64::MAX;
+        let stamp = self.cache.stamp(task_id);
         let rows = sqlx::query(
             "SELECT task_id, seq, type, timestamp, body FROM events WHERE task_id = ? AND seq > ? \
              ORDER BY seq LIMIT ?",
@@ -569,14 +647,18 @@ impl Store for SqliteStore {
                     body: json_map(&r.try_get::<String, _>("body")?),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .inspect(|events| {
+                if whole {
+                    self.cache
+                        .fill_events(task_id, stamp, Arc::new(events.clone()));
+                }
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::Map;
 
     use super::*;
@@ -673,5 +755,90 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((deep.0.len(), deep.1), (1, 199));
+    }
+
+    /// Reads after each kind of write see the write, although the first
+    /// read of each put the task, its artifacts and its log in the cache.
+    #[tokio::test]
+    async fn cached_reads_see_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("agentd.db"))
+            .await
+            .unwrap();
+        store.insert_task(&task("t1", 1)).await.unwrap();
+        let ids = ["t1".to_string()];
+        let event = |seq| Event {
+            task_id: "t1".into(),
+            seq,
+            kind: "step".into(),
+            timestamp: seq,
+            body: Map::new(),
+        };
+        // Fill all three entries.
+        assert_eq!(
+            store.get_task("t1").await.unwrap().unwrap().status,
+            TaskStatus::Created
+        );
+        assert!(store.artifacts_of(&ids).await.unwrap().is_empty());
+        assert!(
+            store
+                .list_events("t1", 0, i64::MAX)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let mut t = store.get_task("t1").await.unwrap().unwrap();
+        t.status = TaskStatus::Running;
+        store.update_task(&t).await.unwrap();
+        assert_eq!(
+            store.get_task("t1").await.unwrap().unwrap().status,
+            TaskStatus::Running
+        );
+
+        store.set_usage("t1", 7, 8, 0.25, 2).await.unwrap();
+        assert_eq!(store.get_task("t1").await.unwrap().unwrap().input_tokens, 7);
+
+        store
+            .append_events(&[event(1), event(2)], None)
+            .await
+            .unwrap();
+        assert_eq!(store.list_events("t1", 0, i64::MAX).await.unwrap().len(), 2);
+        // Slices of a cached log.
+        let tail = store.list_events("t1", 1, 10).await.unwrap();
+        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        t.status = TaskStatus::Completed;
+        store.append_events(&[event(3)], Some(&t)).await.unwrap();
+        assert_eq!(store.list_events("t1", 0, i64::MAX).await.unwrap().len(), 3);
+        assert_eq!(
+            store.get_task("t1").await.unwrap().unwrap().status,
+            TaskStatus::Completed
+        );
+
+        let artifact = Artifact {
+            artifact_id: "a1".into(),
+            task_id: "t1".into(),
+            step_id: None,
+            file_name: "f.txt".into(),
+            relative_path: "f.txt".into(),
+            location: "f.txt".into(),
+            file_size: 3,
+            agent_created: false,
+            created_at: 5,
+        };
+        store.upsert_artifact(&artifact, None).await.unwrap();
+        assert_eq!(store.artifacts_of(&ids).await.unwrap().len(), 1);
+        assert!(store.delete_artifact("t1", "a1").await.unwrap());
+        assert!(store.artifacts_of(&ids).await.unwrap().is_empty());
+
+        assert!(store.delete_task("t1").await.unwrap());
+        assert!(store.get_task("t1").await.unwrap().is_none());
+        assert!(
+            store
+                .list_events("t1", 0, i64::MAX)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

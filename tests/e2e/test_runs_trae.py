@@ -15,6 +15,7 @@ import requests
 
 pytest.register_assert_rewrite("runs_support")
 
+import helpers  # noqa: E402
 from helpers import run_in_thread  # noqa: E402
 from runs_support import RUN_WAIT, RUNS_API_KEY, assert_well_formed_log, key  # noqa: E402
 from scripted_llm import error, openai_tool_call  # noqa: E402
@@ -130,6 +131,9 @@ def test_document_python_example_runs_a_task_in_a_git_repo(runs, git_repo):
     messages = st["messages"]
     assert_well_formed_log(messages, task_id)
     assert key(runs.sse(task_id)) == key(messages), "the status messages differ from the replayed stream"
+    # agentd prints this JSON itself (Envoy's transcoder is off for it): it
+    # must be the proto3 JSON of the gRPC answer, field for field.
+    assert st == grpc_status_json(runs.stack.grpc_target, task_id)
     types = [m["type"] for m in messages]
     for t in ("step", "llm_response", "usage", "tool_call", "tool_result", "patch", "trajectory", "complete"):
         assert t in types, (t, types)
@@ -288,3 +292,17 @@ def test_list_reports_a_running_task_as_running(runs, tmp_path):
     finally:
         runs.stop(task_id)
         procs.kill_leftovers()
+
+
+def grpc_status_json(target: str, task_id: str) -> dict:
+    """GetTaskStatus over gRPC, printed as the transcoder's print_options do
+    (proto field names, primitives always printed)."""
+    import grpc
+    from google.protobuf import json_format
+
+    with grpc.insecure_channel(target) as ch:
+        call, req, _ = helpers.Reflection(ch).unary(ch, "agentd.trae.v1.TraeService/GetTaskStatus")
+        resp = call(req(task_id=task_id), timeout=10)
+    return json.loads(
+        json_format.MessageToJson(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    )
