@@ -142,7 +142,12 @@ impl ReadCache {
     }
 
     pub fn fill_artifacts(&self, task_id: &str, stamp: Stamp, artifacts: Arc<Vec<Artifact>>) {
-        self.fill(Kind::Artifacts, task_id, stamp, Cached::Artifacts(artifacts));
+        self.fill(
+            Kind::Artifacts,
+            task_id,
+            stamp,
+            Cached::Artifacts(artifacts),
+        );
     }
 
     pub fn events(&self, task_id: &str) -> Option<Arc<Vec<Event>>> {

@@ -10,6 +10,8 @@ mod model;
 mod sqlite;
 mod writer;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 pub use model::*;
@@ -68,4 +70,6 @@ pub trait Store: Send + Sync + 'static {
     async fn last_event_seq(&self, task_id: &str) -> Result<i64>;
     /// Events with `seq > after_seq`, in order, at most `limit`.
     async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
+    /// The task's whole log, shared rather than copied (it may be cached).
+    async fn event_log(&self, task_id: &str) -> Result<Arc<Vec<Event>>>;
 }

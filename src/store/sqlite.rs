@@ -619,15 +619,28 @@ impl Store for SqliteStore {
     }
 
     async fn list_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
-        // The whole log is cached once read whole (a Trae status); slices of
-        // it (replays) are served from it.
+        // Replays are served from a log cached by `event_log` when there is one.
         if let Some(log) = self.cache.events(task_id) {
             let from = log.partition_point(|e| e.seq <= after_seq);
             let limit = usize::try_from(limit).unwrap_or(0);
             return Ok(log[from..].iter().take(limit).cloned().collect());
         }
-        let whole = after_seq <= 0 && limit == i64::MAX;
+        self.read_events(task_id, after_seq, limit).await
+    }
+
+    async fn event_log(&self, task_id: &str) -> Result<Arc<Vec<Event>>> {
+        if let Some(log) = self.cache.events(task_id) {
+            return Ok(log);
+        }
         let stamp = self.cache.stamp(task_id);
+        let log = Arc::new(self.read_events(task_id, 0, i64::MAX).await?);
+        self.cache.fill_events(task_id, stamp, log.clone());
+        Ok(log)
+    }
+}
+
+impl SqliteStore {
+    async fn read_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
         let rows = sqlx::query(
             "SELECT task_id, seq, type, timestamp, body FROM events WHERE task_id = ? AND seq > ? \
              ORDER BY seq LIMIT ?",
@@ -647,13 +660,7 @@ impl Store for SqliteStore {
                     body: json_map(&r.try_get::<String, _>("body")?),
                 })
             })
-            .collect::<Result<Vec<_>>>()
-            .inspect(|events| {
-                if whole {
-                    self.cache
-                        .fill_events(task_id, stamp, Arc::new(events.clone()));
-                }
-            })
+            .collect()
     }
 }
 
@@ -780,13 +787,7 @@ mod tests {
             TaskStatus::Created
         );
         assert!(store.artifacts_of(&ids).await.unwrap().is_empty());
-        assert!(
-            store
-                .list_events("t1", 0, i64::MAX)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.event_log("t1").await.unwrap().is_empty());
 
         let mut t = store.get_task("t1").await.unwrap().unwrap();
         t.status = TaskStatus::Running;
@@ -803,13 +804,14 @@ mod tests {
             .append_events(&[event(1), event(2)], None)
             .await
             .unwrap();
-        assert_eq!(store.list_events("t1", 0, i64::MAX).await.unwrap().len(), 2);
+        assert_eq!(store.event_log("t1").await.unwrap().len(), 2);
         // Slices of a cached log.
         let tail = store.list_events("t1", 1, 10).await.unwrap();
         assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
         t.status = TaskStatus::Completed;
         store.append_events(&[event(3)], Some(&t)).await.unwrap();
-        assert_eq!(store.list_events("t1", 0, i64::MAX).await.unwrap().len(), 3);
+        assert_eq!(store.event_log("t1").await.unwrap().len(), 3);
+        assert_eq!(store.list_events("t1", 2, 10).await.unwrap().len(), 1);
         assert_eq!(
             store.get_task("t1").await.unwrap().unwrap().status,
             TaskStatus::Completed
@@ -833,12 +835,6 @@ mod tests {
 
         assert!(store.delete_task("t1").await.unwrap());
         assert!(store.get_task("t1").await.unwrap().is_none());
-        assert!(
-            store
-                .list_events("t1", 0, i64::MAX)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.event_log("t1").await.unwrap().is_empty());
     }
 }

@@ -249,9 +249,9 @@ impl TaskManager {
     }
 
     /// The task and its whole event log so far (Trae `/status`).
-    pub async fn task_messages(&self, task_id: &str) -> Result<(Task, Vec<Event>)> {
+    pub async fn task_messages(&self, task_id: &str) -> Result<(Task, Arc<Vec<Event>>)> {
         let task = self.task(task_id).await?;
-        let events = self.store.list_events(task_id, 0, i64::MAX).await?;
+        let events = self.store.event_log(task_id).await?;
         Ok((task, events))
     }
 
