@@ -1,6 +1,8 @@
 //! Conversions shared by both dialects: JSON objects <-> protobuf `Struct`,
 //! and event-log entries -> `TaskEvent`.
 
+use std::sync::Arc;
+
 use prost_types::{ListValue, Struct, Value as PValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
@@ -86,7 +88,7 @@ fn from_value(v: PValue) -> Value {
 pub const STREAM_FAILED: &str = "the event stream failed; resume with after_seq";
 
 pub fn event_stream(
-    events: impl futures_util::Stream<Item = crate::error::Result<Event>> + Send + 'static,
+    events: impl futures_util::Stream<Item = crate::error::Result<Arc<Event>>> + Send + 'static,
     task_id: String,
 ) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<TaskEvent, tonic::Status>> + Send>> {
     use tokio_stream::StreamExt as _;

@@ -65,7 +65,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends events in one transaction, and with `task`, writes the task in
     /// the same transaction (a run's final status and its last events).
-    async fn append_events(&self, events: &[Event], task: Option<&Task>) -> Result<()>;
+    async fn append_events(&self, events: &[Arc<Event>], task: Option<&Task>) -> Result<()>;
     /// The highest seq of the task's log, 0 when it is empty.
     async fn last_event_seq(&self, task_id: &str) -> Result<i64>;
     /// Events with `seq > after_seq`, in order, at most `limit`.

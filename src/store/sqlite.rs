@@ -2,7 +2,12 @@
 //! disk when its call returns (see README, "Durability"). Reads use a pool of
 //! connections; writes go through the group-committing [`Writer`].
 
-use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -70,7 +75,8 @@ impl SqliteStore {
 }
 
 fn json_text(map: &Map<String, Value>) -> String {
-    Value::Object(map.clone()).to_string()
+    // Serializing a map of `Value`s cannot fail.
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
 }
 
 fn json_map(text: &str) -> Map<String, Value> {
@@ -216,22 +222,43 @@ async fn upsert_artifact_in(
     Ok(stored)
 }
 
+/// Events inserted by one statement at most: a batch of events costs one
+/// trip to SQLite rather than one per event.
+const EVENT_ROWS: usize = 32;
+
+/// `INSERT INTO events … VALUES (…), (…)` with `rows` rows (1 to [`EVENT_ROWS`]).
+fn insert_events_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        (0..=EVENT_ROWS)
+            .map(|n| {
+                format!(
+                    "INSERT INTO events (task_id, seq, type, timestamp, body) VALUES {}",
+                    vec!["(?, ?, ?, ?, ?)"; n].join(", ")
+                )
+            })
+            .collect()
+    });
+    &sql[rows]
+}
+
+/// `events` with their bodies as JSON text.
 async fn append_events_in(
     conn: &mut sqlx::SqliteConnection,
-    events: &[Event],
+    events: &[(Arc<Event>, String)],
     task: Option<&Task>,
 ) -> Result<()> {
-    for e in events {
-        sqlx::query(
-            "INSERT INTO events (task_id, seq, type, timestamp, body) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&e.task_id)
-        .bind(e.seq)
-        .bind(&e.kind)
-        .bind(e.timestamp)
-        .bind(json_text(&e.body))
-        .execute(&mut *conn)
-        .await?;
+    for chunk in events.chunks(EVENT_ROWS) {
+        let mut insert = sqlx::query(insert_events_sql(chunk.len()));
+        for (e, body) in chunk {
+            insert = insert
+                .bind(&e.task_id)
+                .bind(e.seq)
+                .bind(&e.kind)
+                .bind(e.timestamp)
+                .bind(body);
+        }
+        insert.execute(&mut *conn).await?;
     }
     if let Some(t) = task {
         update_task_in(conn, t).await?;
@@ -590,8 +617,13 @@ impl Store for SqliteStore {
         done
     }
 
-    async fn append_events(&self, events: &[Event], task: Option<&Task>) -> Result<()> {
-        let batch = events.to_vec();
+    async fn append_events(&self, events: &[Arc<Event>], task: Option<&Task>) -> Result<()> {
+        // Encoded here rather than on the writer's connection, which every
+        // write waits for.
+        let batch: Vec<(Arc<Event>, String)> = events
+            .iter()
+            .map(|e| (e.clone(), json_text(&e.body)))
+            .collect();
         let row = task.cloned();
         let done = self
             .writer
@@ -774,12 +806,14 @@ mod tests {
             .unwrap();
         store.insert_task(&task("t1", 1)).await.unwrap();
         let ids = ["t1".to_string()];
-        let event = |seq| Event {
-            task_id: "t1".into(),
-            seq,
-            kind: "step".into(),
-            timestamp: seq,
-            body: Map::new(),
+        let event = |seq| {
+            Arc::new(Event {
+                task_id: "t1".into(),
+                seq,
+                kind: "step".into(),
+                timestamp: seq,
+                body: Map::new(),
+            })
         };
         // Fill all three entries.
         assert_eq!(

@@ -107,7 +107,7 @@ impl EventLog {
         task_id: &str,
         kind: &str,
         body: Map<String, Value>,
-    ) -> Result<Event> {
+    ) -> Result<Arc<Event>> {
         let mut events = self
             .append_all(task_id, vec![(kind.to_string(), body)], None)
             .await?;
@@ -124,7 +124,7 @@ impl EventLog {
         task_id: &str,
         entries: Vec<(String, Map<String, Value>)>,
         task: Option<&Task>,
-    ) -> Result<Vec<Event>> {
+    ) -> Result<Vec<Arc<Event>>> {
         let topic = self.topic(task_id);
         let mut last = topic.last_seq.lock().await;
         let mut seq = match *last {
@@ -132,17 +132,18 @@ impl EventLog {
             None => self.store.last_event_seq(task_id).await?,
         };
         let now = clock::now_ms();
-        let events: Vec<Event> = entries
+        // Shared as they are by the store and every live reader.
+        let events: Vec<Arc<Event>> = entries
             .into_iter()
             .map(|(kind, body)| {
                 seq += 1;
-                Event {
+                Arc::new(Event {
                     task_id: task_id.to_string(),
                     seq,
                     kind,
                     timestamp: now,
                     body,
-                }
+                })
             })
             .collect();
         self.store.append_events(&events, task).await?;
@@ -150,9 +151,8 @@ impl EventLog {
         *last = Some(seq);
         // No receivers is fine: readers that come later replay from the store.
         for event in &events {
-            let shared = Arc::new(event.clone());
-            let _ = topic.live.send(shared.clone());
-            let _ = self.all.send(shared);
+            let _ = topic.live.send(event.clone());
+            let _ = self.all.send(event.clone());
         }
         drop(last);
         if events.iter().any(|e| e.kind == END) {
@@ -174,7 +174,7 @@ impl EventLog {
         self: &Arc<Self>,
         task_id: &str,
         after_seq: i64,
-    ) -> Result<impl Stream<Item = Result<Event>> + Send + 'static> {
+    ) -> Result<impl Stream<Item = Result<Arc<Event>>> + Send + 'static> {
         let topic = self.topic(task_id);
         self.metrics.stream_followers.inc();
         let follower = Follower(topic.clone(), self.metrics.clone());
@@ -205,7 +205,7 @@ impl EventLog {
                     for event in batch {
                         last = event.seq;
                         let ended = event.kind == END;
-                        yield event;
+                        yield Arc::new(event);
                         if ended { break 'replay; }
                     }
                     if !full { break; }
@@ -214,12 +214,13 @@ impl EventLog {
                 // Follow live events until a gap sends us back to the store.
                 loop {
                     match tokio::time::timeout(HEARTBEAT_EVERY, live.recv()).await {
-                        Err(_) => yield heartbeat(&task_id, last),
+                        Err(_) => yield Arc::new(heartbeat(&task_id, last)),
                         Ok(Ok(event)) if event.seq <= last => {}
                         Ok(Ok(event)) if event.seq == last + 1 => {
                             last = event.seq;
-                            yield Event::clone(&event);
-                            if event.kind == END { break 'replay; }
+                            let ended = event.kind == END;
+                            yield event;
+                            if ended { break 'replay; }
                         }
                         // A gap or a lagging reader: catch up from the store.
                         Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue 'replay,

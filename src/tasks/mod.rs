@@ -260,7 +260,7 @@ impl TaskManager {
         &self,
         task_id: &str,
         after_seq: i64,
-    ) -> Result<impl futures_util::Stream<Item = Result<Event>> + Send + 'static> {
+    ) -> Result<impl futures_util::Stream<Item = Result<Arc<Event>>> + Send + 'static> {
         self.task(task_id).await?;
         self.events.follow(task_id, after_seq)
     }

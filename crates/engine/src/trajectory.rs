@@ -10,12 +10,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult};
+use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult, ToolSpec, Usage};
 use crate::patch::{PatchError, write_file};
 
+/// The file's top-level object. Interactions and steps are rendered once,
+/// when recorded: each save writes them out as they are instead of
+/// serializing the whole run again.
 #[derive(Debug, Serialize)]
 struct TrajectoryData {
     task: String,
@@ -24,8 +28,8 @@ struct TrajectoryData {
     provider: String,
     model: String,
     max_steps: u32,
-    llm_interactions: Vec<Value>,
-    agent_steps: Vec<Value>,
+    llm_interactions: Vec<Box<RawValue>>,
+    agent_steps: Vec<Box<RawValue>>,
     success: bool,
     final_result: Option<String>,
     execution_time: f64,
@@ -96,51 +100,32 @@ impl TrajectoryRecorder {
         input_messages: &[Message],
         response: &LlmResponse,
         provider: &str,
-        tools_available: &[String],
+        tools_available: &[ToolSpec],
     ) {
-        let u = &response.usage;
-        self.data.llm_interactions.push(json!({
-            "timestamp": now(),
-            "provider": provider,
-            "model": self.data.model,
-            "input_messages": input_messages.iter().map(message_json).collect::<Vec<_>>(),
-            "response": {
-                "content": response.content,
-                "model": response.model,
-                "finish_reason": response.finish_reason,
-                "usage": {
-                    "input_tokens": u.input_tokens,
-                    "output_tokens": u.output_tokens,
-                    "cache_creation_input_tokens": u.cache_creation_input_tokens,
-                    "cache_read_input_tokens": u.cache_read_input_tokens,
-                    "reasoning_tokens": u.reasoning_tokens,
-                },
-                "tool_calls": non_empty(response.tool_calls.iter().map(tool_call_json).collect()),
+        self.data.llm_interactions.push(entry(&LlmInteraction {
+            timestamp: now(),
+            provider,
+            model: &self.data.model,
+            input_messages: Records(input_messages),
+            response: ResponseRecord {
+                usage: UsageRecord::Full(&response.usage),
+                ..ResponseRecord::new(response)
             },
-            "tools_available": non_empty(tools_available.iter().map(|t| json!(t)).collect()),
+            tools_available: NonEmpty(tools_available),
         }));
     }
 
     pub(crate) fn record_step(&mut self, step: &StepRecord<'_>) {
-        let response = step.llm_response.map(|r| {
-            json!({
-                "content": r.content,
-                "model": r.model,
-                "finish_reason": r.finish_reason,
-                "usage": { "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens },
-                "tool_calls": non_empty(r.tool_calls.iter().map(tool_call_json).collect()),
-            })
-        });
-        self.data.agent_steps.push(json!({
-            "step_number": step.step_number,
-            "timestamp": now(),
-            "state": step.state,
-            "llm_messages": non_empty(step.llm_messages.iter().map(message_json).collect()),
-            "llm_response": response,
-            "tool_calls": non_empty(step.tool_calls.iter().map(tool_call_json).collect()),
-            "tool_results": non_empty(step.tool_results.iter().map(tool_result_json).collect()),
-            "reflection": null,
-            "error": step.error,
+        self.data.agent_steps.push(entry(&AgentStep {
+            step_number: step.step_number,
+            timestamp: now(),
+            state: step.state,
+            llm_messages: NonEmpty(step.llm_messages),
+            llm_response: step.llm_response.map(ResponseRecord::new),
+            tool_calls: NonEmpty(step.tool_calls),
+            tool_results: NonEmpty(step.tool_results),
+            reflection: None,
+            error: step.error,
         }));
     }
 
@@ -161,6 +146,15 @@ impl TrajectoryRecorder {
     }
 }
 
+/// An element of `llm_interactions` or `agent_steps`, rendered as
+/// `to_string_pretty` writes it there, two levels deep (pretty JSON has
+/// line breaks only between tokens, so indenting every line is enough).
+fn entry(record: &impl Serialize) -> Box<RawValue> {
+    // Neither step can fail (`null` would stand in).
+    let text = serde_json::to_string_pretty(record).unwrap_or_default();
+    RawValue::from_string(text.replace('\n', "\n    ")).unwrap_or_default()
+}
+
 /// Python's `datetime.isoformat()` of an aware UTC time: always six
 /// fractional digits and `+00:00` (what older `fromisoformat`s accept).
 fn now() -> String {
@@ -170,37 +164,168 @@ fn now() -> String {
     OffsetDateTime::now_utc().format(FORMAT).unwrap_or_default()
 }
 
-fn non_empty(items: Vec<Value>) -> Value {
-    if items.is_empty() {
-        Value::Null
-    } else {
-        Value::Array(items)
+/// An element of `llm_interactions`.
+#[derive(Serialize)]
+struct LlmInteraction<'a> {
+    timestamp: String,
+    provider: &'a str,
+    model: &'a str,
+    input_messages: Records<'a, Message>,
+    response: ResponseRecord<'a>,
+    tools_available: NonEmpty<'a, ToolSpec>,
+}
+
+/// An element of `agent_steps`.
+#[derive(Serialize)]
+struct AgentStep<'a> {
+    step_number: u32,
+    timestamp: String,
+    state: &'a str,
+    llm_messages: NonEmpty<'a, Message>,
+    llm_response: Option<ResponseRecord<'a>>,
+    tool_calls: NonEmpty<'a, ToolCall>,
+    tool_results: NonEmpty<'a, ToolResult>,
+    /// Trae's; always `null` here.
+    reflection: Option<()>,
+    error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ResponseRecord<'a> {
+    content: &'a str,
+    model: &'a str,
+    finish_reason: Option<&'a str>,
+    usage: UsageRecord<'a>,
+    tool_calls: NonEmpty<'a, ToolCall>,
+}
+
+impl<'a> ResponseRecord<'a> {
+    /// As recorded in a step: usage as input and output tokens only.
+    fn new(r: &'a LlmResponse) -> Self {
+        ResponseRecord {
+            content: &r.content,
+            model: &r.model,
+            finish_reason: r.finish_reason.as_deref(),
+            usage: UsageRecord::Tokens {
+                input_tokens: r.usage.input_tokens,
+                output_tokens: r.usage.output_tokens,
+            },
+            tool_calls: NonEmpty(&r.tool_calls),
+        }
     }
 }
 
-fn message_json(m: &Message) -> Value {
-    let role = match m.role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    };
-    let mut v = json!({ "role": role, "content": m.content });
-    if !m.tool_calls.is_empty() {
-        v["tool_calls"] = Value::Array(m.tool_calls.iter().map(tool_call_json).collect());
-    }
-    if let Some(r) = &m.tool_result {
-        v["tool_result"] = tool_result_json(r);
-    }
-    v
+/// Interactions record the full usage; steps input and output tokens.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum UsageRecord<'a> {
+    Full(&'a Usage),
+    Tokens {
+        input_tokens: u64,
+        output_tokens: u64,
+    },
 }
 
-fn tool_call_json(c: &ToolCall) -> Value {
-    json!({ "call_id": c.call_id, "name": c.name, "arguments": c.arguments, "id": null })
+/// Items as a list of their [`Record`]s.
+struct Records<'a, T>(&'a [T]);
+
+impl<T> Serialize for Records<'_, T>
+where
+    for<'t> Record<'t, T>: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Record))
+    }
 }
 
-fn tool_result_json(r: &ToolResult) -> Value {
-    json!({ "call_id": r.call_id, "success": r.success, "result": r.result, "error": r.error, "id": null })
+/// A list as Trae writes most of them: `null` when empty.
+struct NonEmpty<'a, T>(&'a [T]);
+
+impl<T> Serialize for NonEmpty<'_, T>
+where
+    for<'t> Record<'t, T>: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            s.serialize_none()
+        } else {
+            Records(self.0).serialize(s)
+        }
+    }
+}
+
+/// How an item appears in the trajectory (Trae's field names and order).
+struct Record<'a, T>(&'a T);
+
+impl Serialize for Record<'_, Message> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct MessageRecord<'a> {
+            role: Role,
+            content: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tool_calls: Option<Records<'a, ToolCall>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tool_result: Option<Record<'a, ToolResult>>,
+        }
+        let m = self.0;
+        MessageRecord {
+            role: m.role,
+            content: &m.content,
+            tool_calls: (!m.tool_calls.is_empty()).then_some(Records(&m.tool_calls)),
+            tool_result: m.tool_result.as_ref().map(Record),
+        }
+        .serialize(s)
+    }
+}
+
+impl Serialize for Record<'_, ToolCall> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct ToolCallRecord<'a> {
+            call_id: &'a str,
+            name: &'a str,
+            arguments: &'a Value,
+            id: Option<()>,
+        }
+        let c = self.0;
+        ToolCallRecord {
+            call_id: &c.call_id,
+            name: &c.name,
+            arguments: &c.arguments,
+            id: None,
+        }
+        .serialize(s)
+    }
+}
+
+impl Serialize for Record<'_, ToolResult> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct ToolResultRecord<'a> {
+            call_id: &'a str,
+            success: bool,
+            result: &'a str,
+            error: Option<&'a str>,
+            id: Option<()>,
+        }
+        let r = self.0;
+        ToolResultRecord {
+            call_id: &r.call_id,
+            success: r.success,
+            result: &r.result,
+            error: r.error.as_deref(),
+            id: None,
+        }
+        .serialize(s)
+    }
+}
+
+/// `tools_available`: the tools' names.
+impl Serialize for Record<'_, ToolSpec> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.name)
+    }
 }
 
 #[cfg(test)]
@@ -229,7 +354,7 @@ mod tests {
             &[Message::user("hi")],
             &response,
             "openai",
-            &["bash".into()],
+            &[crate::tools::builtin_tool_spec("bash").unwrap()],
         );
         rec.record_step(&StepRecord {
             step_number: 1,
@@ -237,11 +362,37 @@ mod tests {
             llm_response: Some(&response),
             ..Default::default()
         });
+        let call = ToolCall {
+            call_id: "c1".into(),
+            name: "bash".into(),
+            arguments: serde_json::json!({"command": "ls", "opts": [1, {"a": null}], "e": {}}),
+            raw_arguments: None,
+        };
+        rec.record_step(&StepRecord {
+            step_number: 2,
+            state: "completed",
+            llm_messages: &[Message::tool(ToolResult {
+                call_id: "c1".into(),
+                name: "bash".into(),
+                success: false,
+                result: String::new(),
+                error: Some("exit 1".into()),
+            })],
+            tool_calls: std::slice::from_ref(&call),
+            ..Default::default()
+        });
         rec.finalize(true, Some("done".into()));
         rec.save().await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("sk-very-secret-key"));
         let v: Value = serde_json::from_str(&text).unwrap();
+        // Entries rendered when recorded sit in the file exactly as pretty
+        // printing the whole document would put them.
+        assert_eq!(serde_json::to_string_pretty(&v).unwrap(), text);
+        assert_eq!(
+            v["agent_steps"][1]["tool_calls"][0]["arguments"]["opts"][1],
+            serde_json::json!({"a": null})
+        );
         for key in [
             "task",
             "start_time",

@@ -335,13 +335,11 @@ impl Agent {
         };
         self.account(step, &response);
         if let Some(rec) = self.trajectory.as_mut() {
-            let tool_names: Vec<String> =
-                self.tools.specs().iter().map(|s| s.name.clone()).collect();
             rec.record_llm_interaction(
                 &self.messages[input_start..],
                 &response,
                 &self.provider,
-                &tool_names,
+                self.tools.specs(),
             );
         }
         self.messages.push(Message {
@@ -530,30 +528,27 @@ impl Agent {
 
     /// Runs every call except `task_done` (left `None`, for the caller to
     /// answer after the others ran), concurrently or in order.
-    async fn run_tool_calls(
+    async fn run_tool_calls<'c>(
         tools: &ToolSet,
         events: &dyn EventSink,
         step: u32,
-        calls: &[ToolCall],
+        calls: &'c [ToolCall],
         parallel: bool,
     ) -> Vec<Option<ToolResult>> {
-        let run_one = |call: &ToolCall| {
-            let call = call.clone();
-            async move {
-                if call.name == TASK_DONE {
-                    return None;
-                }
-                events.emit(EngineEvent::ToolCall {
-                    step,
-                    call: call.clone(),
-                });
-                let result = tools.call(&call).await;
-                events.emit(EngineEvent::ToolResult {
-                    step,
-                    result: result.clone(),
-                });
-                Some(result)
+        let run_one = |call: &'c ToolCall| async move {
+            if call.name == TASK_DONE {
+                return None;
             }
+            events.emit(EngineEvent::ToolCall {
+                step,
+                call: call.clone(),
+            });
+            let result = tools.call(call).await;
+            events.emit(EngineEvent::ToolResult {
+                step,
+                result: result.clone(),
+            });
+            Some(result)
         };
         if parallel {
             join_all(calls.iter().map(run_one)).await

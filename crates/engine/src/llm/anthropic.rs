@@ -1,11 +1,15 @@
 //! Anthropic Messages API with tool use.
 
-use async_trait::async_trait;
-use serde_json::{Map, Value, json};
 use std::borrow::Cow;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::history::{self, non_empty_result_text, paired};
 use super::http::Endpoint;
+use super::wire::{BodyEncoder, RenderedTools, merged_turns};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
 use crate::messages::{LlmResponse, Message, Role, ToolSpec, Usage};
@@ -15,6 +19,8 @@ pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub(crate) struct AnthropicClient {
     cfg: ResolvedConfig,
     endpoint: Endpoint,
+    tools: RenderedTools,
+    body: BodyEncoder,
 }
 
 impl AnthropicClient {
@@ -32,96 +38,166 @@ impl AnthropicClient {
         if let Some(key) = cfg.api_key.as_ref() {
             endpoint = endpoint.with_secret_header("x-api-key", key.expose());
         }
-        AnthropicClient { cfg, endpoint }
+        AnthropicClient {
+            cfg,
+            endpoint,
+            tools: RenderedTools::default(),
+            body: BodyEncoder::default(),
+        }
     }
 
-    pub(crate) fn request_body(&self, messages: &[Message], tools: &[ToolSpec]) -> Value {
+    /// The request for one turn, as JSON bytes.
+    pub(crate) fn request_body(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> serde_json::Result<Vec<u8>> {
+        let cfg = &self.cfg;
         let history = paired(messages);
-        let system: Vec<&str> = history
-            .iter()
-            .filter(|m| m.role == Role::System)
-            .map(|m| m.content.as_str())
-            .collect();
-        let mut body = Map::new();
-        body.insert("model".into(), json!(self.cfg.model));
-        body.insert("max_tokens".into(), json!(self.cfg.max_tokens));
-        if !system.is_empty() {
-            body.insert("system".into(), json!(system.join("\n\n")));
-        }
-        body.insert("messages".into(), Value::Array(wire_messages(&history)));
-        if !tools.is_empty() && self.cfg.supports_tool_calling {
-            let tools: Vec<Value> = tools
-                .iter()
-                .map(|t| json!({"name": t.name, "description": t.description, "input_schema": history::parameters(t)}))
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-            body.insert(
-                "tool_choice".into(),
-                json!({"type": "auto", "disable_parallel_tool_use": !self.cfg.parallel_tool_calls}),
-            );
-        }
-        body.insert("temperature".into(), json!(self.cfg.temperature));
-        // Recent Claude models refuse temperature and top_p together: send
-        // top_p only when it actually narrows sampling.
-        if self.cfg.top_p < 1.0 {
-            body.insert("top_p".into(), json!(self.cfg.top_p));
-        }
-        if self.cfg.top_k > 0 {
-            body.insert("top_k".into(), json!(self.cfg.top_k));
-        }
-        if !self.cfg.stop_sequences.is_empty() {
-            body.insert("stop_sequences".into(), json!(self.cfg.stop_sequences));
-        }
-        Value::Object(body)
+        let tools = if !tools.is_empty() && cfg.supports_tool_calling {
+            Some(self.tools.get(tools, render_tools)?)
+        } else {
+            None
+        };
+        self.body.encode(&MessagesRequest {
+            model: &cfg.model,
+            max_tokens: cfg.max_tokens,
+            system: history::system_text(&history),
+            messages: wire_messages(&history),
+            tools: tools.as_deref(),
+            tool_choice: tools.as_ref().map(|_| ToolChoice {
+                kind: "auto",
+                disable_parallel_tool_use: !cfg.parallel_tool_calls,
+            }),
+            temperature: cfg.temperature,
+            // Recent Claude models refuse temperature and top_p together:
+            // send top_p only when it actually narrows sampling.
+            top_p: (cfg.top_p < 1.0).then_some(cfg.top_p),
+            top_k: (cfg.top_k > 0).then_some(cfg.top_k),
+            stop_sequences: &cfg.stop_sequences,
+        })
     }
 }
 
-/// User/assistant turns of content blocks. Tool results go in a user turn as
-/// `tool_result` blocks; consecutive same-role turns are merged (so several
-/// results, and text after them, share one user message).
-fn wire_messages(history: &[Cow<'_, Message>]) -> Vec<Value> {
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for m in history {
-        let (role, blocks) = match m.role {
-            Role::System => continue,
-            Role::User => ("user", text_block(&m.content)),
-            Role::Assistant => {
-                let mut blocks = text_block(&m.content);
-                blocks.extend(m.tool_calls.iter().map(|c| {
-                    json!({"type": "tool_use", "id": c.call_id, "name": c.name, "input": history::arguments_object(c)})
-                }));
-                ("assistant", blocks)
+/// A Messages API request, borrowing the history and the configuration.
+/// Fields are sent in this order; unset ones are left out.
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<Cow<'a, str>>,
+    messages: Vec<WireTurn<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoice>,
+    temperature: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    stop_sequences: &'a [String],
+}
+
+#[derive(Serialize)]
+struct ToolChoice {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    disable_parallel_tool_use: bool,
+}
+
+/// `{"role": "user"|"assistant", "content": [blocks]}`: consecutive
+/// messages of one role share a turn (see [`merged_turns`]).
+#[derive(Serialize)]
+struct WireTurn<'a> {
+    role: &'static str,
+    content: Vec<Block<'a>>,
+}
+
+/// A content block: `{"type": "text"|"tool_use"|"tool_result", …}`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: Cow<'a, Value>,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: Cow<'a, str>,
+        is_error: bool,
+    },
+}
+
+/// User/assistant turns of content blocks. Tool results go in a user turn
+/// as `tool_result` blocks; system text is sent apart.
+fn wire_messages<'a>(history: &'a [Cow<'a, Message>]) -> Vec<WireTurn<'a>> {
+    let turns = merged_turns(history, |m, blocks| match m.role {
+        Role::System => None,
+        Role::User => {
+            text_block(&m.content, blocks);
+            Some("user")
+        }
+        Role::Assistant => {
+            text_block(&m.content, blocks);
+            blocks.extend(m.tool_calls.iter().map(|c| Block::ToolUse {
+                id: &c.call_id,
+                name: &c.name,
+                input: history::arguments_object(c),
+            }));
+            Some("assistant")
+        }
+        Role::Tool => {
+            match &m.tool_result {
+                Some(r) => blocks.push(Block::ToolResult {
+                    tool_use_id: &r.call_id,
+                    content: non_empty_result_text(r),
+                    is_error: !r.success,
+                }),
+                None => text_block(&m.content, blocks),
             }
-            Role::Tool => match &m.tool_result {
-                Some(r) => (
-                    "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": r.call_id,
-                        "content": non_empty_result_text(r), "is_error": !r.success})],
-                ),
-                None => ("user", text_block(&m.content)),
-            },
-        };
-        if blocks.is_empty() {
-            continue;
+            Some("user")
         }
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => turns.push((role, blocks)),
-        }
-    }
+    });
     turns
         .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
+        .map(|t| WireTurn {
+            role: t.role,
+            content: t.parts,
+        })
         .collect()
 }
 
 /// Anthropic rejects empty text blocks.
-fn text_block(text: &str) -> Vec<Value> {
-    if text.trim().is_empty() {
-        vec![]
-    } else {
-        vec![json!({"type": "text", "text": text})]
+fn text_block<'a>(text: &'a str, blocks: &mut Vec<Block<'a>>) {
+    if !text.trim().is_empty() {
+        blocks.push(Block::Text { text });
     }
+}
+
+/// The `tools` of a request (rendered once per tool set).
+fn render_tools(tools: &[ToolSpec]) -> serde_json::Result<Box<RawValue>> {
+    #[derive(Serialize)]
+    struct Tool<'a> {
+        name: &'a str,
+        description: &'a str,
+        input_schema: Cow<'a, Value>,
+    }
+    let tools: Vec<_> = tools
+        .iter()
+        .map(|t| Tool {
+            name: &t.name,
+            description: &t.description,
+            input_schema: history::parameters(t),
+        })
+        .collect();
+    serde_json::value::to_raw_value(&tools)
 }
 
 pub(crate) fn parse_response(fallback_model: &str, v: &Value) -> Result<LlmResponse, LlmError> {
@@ -184,8 +260,11 @@ impl LlmClient for AnthropicClient {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> Result<LlmResponse, LlmError> {
-        let body = self.request_body(messages, tools);
-        let v = self.endpoint.post(&body).await?;
+        let body = self
+            .request_body(messages, tools)
+            .map_err(|e| self.endpoint.encode_error(e))?;
+        let answer = self.endpoint.post(body).await?;
+        let v: Value = self.endpoint.decode(&answer)?;
         parse_response(&self.cfg.model, &v)
     }
     fn provider(&self) -> &str {
@@ -193,5 +272,49 @@ impl LlmClient for AnthropicClient {
     }
     fn model(&self) -> &str {
         &self.cfg.model
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::llm::history::MISSING_RESULT;
+    use crate::llm::wire::fixtures::{bash_tool, config, conversation};
+
+    #[test]
+    fn request_body_is_messages_json_in_order() {
+        let client = AnthropicClient::new(
+            config(Provider::Anthropic, "claude-x"),
+            "http://127.0.0.1:1",
+            &ClientOptions::default(),
+        );
+        let body = client
+            .request_body(&conversation("call_3"), &[bash_tool()])
+            .unwrap();
+        let tool_use =
+            |id: &str, input| json!({"type": "tool_use", "id": id, "name": "bash", "input": input});
+        let result = |id: &str, content: &str, is_error| json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": is_error});
+        let expected = json!({
+            "model": "claude-x",
+            "max_tokens": 100,
+            "system": "You are a coder.",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "List files"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Looking."},
+                    tool_use("call_1", json!({"command": "ls"})), tool_use("call_2", json!({}))]},
+                {"role": "user", "content": [result("call_1", "a.txt", false),
+                    result("call_2", "exit 1", true), {"type": "text", "text": "Go on"}]},
+                {"role": "assistant", "content": [tool_use("call_3", json!({"command": "pwd"}))]},
+                {"role": "user", "content": [result("call_3", MISSING_RESULT, true)]},
+            ],
+            "tools": [{"name": "bash", "description": "Run a command",
+                "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": true},
+            "temperature": 0.5,
+        });
+        // Byte for byte: key order included.
+        assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
     }
 }

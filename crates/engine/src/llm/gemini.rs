@@ -6,10 +6,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::history::{self, non_empty_result_text, paired};
 use super::http::Endpoint;
+use super::wire::{BodyEncoder, RenderedTools, merged_turns};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
 use crate::messages::{LlmResponse, Message, Role, ToolSpec, Usage};
@@ -24,6 +27,8 @@ pub(crate) struct GeminiClient {
     /// Gemini 3 requires each function call's `thoughtSignature` back with
     /// the call; the neutral ToolCall has no room for it, so keep it here.
     signatures: Mutex<HashMap<String, String>>,
+    tools: RenderedTools,
+    body: BodyEncoder,
 }
 
 impl GeminiClient {
@@ -45,48 +50,41 @@ impl GeminiClient {
             cfg,
             endpoint,
             signatures: Mutex::new(HashMap::new()),
+            tools: RenderedTools::default(),
+            body: BodyEncoder::default(),
         }
     }
 
-    pub(crate) fn request_body(&self, messages: &[Message], tools: &[ToolSpec]) -> Value {
+    /// The request for one turn, as JSON bytes.
+    pub(crate) fn request_body(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> serde_json::Result<Vec<u8>> {
+        let cfg = &self.cfg;
         let history = paired(messages);
-        let mut body = Map::new();
-        let system: Vec<&str> = history
-            .iter()
-            .filter(|m| m.role == Role::System)
-            .map(|m| m.content.as_str())
-            .collect();
-        if !system.is_empty() {
-            body.insert(
-                "systemInstruction".into(),
-                json!({"parts": [{"text": system.join("\n\n")}]}),
-            );
-        }
+        let tools = if !tools.is_empty() && cfg.supports_tool_calling {
+            Some(self.tools.get(tools, render_tools)?)
+        } else {
+            None
+        };
+        // Held while the calls in the history borrow their signatures.
         let signatures = self.signatures.lock().unwrap_or_else(|e| e.into_inner());
-        body.insert(
-            "contents".into(),
-            Value::Array(wire_contents(&history, &signatures)),
-        );
-        drop(signatures);
-        if !tools.is_empty() && self.cfg.supports_tool_calling {
-            let decls: Vec<Value> = tools.iter().map(function_declaration).collect();
-            body.insert("tools".into(), json!([{"functionDeclarations": decls}]));
-        }
-        let mut generation = Map::new();
-        generation.insert("temperature".into(), json!(self.cfg.temperature));
-        generation.insert("topP".into(), json!(self.cfg.top_p));
-        if self.cfg.top_k > 0 {
-            generation.insert("topK".into(), json!(self.cfg.top_k));
-        }
-        generation.insert("maxOutputTokens".into(), json!(self.cfg.max_tokens));
-        if let Some(n) = self.cfg.candidate_count {
-            generation.insert("candidateCount".into(), json!(n));
-        }
-        if !self.cfg.stop_sequences.is_empty() {
-            generation.insert("stopSequences".into(), json!(self.cfg.stop_sequences));
-        }
-        body.insert("generationConfig".into(), Value::Object(generation));
-        Value::Object(body)
+        self.body.encode(&GenerateContentRequest {
+            system_instruction: history::system_text(&history).map(|text| SystemInstruction {
+                parts: [TextPart { text }],
+            }),
+            contents: wire_contents(&history, &signatures),
+            tools: tools.as_deref(),
+            generation_config: GenerationConfig {
+                temperature: cfg.temperature,
+                top_p: cfg.top_p,
+                top_k: (cfg.top_k > 0).then_some(cfg.top_k),
+                max_output_tokens: cfg.max_tokens,
+                candidate_count: cfg.candidate_count,
+                stop_sequences: &cfg.stop_sequences,
+            },
+        })
     }
 
     fn parse(&self, v: &Value) -> Result<LlmResponse, LlmError> {
@@ -174,63 +172,168 @@ impl GeminiClient {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// `user`/`model` contents; function responses answer in a user turn and
-/// consecutive same-role contents are merged (Gemini wants all responses to
-/// one turn's calls together).
-fn wire_contents(history: &[Cow<'_, Message>], signatures: &HashMap<String, String>) -> Vec<Value> {
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for m in history {
-        let (role, parts) = match m.role {
-            Role::System => continue,
-            Role::User => ("user", text_part(&m.content)),
-            Role::Assistant => {
-                let mut parts = text_part(&m.content);
-                parts.extend(m.tool_calls.iter().map(|c| {
-                    let mut call = json!({"name": c.name, "args": history::arguments_object(c)});
-                    if !c.call_id.starts_with(LOCAL_ID_PREFIX) {
-                        call["id"] = json!(c.call_id);
-                    }
-                    let mut part = json!({"functionCall": call});
-                    if let Some(sig) = signatures.get(&c.call_id) {
-                        part["thoughtSignature"] = json!(sig);
-                    }
-                    part
-                }));
-                ("model", parts)
-            }
-            Role::Tool => match &m.tool_result {
+/// A `generateContent` request, borrowing the history and the
+/// configuration. Fields are sent in this order; unset ones are left out.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateContentRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<SystemInstruction<'a>>,
+    contents: Vec<Content<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a RawValue>,
+    generation_config: GenerationConfig<'a>,
+}
+
+#[derive(Serialize)]
+struct SystemInstruction<'a> {
+    parts: [TextPart<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct TextPart<'a> {
+    text: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig<'a> {
+    temperature: f64,
+    top_p: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    max_output_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate_count: Option<u32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    stop_sequences: &'a [String],
+}
+
+/// `{"role": "user"|"model", "parts": [parts]}`: consecutive messages of
+/// one role share a content (see [`merged_turns`]; Gemini wants all
+/// responses to one turn's calls together).
+#[derive(Serialize)]
+struct Content<'a> {
+    role: &'static str,
+    parts: Vec<Part<'a>>,
+}
+
+/// A part of a content: text, a function call or a function response.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Part<'a> {
+    Text {
+        text: &'a str,
+    },
+    #[serde(rename_all = "camelCase")]
+    FunctionCall {
+        function_call: FunctionCall<'a>,
+        /// Gemini 3's signature of the call, sent back with it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        thought_signature: Option<&'a str>,
+    },
+    #[serde(rename_all = "camelCase")]
+    FunctionResponse {
+        function_response: FunctionResponse<'a>,
+    },
+}
+
+/// `id`s are only sent when Gemini made them (not agentd's local ones).
+#[derive(Serialize)]
+struct FunctionCall<'a> {
+    name: &'a str,
+    args: Cow<'a, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct FunctionResponse<'a> {
+    name: &'a str,
+    response: ResponseText<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+/// `{"output": text}`, or `{"error": text}` for a failed call.
+#[derive(Serialize)]
+struct ResponseText<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Cow<'a, str>>,
+}
+
+/// Gemini's id of a call, `None` for ids agentd made up.
+fn gemini_id(call_id: &str) -> Option<&str> {
+    (!call_id.starts_with(LOCAL_ID_PREFIX)).then_some(call_id)
+}
+
+/// `user`/`model` contents of parts; function responses answer in a user
+/// content, system text is sent apart.
+fn wire_contents<'a>(
+    history: &'a [Cow<'a, Message>],
+    signatures: &'a HashMap<String, String>,
+) -> Vec<Content<'a>> {
+    let turns = merged_turns(history, |m, parts| match m.role {
+        Role::System => None,
+        Role::User => {
+            text_part(&m.content, parts);
+            Some("user")
+        }
+        Role::Assistant => {
+            text_part(&m.content, parts);
+            parts.extend(m.tool_calls.iter().map(|c| Part::FunctionCall {
+                function_call: FunctionCall {
+                    name: &c.name,
+                    args: history::arguments_object(c),
+                    id: gemini_id(&c.call_id),
+                },
+                thought_signature: signatures.get(&c.call_id).map(String::as_str),
+            }));
+            Some("model")
+        }
+        Role::Tool => {
+            match &m.tool_result {
                 Some(r) => {
-                    let key = if r.success { "output" } else { "error" };
-                    let mut response =
-                        json!({"name": r.name, "response": {key: non_empty_result_text(r)}});
-                    if !r.call_id.starts_with(LOCAL_ID_PREFIX) {
-                        response["id"] = json!(r.call_id);
-                    }
-                    ("user", vec![json!({"functionResponse": response})])
+                    let text = Some(non_empty_result_text(r));
+                    let (output, error) = if r.success {
+                        (text, None)
+                    } else {
+                        (None, text)
+                    };
+                    parts.push(Part::FunctionResponse {
+                        function_response: FunctionResponse {
+                            name: &r.name,
+                            response: ResponseText { output, error },
+                            id: gemini_id(&r.call_id),
+                        },
+                    });
                 }
-                None => ("user", text_part(&m.content)),
-            },
-        };
-        if parts.is_empty() {
-            continue;
+                None => text_part(&m.content, parts),
+            }
+            Some("user")
         }
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(parts),
-            _ => turns.push((role, parts)),
-        }
-    }
+    });
     turns
         .into_iter()
-        .map(|(role, parts)| json!({"role": role, "parts": parts}))
+        .map(|t| Content {
+            role: t.role,
+            parts: t.parts,
+        })
         .collect()
 }
 
-fn text_part(text: &str) -> Vec<Value> {
-    if text.is_empty() {
-        vec![]
-    } else {
-        vec![json!({"text": text})]
+fn text_part<'a>(text: &'a str, parts: &mut Vec<Part<'a>>) {
+    if !text.is_empty() {
+        parts.push(Part::Text { text });
     }
+}
+
+/// The `tools` of a request (rendered once per tool set).
+fn render_tools(tools: &[ToolSpec]) -> serde_json::Result<Box<RawValue>> {
+    let decls: Vec<Value> = tools.iter().map(function_declaration).collect();
+    serde_json::value::to_raw_value(&json!([{ "functionDeclarations": decls }]))
 }
 
 /// Gemini's `parameters` is an OpenAPI subset: unknown JSON Schema keywords
@@ -331,8 +434,11 @@ impl LlmClient for GeminiClient {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> Result<LlmResponse, LlmError> {
-        let body = self.request_body(messages, tools);
-        let v = self.endpoint.post(&body).await?;
+        let body = self
+            .request_body(messages, tools)
+            .map_err(|e| self.endpoint.encode_error(e))?;
+        let answer = self.endpoint.post(body).await?;
+        let v: Value = self.endpoint.decode(&answer)?;
         self.parse(&v)
     }
     fn provider(&self) -> &str {
@@ -346,6 +452,60 @@ impl LlmClient for GeminiClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::history::MISSING_RESULT;
+    use crate::llm::wire::fixtures::{bash_tool, config, conversation};
+
+    #[test]
+    fn request_body_is_generate_content_json_in_order() {
+        let client = GeminiClient::new(
+            config(Provider::Google, "gemini-x"),
+            "http://127.0.0.1:1",
+            &ClientOptions::default(),
+        );
+        // The last call has an id agentd made up, and a signature.
+        let local = format!("{LOCAL_ID_PREFIX}7");
+        client
+            .signatures
+            .lock()
+            .unwrap()
+            .insert(local.clone(), "sig".into());
+        let body = client
+            .request_body(&conversation(&local), &[bash_tool()])
+            .unwrap();
+        let call = |args, id: Option<&str>| {
+            let mut call = json!({"name": "bash", "args": args});
+            if let Some(id) = id {
+                call["id"] = json!(id);
+            }
+            json!({"functionCall": call})
+        };
+        let response = |key: &str, text: &str, id: Option<&str>| {
+            let mut response = json!({"name": "bash", "response": {key: text}});
+            if let Some(id) = id {
+                response["id"] = json!(id);
+            }
+            json!({"functionResponse": response})
+        };
+        let mut signed = call(json!({"command": "pwd"}), None);
+        signed["thoughtSignature"] = json!("sig");
+        let expected = json!({
+            "systemInstruction": {"parts": [{"text": "You are a coder."}]},
+            "contents": [
+                {"role": "user", "parts": [{"text": "List files"}]},
+                {"role": "model", "parts": [{"text": "Looking."},
+                    call(json!({"command": "ls"}), Some("call_1")), call(json!({}), Some("call_2"))]},
+                {"role": "user", "parts": [response("output", "a.txt", Some("call_1")),
+                    response("error", "exit 1", Some("call_2")), {"text": "Go on"}]},
+                {"role": "model", "parts": [signed]},
+                {"role": "user", "parts": [response("error", MISSING_RESULT, None)]},
+            ],
+            "tools": [{"functionDeclarations": [{"name": "bash", "description": "Run a command",
+                "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}]}],
+            "generationConfig": {"temperature": 0.5, "topP": 1.0, "maxOutputTokens": 100},
+        });
+        // Byte for byte: key order included.
+        assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
+    }
 
     #[test]
     fn schemas_are_cut_to_gemini_subset() {

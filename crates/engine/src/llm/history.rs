@@ -5,7 +5,7 @@
 //! turn's calls are followed by exactly one result each: missing ones become
 //! failed results, stray ones become plain user text after the block.
 
-use std::{borrow::Cow, collections::HashSet};
+use std::borrow::Cow;
 
 use serde_json::{Value, json};
 
@@ -17,16 +17,19 @@ pub(crate) const MISSING_RESULT: &str = "no result was recorded for this tool ca
 /// this runs before every model call, on a history that only grows.
 pub(crate) fn paired(messages: &[Message]) -> Vec<Cow<'_, Message>> {
     let mut out = Vec::with_capacity(messages.len());
-    let mut pending: Vec<(String, String)> = Vec::new();
-    let mut answered: HashSet<String> = HashSet::new();
+    // The open block's calls (id, tool name) and the ids answered so far
+    // (a block has a call or a few: a scan beats hashing).
+    let mut pending: Vec<(&str, &str)> = Vec::new();
+    let mut answered: Vec<&str> = Vec::new();
     let mut stray: Vec<Cow<'_, Message>> = Vec::new();
     for m in messages {
         if m.role == Role::Tool {
             match &m.tool_result {
                 Some(r)
                     if pending.iter().any(|(id, _)| *id == r.call_id)
-                        && answered.insert(r.call_id.clone()) =>
+                        && !answered.contains(&r.call_id.as_str()) =>
                 {
+                    answered.push(&r.call_id);
                     out.push(Cow::Borrowed(m));
                 }
                 Some(r) => stray.push(Cow::Owned(Message::user(format!(
@@ -45,11 +48,11 @@ pub(crate) fn paired(messages: &[Message]) -> Vec<Cow<'_, Message>> {
         close_block(&mut out, &mut pending, &mut answered, &mut stray);
         out.push(Cow::Borrowed(m));
         if m.role == Role::Assistant {
-            pending = m
-                .tool_calls
-                .iter()
-                .map(|c| (c.call_id.clone(), c.name.clone()))
-                .collect();
+            pending.extend(
+                m.tool_calls
+                    .iter()
+                    .map(|c| (c.call_id.as_str(), c.name.as_str())),
+            );
         }
     }
     close_block(&mut out, &mut pending, &mut answered, &mut stray);
@@ -58,15 +61,15 @@ pub(crate) fn paired(messages: &[Message]) -> Vec<Cow<'_, Message>> {
 
 fn close_block<'a>(
     out: &mut Vec<Cow<'a, Message>>,
-    pending: &mut Vec<(String, String)>,
-    answered: &mut HashSet<String>,
+    pending: &mut Vec<(&'a str, &'a str)>,
+    answered: &mut Vec<&'a str>,
     stray: &mut Vec<Cow<'a, Message>>,
 ) {
     for (call_id, name) in pending.drain(..) {
         if !answered.contains(&call_id) {
             out.push(Cow::Owned(Message::tool(ToolResult {
-                call_id,
-                name,
+                call_id: call_id.to_string(),
+                name: name.to_string(),
                 success: false,
                 result: String::new(),
                 error: Some(MISSING_RESULT.to_string()),
@@ -78,19 +81,19 @@ fn close_block<'a>(
 }
 
 /// What the model reads as the answer: the output, then the error if any.
-pub(crate) fn result_text(r: &ToolResult) -> String {
+pub(crate) fn result_text(r: &ToolResult) -> Cow<'_, str> {
     match &r.error {
-        None => r.result.clone(),
-        Some(e) if r.result.is_empty() => e.clone(),
-        Some(e) => format!("{}\nError: {e}", r.result),
+        None => Cow::Borrowed(&r.result),
+        Some(e) if r.result.is_empty() => Cow::Borrowed(e),
+        Some(e) => Cow::Owned(format!("{}\nError: {e}", r.result)),
     }
 }
 
 /// Providers that reject empty tool output get a placeholder.
-pub(crate) fn non_empty_result_text(r: &ToolResult) -> String {
+pub(crate) fn non_empty_result_text(r: &ToolResult) -> Cow<'_, str> {
     let text = result_text(r);
     if text.trim().is_empty() {
-        "(no output)".to_string()
+        Cow::Borrowed("(no output)")
     } else {
         text
     }
@@ -119,21 +122,35 @@ pub(crate) fn tool_call(call_id: String, name: String, arguments: &Value) -> Too
 
 /// The arguments to send back for an earlier call: providers that need an
 /// object get `{}` when the model's JSON was malformed.
-pub(crate) fn arguments_object(call: &ToolCall) -> Value {
+pub(crate) fn arguments_object(call: &ToolCall) -> Cow<'_, Value> {
     if call.arguments.is_object() {
-        call.arguments.clone()
+        Cow::Borrowed(&call.arguments)
     } else {
-        json!({})
+        Cow::Owned(json!({}))
     }
 }
 
 /// A tool schema with a missing/null `parameters` becomes an empty object schema.
-pub(crate) fn parameters(spec: &crate::messages::ToolSpec) -> Value {
+pub(crate) fn parameters(spec: &crate::messages::ToolSpec) -> Cow<'_, Value> {
     if spec.parameters.is_null() {
-        json!({"type": "object", "properties": {}})
+        Cow::Owned(json!({"type": "object", "properties": {}}))
     } else {
-        spec.parameters.clone()
+        Cow::Borrowed(&spec.parameters)
     }
+}
+
+/// The system messages as one text (providers that take it apart from the
+/// conversation); borrowed when there is just one, as usual.
+pub(crate) fn system_text<'a>(history: &'a [Cow<'a, Message>]) -> Option<Cow<'a, str>> {
+    let mut system = history.iter().filter(|m| m.role == Role::System);
+    let first = system.next()?;
+    let mut text = Cow::Borrowed(first.content.as_str());
+    for m in system {
+        let joined = text.to_mut();
+        joined.push_str("\n\n");
+        joined.push_str(&m.content);
+    }
+    Some(text)
 }
 
 #[cfg(test)]

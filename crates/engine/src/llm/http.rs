@@ -3,7 +3,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::LlmError;
@@ -68,11 +70,12 @@ impl Endpoint {
         self
     }
 
-    /// POSTs `body`, retrying transient failures, and returns the JSON answer.
-    pub async fn post(&self, body: &Value) -> Result<Value, LlmError> {
+    /// POSTs `body` (JSON), retrying transient failures, and returns the
+    /// body of the successful answer (see [`Endpoint::decode`]).
+    pub async fn post(&self, body: Vec<u8>) -> Result<Bytes, LlmError> {
         let client = shared_client().map_err(|message| self.transport(message))?;
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| self.transport(format!("cannot encode the request: {e}")))?;
+        // Shared, not copied, by each attempt.
+        let body = Bytes::from(body);
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -82,7 +85,7 @@ impl Endpoint {
                 .headers(self.headers.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .timeout(self.timeout)
-                .body(bytes.clone())
+                .body(body.clone())
                 .send()
                 .await;
             let (failure, wait_hint) = match sent {
@@ -90,15 +93,7 @@ impl Endpoint {
                     let status = resp.status().as_u16();
                     let hint = retry_after(resp.headers(), SystemTime::now());
                     match resp.bytes().await {
-                        Ok(body) if (200..300).contains(&status) => {
-                            return serde_json::from_slice(&body).map_err(|e| LlmError::Decode {
-                                provider: self.provider.clone(),
-                                message: format!(
-                                    "invalid JSON ({e}): {}",
-                                    self.scrub(&snippet(&body))
-                                ),
-                            });
-                        }
+                        Ok(body) if (200..300).contains(&status) => return Ok(body),
                         Ok(body) => {
                             let message = self.scrub(&provider_message(&body));
                             let err = LlmError::Http {
@@ -126,6 +121,19 @@ impl Endpoint {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// A request body that could not be encoded.
+    pub fn encode_error(&self, e: serde_json::Error) -> LlmError {
+        self.transport(format!("cannot encode the request: {e}"))
+    }
+
+    /// Reads an answer [`Endpoint::post`] returned.
+    pub fn decode<'a, T: Deserialize<'a>>(&self, body: &'a [u8]) -> Result<T, LlmError> {
+        serde_json::from_slice(body).map_err(|e| LlmError::Decode {
+            provider: self.provider.clone(),
+            message: format!("invalid JSON ({e}): {}", self.scrub(&snippet(body))),
+        })
     }
 
     fn transport(&self, message: String) -> LlmError {

@@ -11,6 +11,7 @@ mod http;
 mod openai;
 mod pricing;
 mod retry;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

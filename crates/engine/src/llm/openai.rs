@@ -4,14 +4,19 @@
 //! Chat Completions rather than OpenAI's Responses API (which Trae uses for
 //! `openai`) because every compatible provider speaks it.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
-use serde_json::{Map, Value, json};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::history::{self, paired, result_text};
 use super::http::Endpoint;
+use super::wire::{BodyEncoder, RenderedTools};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
-use crate::messages::{LlmResponse, Message, Role, ToolSpec, Usage};
+use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolSpec, Usage};
 
 /// Azure API version used when the config names none (the 2024 GA version).
 pub(crate) const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -20,6 +25,8 @@ pub(crate) struct OpenAiClient {
     kind: Provider,
     cfg: ResolvedConfig,
     endpoint: Endpoint,
+    tools: RenderedTools,
+    body: BodyEncoder,
 }
 
 impl OpenAiClient {
@@ -65,6 +72,8 @@ impl OpenAiClient {
             kind,
             cfg,
             endpoint,
+            tools: RenderedTools::default(),
+            body: BodyEncoder::default(),
         }
     }
 
@@ -80,85 +89,187 @@ impl OpenAiClient {
         ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p))
     }
 
-    pub(crate) fn request_body(&self, messages: &[Message], tools: &[ToolSpec]) -> Value {
-        let mut body = Map::new();
-        body.insert("model".into(), json!(self.cfg.model));
-        body.insert(
-            "messages".into(),
-            Value::Array(paired(messages).iter().map(|m| wire_message(m)).collect()),
-        );
-        if !tools.is_empty() && self.cfg.supports_tool_calling {
-            let tools: Vec<Value> = tools
-                .iter()
-                .map(|t| {
-                    json!({"type": "function", "function": {
-                        "name": t.name, "description": t.description, "parameters": history::parameters(t)}})
-                })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-            if matches!(
-                self.kind,
-                Provider::OpenAi | Provider::Azure | Provider::OpenRouter
-            ) {
-                body.insert(
-                    "parallel_tool_calls".into(),
-                    json!(self.cfg.parallel_tool_calls),
-                );
-            }
-        }
-        let reasoning = self.is_reasoning_model();
-        if !reasoning {
-            body.insert("temperature".into(), json!(self.cfg.temperature));
-            body.insert("top_p".into(), json!(self.cfg.top_p));
-        }
-        if self.kind == Provider::OpenAi || reasoning {
-            let n = self
-                .cfg
-                .max_completion_tokens
-                .unwrap_or(self.cfg.max_tokens);
-            body.insert("max_completion_tokens".into(), json!(n));
+    /// The request for one turn, as JSON bytes.
+    pub(crate) fn request_body(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> serde_json::Result<Vec<u8>> {
+        let cfg = &self.cfg;
+        let history = paired(messages);
+        let tools = if !tools.is_empty() && cfg.supports_tool_calling {
+            Some(self.tools.get(tools, render_tools)?)
         } else {
-            body.insert("max_tokens".into(), json!(self.cfg.max_tokens));
-        }
-        if self.kind == Provider::OpenRouter && self.cfg.top_k > 0 {
-            body.insert("top_k".into(), json!(self.cfg.top_k));
-        }
-        if !self.cfg.stop_sequences.is_empty() {
-            body.insert("stop".into(), json!(self.cfg.stop_sequences));
-        }
-        Value::Object(body)
+            None
+        };
+        // Only OpenAI and the gateways in front of it take this flag.
+        let takes_parallel = matches!(
+            self.kind,
+            Provider::OpenAi | Provider::Azure | Provider::OpenRouter
+        );
+        let reasoning = self.is_reasoning_model();
+        let completion_tokens = self.kind == Provider::OpenAi || reasoning;
+        self.body.encode(&ChatRequest {
+            model: &cfg.model,
+            messages: ChatMessages(&history),
+            parallel_tool_calls: (tools.is_some() && takes_parallel)
+                .then_some(cfg.parallel_tool_calls),
+            tools: tools.as_deref(),
+            temperature: (!reasoning).then_some(cfg.temperature),
+            top_p: (!reasoning).then_some(cfg.top_p),
+            max_completion_tokens: completion_tokens
+                .then(|| cfg.max_completion_tokens.unwrap_or(cfg.max_tokens)),
+            max_tokens: (!completion_tokens).then_some(cfg.max_tokens),
+            top_k: (self.kind == Provider::OpenRouter && cfg.top_k > 0).then_some(cfg.top_k),
+            stop: &cfg.stop_sequences,
+        })
     }
 }
 
-fn wire_message(m: &Message) -> Value {
-    match m.role {
-        Role::System => json!({"role": "system", "content": m.content}),
-        Role::User => json!({"role": "user", "content": m.content}),
-        Role::Assistant => {
-            let mut out = json!({"role": "assistant", "content": m.content});
-            if !m.tool_calls.is_empty() {
-                if m.content.is_empty() {
-                    out["content"] = Value::Null;
-                }
-                out["tool_calls"] = m
-                    .tool_calls
-                    .iter()
-                    .map(|c| {
-                        // Echo malformed arguments verbatim: it is what the model said.
-                        let args = c.raw_arguments.clone().unwrap_or_else(|| c.arguments.to_string());
-                        json!({"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": args}})
-                    })
-                    .collect();
-            }
-            out
-        }
-        Role::Tool => match &m.tool_result {
-            Some(r) => {
-                json!({"role": "tool", "tool_call_id": r.call_id, "content": result_text(r)})
-            }
-            None => json!({"role": "user", "content": m.content}),
-        },
+/// A Chat Completions request, borrowing the history and the configuration.
+/// Fields are sent in this order; unset ones are left out.
+#[derive(Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: ChatMessages<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    /// Not for reasoning models, which reject sampling parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    /// OpenAI itself and reasoning models take this rather than `max_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    stop: &'a [String],
+}
+
+/// The paired history, one [`ChatMessage`] per message.
+struct ChatMessages<'a>(&'a [Cow<'a, Message>]);
+
+impl Serialize for ChatMessages<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|m| ChatMessage::new(m)))
     }
+}
+
+/// One message: `{"role", "content"}`, plus `tool_calls` for an assistant
+/// turn that calls tools and `tool_call_id` (before the content) for a result.
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    /// `null` for an assistant turn that only calls tools.
+    content: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "ChatToolCalls::is_empty")]
+    tool_calls: ChatToolCalls<'a>,
+}
+
+impl<'a> ChatMessage<'a> {
+    fn new(m: &'a Message) -> Self {
+        let text = |role| ChatMessage {
+            role,
+            tool_call_id: None,
+            content: Some(Cow::Borrowed(&m.content)),
+            tool_calls: ChatToolCalls(&[]),
+        };
+        match (m.role, &m.tool_result) {
+            (Role::System, _) => text("system"),
+            (Role::User, _) | (Role::Tool, None) => text("user"),
+            (Role::Assistant, _) => {
+                let calls_only = m.content.is_empty() && !m.tool_calls.is_empty();
+                ChatMessage {
+                    content: (!calls_only).then_some(Cow::Borrowed(&m.content)),
+                    tool_calls: ChatToolCalls(&m.tool_calls),
+                    ..text("assistant")
+                }
+            }
+            (Role::Tool, Some(r)) => ChatMessage {
+                tool_call_id: Some(&r.call_id),
+                content: Some(result_text(r)),
+                ..text("tool")
+            },
+        }
+    }
+}
+
+/// An assistant turn's calls:
+/// `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+struct ChatToolCalls<'a>(&'a [ToolCall]);
+
+impl ChatToolCalls<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for ChatToolCalls<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| Function {
+            id: Some(&c.call_id),
+            kind: "function",
+            function: FunctionCall {
+                name: &c.name,
+                // Echo malformed arguments verbatim: it is what the model said.
+                arguments: match &c.raw_arguments {
+                    Some(raw) => Cow::Borrowed(raw),
+                    // As `to_string()` would, without its `fmt` detour.
+                    None => Cow::Owned(serde_json::to_string(&c.arguments).unwrap_or_default()),
+                },
+            },
+        }))
+    }
+}
+
+/// `{"id"?, "type": "function", "function": …}`: a call in the history, or
+/// (without an id) a tool on offer.
+#[derive(Serialize)]
+struct Function<'a, F> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: F,
+}
+
+#[derive(Serialize)]
+struct FunctionCall<'a> {
+    name: &'a str,
+    /// The arguments object as a JSON string.
+    arguments: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct FunctionSpec<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: Cow<'a, Value>,
+}
+
+/// The `tools` of a request (rendered once per tool set).
+fn render_tools(tools: &[ToolSpec]) -> serde_json::Result<Box<RawValue>> {
+    let tools: Vec<_> = tools
+        .iter()
+        .map(|t| Function {
+            id: None,
+            kind: "function",
+            function: FunctionSpec {
+                name: &t.name,
+                description: &t.description,
+                parameters: history::parameters(t),
+            },
+        })
+        .collect();
+    serde_json::value::to_raw_value(&tools)
 }
 
 pub(crate) fn parse_response(
@@ -247,8 +358,11 @@ impl LlmClient for OpenAiClient {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> Result<LlmResponse, LlmError> {
-        let body = self.request_body(messages, tools);
-        let v = self.endpoint.post(&body).await?;
+        let body = self
+            .request_body(messages, tools)
+            .map_err(|e| self.endpoint.encode_error(e))?;
+        let answer = self.endpoint.post(body).await?;
+        let v: Value = self.endpoint.decode(&answer)?;
         parse_response(self.kind.as_str(), &self.cfg.model, &v)
     }
     fn provider(&self) -> &str {
@@ -256,5 +370,57 @@ impl LlmClient for OpenAiClient {
     }
     fn model(&self) -> &str {
         &self.cfg.model
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::llm::history::MISSING_RESULT;
+    use crate::llm::wire::fixtures::{bash_tool, config, conversation};
+
+    #[test]
+    fn request_body_is_chat_completions_json_in_order() {
+        let client = OpenAiClient::new(
+            Provider::OpenAi,
+            config(Provider::OpenAi, "gpt-4o"),
+            "http://127.0.0.1:1/v1",
+            &ClientOptions::default(),
+        );
+        let body = client
+            .request_body(&conversation("call_3"), &[bash_tool()])
+            .unwrap();
+        let call = |id: &str, arguments: &str| json!({"id": id, "type": "function", "function": {"name": "bash", "arguments": arguments}});
+        let expected = json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are a coder."},
+                {"role": "user", "content": "List files"},
+                {"role": "assistant", "content": "Looking.",
+                 "tool_calls": [call("call_1", r#"{"command":"ls"}"#), call("call_2", "{bad")]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "exit 1"},
+                {"role": "user", "content": "Go on"},
+                {"role": "assistant", "content": null,
+                 "tool_calls": [call("call_3", r#"{"command":"pwd"}"#)]},
+                {"role": "tool", "tool_call_id": "call_3", "content": MISSING_RESULT},
+            ],
+            "tools": [{"type": "function", "function": {"name": "bash", "description": "Run a command",
+                "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}],
+            "parallel_tool_calls": false,
+            "temperature": 0.5,
+            "top_p": 1.0,
+            "max_completion_tokens": 100,
+        });
+        // Byte for byte: key order included.
+        assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
+
+        // A second call (tools from the cache) is the same.
+        let again = client
+            .request_body(&conversation("call_3"), &[bash_tool()])
+            .unwrap();
+        assert_eq!(String::from_utf8(again).unwrap(), expected.to_string());
     }
 }

@@ -1,0 +1,230 @@
+//! Pieces every provider's request body shares. Bodies are borrowed, typed
+//! views of the history that serialize straight to bytes: the history is
+//! resent in full on every call, so nothing of it is copied into a
+//! `serde_json::Value` first.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::messages::{Message, ToolSpec};
+
+/// Encodes a client's request bodies into a buffer sized after the previous
+/// one: the history only grows, and growing the buffer from empty would copy
+/// it several times per request.
+#[derive(Default)]
+pub(crate) struct BodyEncoder {
+    last_len: AtomicUsize,
+}
+
+impl BodyEncoder {
+    pub(crate) fn encode(&self, body: &impl Serialize) -> serde_json::Result<Vec<u8>> {
+        let last = self.last_len.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(last + last / 8 + 1024);
+        serde_json::to_writer(&mut out, body)?;
+        self.last_len.store(out.len(), Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+/// One turn of the conversation as Anthropic and Gemini want it: a role and
+/// the parts (content blocks) of consecutive messages of that role.
+pub(crate) struct Turn<P> {
+    pub role: &'static str,
+    pub parts: Vec<P>,
+}
+
+/// Groups the history into turns. `parts_of` appends a message's parts and
+/// returns its role, or `None` for messages that are sent apart (system
+/// text). Messages without parts are left out; consecutive messages of one
+/// role share a turn (several tool results, and text after them, form one
+/// user turn).
+pub(crate) fn merged_turns<'a, P>(
+    history: &'a [Cow<'a, Message>],
+    mut parts_of: impl FnMut(&'a Message, &mut Vec<P>) -> Option<&'static str>,
+) -> Vec<Turn<P>> {
+    let mut turns: Vec<Turn<P>> = Vec::new();
+    let mut parts = Vec::new();
+    for m in history {
+        let Some(role) = parts_of(m, &mut parts) else {
+            continue;
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some(last) if last.role == role => last.parts.append(&mut parts),
+            _ => turns.push(Turn {
+                role,
+                parts: std::mem::take(&mut parts),
+            }),
+        }
+    }
+    turns
+}
+
+/// A client's tool list as JSON, rendered once per tool set: every step
+/// offers the same tools, and their schemas and descriptions are a good part
+/// of each request.
+#[derive(Default)]
+pub(crate) struct RenderedTools {
+    last: Mutex<Option<(Vec<ToolSpec>, Arc<RawValue>)>>,
+}
+
+impl RenderedTools {
+    /// The JSON of `tools`, from `render` the first time (and whenever the
+    /// tool set changes).
+    pub(crate) fn get(
+        &self,
+        tools: &[ToolSpec],
+        render: impl FnOnce(&[ToolSpec]) -> serde_json::Result<Box<RawValue>>,
+    ) -> serde_json::Result<Arc<RawValue>> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((specs, json)) = last.as_ref()
+            && same_tools(specs, tools)
+        {
+            return Ok(json.clone());
+        }
+        let json: Arc<RawValue> = render(tools)?.into();
+        *last = Some((tools.to_vec(), json.clone()));
+        Ok(json)
+    }
+}
+
+/// Equal down to the order of keys in the schemas (which `==` on maps
+/// ignores), so a cached rendering is exactly what rendering again would give.
+fn same_tools(a: &[ToolSpec], b: &[ToolSpec]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.name == b.name
+                && a.description == b.description
+                && same_json(&a.parameters, &b.parameters)
+        })
+}
+
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_json(a, b))
+        }
+        // 0.0 == -0.0, but they are written differently.
+        (Value::Number(a), Value::Number(b)) => {
+            a == b && a.as_f64().map(f64::to_bits) == b.as_f64().map(f64::to_bits)
+        }
+        _ => a == b,
+    }
+}
+
+/// A conversation and configuration for the providers' request tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use serde_json::json;
+
+    use crate::config::{Provider, ResolvedConfig};
+    use crate::messages::{Message, Role, ToolCall, ToolResult, ToolSpec};
+
+    pub(crate) fn config(provider: Provider, model: &str) -> ResolvedConfig {
+        let mut cfg = ResolvedConfig::defaults(provider);
+        cfg.model = model.into();
+        cfg.temperature = 0.5;
+        cfg.top_p = 1.0;
+        cfg.max_tokens = 100;
+        cfg
+    }
+
+    pub(crate) fn bash_tool() -> ToolSpec {
+        ToolSpec {
+            name: "bash".into(),
+            description: "Run a command".into(),
+            parameters: json!({"type": "object", "properties": {"command": {"type": "string"}}}),
+        }
+    }
+
+    /// System text, a task, a turn calling two tools (one with malformed
+    /// arguments) and their results (one failed), a follow-up, and a last
+    /// call (`call_id`) without a result.
+    pub(crate) fn conversation(last_call_id: &str) -> Vec<Message> {
+        let call = |id: &str, arguments, raw_arguments| ToolCall {
+            call_id: id.into(),
+            name: "bash".into(),
+            arguments,
+            raw_arguments,
+        };
+        let result = |id: &str, result: &str, error: Option<&str>| {
+            Message::tool(ToolResult {
+                call_id: id.into(),
+                name: "bash".into(),
+                success: error.is_none(),
+                result: result.into(),
+                error: error.map(str::to_string),
+            })
+        };
+        let assistant = |content: &str, tool_calls| Message {
+            role: Role::Assistant,
+            content: content.into(),
+            tool_calls,
+            tool_result: None,
+        };
+        vec![
+            Message::system("You are a coder."),
+            Message::user("List files"),
+            assistant(
+                "Looking.",
+                vec![
+                    call("call_1", json!({"command": "ls"}), None),
+                    call("call_2", serde_json::Value::Null, Some("{bad".into())),
+                ],
+            ),
+            result("call_1", "a.txt", None),
+            result("call_2", "", Some("exit 1")),
+            Message::user("Go on"),
+            assistant(
+                "",
+                vec![call(last_call_id, json!({"command": "pwd"}), None)],
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(parameters: Value) -> ToolSpec {
+        ToolSpec {
+            name: "bash".into(),
+            description: "d".into(),
+            parameters,
+        }
+    }
+
+    #[test]
+    fn tools_are_rendered_once_per_tool_set() {
+        let cache = RenderedTools::default();
+        let render = |t: &[ToolSpec]| serde_json::value::to_raw_value(t);
+        let a = vec![spec(json!({"type": "object", "required": []}))];
+        let first = cache.get(&a, render).unwrap();
+        let again = cache
+            .get(&a, |_| panic!("the same tools are not rendered again"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // Equal as maps, but not in key order: rendered anew.
+        let b = vec![spec(json!({"required": [], "type": "object"}))];
+        let other = cache.get(&b, render).unwrap();
+        assert_eq!(
+            other.get(),
+            r#"[{"name":"bash","description":"d","parameters":{"required":[],"type":"object"}}]"#
+        );
+    }
+}
