@@ -1,4 +1,4 @@
-//! agentd's benchmark suite: `bench/run` (see bench/README.md).
+//! agentd's benchmark suite: `bench/run` (see README.md, "Benchmarks").
 //!
 //! Every workload runs against the release binary and the real Envoy on free
 //! 127.0.0.1 ports, and is reported next to a reference measured in the same

@@ -182,12 +182,21 @@ def test_a_rest_call_through_envoy_continues_the_callers_trace(otel_runs, receiv
 
 def test_a_failed_call_has_its_grpc_status_on_the_span(otel_runs, receiver):
     header, trace_id, _ = traceparent()
+    r = requests.get(f"{otel_runs.stack.ap_url}/ap/v1/agent/tasks/no-such-task",
+                     headers={"traceparent": header}, timeout=30)
+    assert r.status_code == 404, r.text
+    [rpc] = receiver.wait(lambda spans: [s for s in spans if s.trace_id == trace_id], "the GetTask span")
+    assert rpc.name == "agentd.agent.v1.AgentService/GetTask", rpc
+    assert rpc.attrs["rpc.grpc.status_code"] == 5, rpc.attrs  # NOT_FOUND
+
+    # A route agentd serves itself (past the transcoder): an HTTP span.
+    header, trace_id, _ = traceparent()
     r = requests.get(f"{otel_runs.stack.trae_url}/api/tasks/no-such-task/status",
                      headers={"traceparent": header}, timeout=30)
     assert r.status_code == 404, r.text
-    [rpc] = receiver.wait(lambda spans: [s for s in spans if s.trace_id == trace_id], "the GetTaskStatus span")
-    assert rpc.name == "agentd.trae.v1.TraeService/GetTaskStatus", rpc
-    assert rpc.attrs["rpc.grpc.status_code"] == 5, rpc.attrs  # NOT_FOUND
+    [http] = receiver.wait(lambda spans: [s for s in spans if s.trace_id == trace_id], "the status span")
+    assert http.name == "GET /api/tasks/{task_id}/status", http
+    assert http.attrs["http.response.status_code"] == 404, http.attrs
 
 
 def test_a_run_is_one_trace_of_task_step_llm_and_tool_spans(otel_runs, receiver, tmp_path):
@@ -248,7 +257,10 @@ def test_metrics_count_rpcs_by_method_and_code(otel_runs):
     run = "/agentd.trae.v1.TraeService/ListTools"
     for _ in range(3):
         assert requests.get(f"{otel_runs.stack.trae_url}/api/tools", timeout=30).status_code == 200
-    status = "/agentd.trae.v1.TraeService/GetTaskStatus"
+    status = "/agentd.agent.v1.AgentService/GetTask"
+    assert requests.get(f"{otel_runs.stack.ap_url}/ap/v1/agent/tasks/nope", timeout=30).status_code == 404
+    # The Trae status is an HTTP route of agentd's own (past the transcoder).
+    trae_status = "/api/tasks/{task_id}/status"
     assert requests.get(f"{otel_runs.stack.ap_url}/api/tasks/nope/status", timeout=30).status_code == 404
     after = scrape(otel_runs)
     total, duration = "agentd_rpc_requests_total", "agentd_rpc_duration_seconds_count"
@@ -257,6 +269,8 @@ def test_metrics_count_rpcs_by_method_and_code(otel_runs):
     assert metric(after, total, method=status, code="NOT_FOUND") - metric(before, total, method=status,
                                                                          code="NOT_FOUND") == 1
     assert metric(after, total, method=status, code="OK") == metric(before, total, method=status, code="OK")
+    assert metric(after, total, method=trae_status, code="404") - metric(before, total, method=trae_status,
+                                                                          code="404") == 1
     # Plain HTTP routes by their route and HTTP status; the previous scrape counts.
     assert metric(after, total, method="/metrics", code="200") >= 1
     # Unknown paths are one series, not one per path.
