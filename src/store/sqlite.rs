@@ -270,12 +270,10 @@ async fn append_events_in(
 impl Store for SqliteStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
         let task = t.clone();
-        let done = self
-            .writer
-            .write(move |conn| Box::pin(async move { insert_task_in(conn, &task).await }))
-            .await;
-        self.cache.invalidate(&t.task_id);
-        done
+        self.write_tasks(&[&t.task_id], move |conn| {
+            Box::pin(async move { insert_task_in(conn, &task).await })
+        })
+        .await
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {
@@ -296,12 +294,10 @@ impl Store for SqliteStore {
 
     async fn update_task(&self, t: &Task) -> Result<()> {
         let task = t.clone();
-        let done = self
-            .writer
-            .write(move |conn| Box::pin(async move { update_task_in(conn, &task).await }))
-            .await;
-        self.cache.invalidate(&t.task_id);
-        done
+        self.write_tasks(&[&t.task_id], move |conn| {
+            Box::pin(async move { update_task_in(conn, &task).await })
+        })
+        .await
     }
 
     async fn set_usage(
@@ -313,27 +309,23 @@ impl Store for SqliteStore {
         modified_at: i64,
     ) -> Result<()> {
         let id = task_id.to_string();
-        let done = self
-            .writer
-            .write(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE tasks SET input_tokens = ?, output_tokens = ?, cost_usd = ?, \
+        self.write_tasks(&[task_id], move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE tasks SET input_tokens = ?, output_tokens = ?, cost_usd = ?, \
                          modified_at = ? WHERE task_id = ?",
-                    )
-                    .bind(input_tokens)
-                    .bind(output_tokens)
-                    .bind(cost_usd)
-                    .bind(modified_at)
-                    .bind(&id)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
+                )
+                .bind(input_tokens)
+                .bind(output_tokens)
+                .bind(cost_usd)
+                .bind(modified_at)
+                .bind(&id)
+                .execute(conn)
+                .await?;
+                Ok(())
             })
-            .await;
-        self.cache.invalidate(task_id);
-        done
+        })
+        .await
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<(Vec<Task>, i64)> {
@@ -412,20 +404,16 @@ impl Store for SqliteStore {
 
     async fn delete_task(&self, task_id: &str) -> Result<bool> {
         let id = task_id.to_string();
-        let done = self
-            .writer
-            .write(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
-                        .bind(&id)
-                        .execute(conn)
-                        .await?;
-                    Ok(done.rows_affected() > 0)
-                })
+        self.write_tasks(&[task_id], move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
+                    .bind(&id)
+                    .execute(conn)
+                    .await?;
+                Ok(done.rows_affected() > 0)
             })
-            .await;
-        self.cache.invalidate(task_id);
-        done
+        })
+        .await
     }
 
     async fn totals(&self) -> Result<Totals> {
@@ -505,16 +493,10 @@ impl Store for SqliteStore {
     async fn upsert_artifact(&self, a: &Artifact, step_id: Option<&str>) -> Result<Artifact> {
         let artifact = a.clone();
         let step_id = step_id.map(str::to_string);
-        let done = self
-            .writer
-            .write(move |conn| {
-                Box::pin(
-                    async move { upsert_artifact_in(conn, &artifact, step_id.as_deref()).await },
-                )
-            })
-            .await;
-        self.cache.invalidate(&a.task_id);
-        done
+        self.write_tasks(&[&a.task_id], move |conn| {
+            Box::pin(async move { upsert_artifact_in(conn, &artifact, step_id.as_deref()).await })
+        })
+        .await
     }
 
     async fn artifacts_of_steps(&self, step_ids: &[String]) -> Result<Vec<(String, Artifact)>> {
@@ -599,22 +581,18 @@ impl Store for SqliteStore {
 
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool> {
         let (id, artifact_id) = (task_id.to_string(), artifact_id.to_string());
-        let done = self
-            .writer
-            .write(move |conn| {
-                Box::pin(async move {
-                    let done =
-                        sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
-                            .bind(&id)
-                            .bind(&artifact_id)
-                            .execute(conn)
-                            .await?;
-                    Ok(done.rows_affected() > 0)
-                })
+        self.write_tasks(&[task_id], move |conn| {
+            Box::pin(async move {
+                let done =
+                    sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
+                        .bind(&id)
+                        .bind(&artifact_id)
+                        .execute(conn)
+                        .await?;
+                Ok(done.rows_affected() > 0)
             })
-            .await;
-        self.cache.invalidate(task_id);
-        done
+        })
+        .await
     }
 
     async fn append_events(&self, events: &[Arc<Event>], task: Option<&Task>) -> Result<()> {
@@ -625,20 +603,14 @@ impl Store for SqliteStore {
             .map(|e| (e.clone(), json_text(&e.body)))
             .collect();
         let row = task.cloned();
-        let done = self
-            .writer
-            .write(move |conn| {
-                Box::pin(async move { append_events_in(conn, &batch, row.as_ref()).await })
-            })
-            .await;
         let mut touched: Vec<&str> = events.iter().map(|e| e.task_id.as_str()).collect();
         touched.extend(task.map(|t| t.task_id.as_str()));
         touched.sort_unstable();
         touched.dedup();
-        for task_id in touched {
-            self.cache.invalidate(task_id);
-        }
-        done
+        self.write_tasks(&touched, move |conn| {
+            Box::pin(async move { append_events_in(conn, &batch, row.as_ref()).await })
+        })
+        .await
     }
 
     async fn last_event_seq(&self, task_id: &str) -> Result<i64> {
@@ -672,6 +644,24 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// A write of these tasks' rows: their cached entries are dropped once it
+    /// committed (or failed), before the caller is answered.
+    async fn write_tasks<T, F>(&self, task_ids: &[&str], f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            ) -> futures_util::future::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        let done = self.writer.write(f).await;
+        for task_id in task_ids {
+            self.cache.invalidate(task_id);
+        }
+        done
+    }
+
     async fn read_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
         let rows = sqlx::query(
             "SELECT task_id, seq, type, timestamp, body FROM events WHERE task_id = ? AND seq > ? \

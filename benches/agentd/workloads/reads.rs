@@ -115,21 +115,28 @@ async fn finished_runs(stack: &Arc<Stack>) -> Result<Arc<Vec<String>>> {
     Ok(Arc::new(ids))
 }
 
+/// The request path that reads (or stands in for a read of) a task.
+type TaskPath = fn(&str) -> String;
+
+/// The reads held against the target: the figure's name, and its path.
+const READS: [(&str, TaskPath); 2] = [
+    ("GET /ap/v1/agent/tasks/{id}", |id| {
+        format!("/ap/v1/agent/tasks/{id}")
+    }),
+    ("GET /api/tasks/{id}/status", |id| {
+        format!("/api/tasks/{id}/status")
+    }),
+];
+
 /// Throughput with wrk: the same connections, duration and path-picking
 /// script for every figure, and the CPU each process spent per request.
 async fn rest_throughput(rows: &mut Vec<Row>, stack: &Stack, ids: &[String]) -> Result<()> {
-    let dir = stack.root.path();
-    let paths = |name: &str, f: &dyn Fn(&str) -> String| {
-        let file = dir.join(format!("{name}.paths"));
-        let text: String = ids.iter().map(|id| f(id) + "\n").collect();
+    let paths = |name: &str, path: &dyn Fn(&str) -> String| {
+        let file = stack.root.path().join(format!("{name}.paths"));
+        let text: String = ids.iter().map(|id| path(id) + "\n").collect();
         std::fs::write(&file, text).map(|_| file)
     };
     let direct = paths("direct", &|id| format!("/bench/direct?task={id}"))?;
-    let proxy = paths("proxy", &|id| format!("/bench/proxy?task={id}"))?;
-    let health = paths("health", &|id| format!("/api/health?task={id}"))?;
-    let ap_task = paths("ap", &|id| format!("/ap/v1/agent/tasks/{id}"))?;
-    let status = paths("status", &|id| format!("/api/tasks/{id}/status"))?;
-
     let (reference, cpu) = wrk_with_cpu(stack, &direct)?;
     rows.push(
         Row::info(
@@ -140,34 +147,35 @@ async fn rest_throughput(rows: &mut Vec<Row>, stack: &Stack, ids: &[String]) -> 
         )
         .with_errors(reference.errors),
     );
-    let share = |s: &Summary| 100.0 * s.rate() / reference.rate().max(1e-9);
-    // What any upstream costs: Envoy proxying to one that answers at once.
-    let (s, cpu) = wrk_with_cpu(stack, &proxy)?;
-    rows.push(
-        Row::info(
-            W,
+    let context: [(&str, &str, TaskPath); 2] = [
+        // What any upstream costs: Envoy proxying to one that answers at once.
+        (
+            "proxy",
             "Envoy proxying to an instant upstream (HTTP/2, no transcoder) req/s",
-            s.rate(),
-            &format!("{:.0}% of direct_response; {cpu}", share(&s)),
-        )
-        .with_errors(s.errors),
-    );
-    // The cheapest call that crosses the transcoder to agentd and back.
-    let (s, cpu) = wrk_with_cpu(stack, &health)?;
-    rows.push(
-        Row::info(
-            W,
+            |id| format!("/bench/proxy?task={id}"),
+        ),
+        // The cheapest call that crosses the transcoder to agentd and back.
+        (
+            "health",
             "GET /api/health req/s: transcoded, no storage",
-            s.rate(),
-            &format!("{:.0}% of direct_response; {cpu}", share(&s)),
-        )
-        .with_errors(s.errors),
-    );
-    for (name, file) in [
-        ("GET /ap/v1/agent/tasks/{id}", &ap_task),
-        ("GET /api/tasks/{id}/status", &status),
-    ] {
-        let (s, cpu) = wrk_with_cpu(stack, file)?;
+            |id| format!("/api/health?task={id}"),
+        ),
+    ];
+    for (name, figure, path) in context {
+        let (s, cpu) = wrk_with_cpu(stack, &paths(name, &path)?)?;
+        let share = 100.0 * s.rate() / reference.rate().max(1e-9);
+        rows.push(
+            Row::info(
+                W,
+                figure,
+                s.rate(),
+                &format!("{share:.0}% of direct_response; {cpu}"),
+            )
+            .with_errors(s.errors),
+        );
+    }
+    for (i, (name, path)) in READS.into_iter().enumerate() {
+        let (s, cpu) = wrk_with_cpu(stack, &paths(&format!("read{i}"), &path)?)?;
         rows.push(
             Row::ratio(
                 W,
@@ -185,14 +193,14 @@ async fn rest_throughput(rows: &mut Vec<Row>, stack: &Stack, ids: &[String]) -> 
 }
 
 /// p99 at a fixed 1,000 req/s, cycling through the tasks.
-async fn rest_latency(rows: &mut Vec<Row>, stack: &Stack, ids: &Arc<Vec<String>>) -> Result<()> {
+async fn rest_latency(rows: &mut Vec<Row>, stack: &Stack, ids: &[String]) -> Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let fixed = |url: Arc<dyn Fn(usize) -> String + Send + Sync>| {
+    let fixed = |urls: Vec<String>| {
         let client = client.clone();
         load::open_loop(1000.0, 5.0, move |i| {
-            let (client, url) = (client.clone(), url(i as usize));
+            let (client, url) = (client.clone(), urls[i as usize % urls.len()].clone());
             async move {
                 match client.get(&url).send().await {
                     Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
@@ -201,22 +209,13 @@ async fn rest_latency(rows: &mut Vec<Row>, stack: &Stack, ids: &Arc<Vec<String>>
             }
         })
     };
-    let base = stack.rest_url.clone();
-    let reference = fixed(Arc::new(move |_| format!("{base}/bench/direct"))).await;
-    let (base, ids2) = (stack.rest_url.clone(), ids.clone());
-    let ap = fixed(Arc::new(move |i| {
-        format!("{base}/ap/v1/agent/tasks/{}", ids2[i % ids2.len()])
-    }))
-    .await;
-    let (base, ids2) = (stack.rest_url.clone(), ids.clone());
-    let status = fixed(Arc::new(move |i| {
-        format!("{base}/api/tasks/{}/status", ids2[i % ids2.len()])
-    }))
-    .await;
-    for (name, s) in [
-        ("GET /ap/v1/agent/tasks/{id}", ap),
-        ("GET /api/tasks/{id}/status", status),
-    ] {
+    let reference = fixed(vec![format!("{}/bench/direct", stack.rest_url)]).await;
+    for (name, path) in READS {
+        let urls = ids
+            .iter()
+            .map(|id| format!("{}{}", stack.rest_url, path(id)))
+            .collect();
+        let s = fixed(urls).await;
         rows.push(
             Row::at_most(
                 W,

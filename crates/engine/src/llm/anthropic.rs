@@ -54,11 +54,9 @@ impl AnthropicClient {
     ) -> serde_json::Result<Vec<u8>> {
         let cfg = &self.cfg;
         let history = paired(messages);
-        let tools = if !tools.is_empty() && cfg.supports_tool_calling {
-            Some(self.tools.get(tools, render_tools)?)
-        } else {
-            None
-        };
+        let tools = self
+            .tools
+            .offered(tools, cfg.supports_tool_calling, render_tools)?;
         self.body.encode(&MessagesRequest {
             model: &cfg.model,
             max_tokens: cfg.max_tokens,

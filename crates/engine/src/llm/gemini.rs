@@ -63,11 +63,9 @@ impl GeminiClient {
     ) -> serde_json::Result<Vec<u8>> {
         let cfg = &self.cfg;
         let history = paired(messages);
-        let tools = if !tools.is_empty() && cfg.supports_tool_calling {
-            Some(self.tools.get(tools, render_tools)?)
-        } else {
-            None
-        };
+        let tools = self
+            .tools
+            .offered(tools, cfg.supports_tool_calling, render_tools)?;
         // Held while the calls in the history borrow their signatures.
         let signatures = self.signatures.lock().unwrap_or_else(|e| e.into_inner());
         self.body.encode(&GenerateContentRequest {

@@ -97,11 +97,9 @@ impl OpenAiClient {
     ) -> serde_json::Result<Vec<u8>> {
         let cfg = &self.cfg;
         let history = paired(messages);
-        let tools = if !tools.is_empty() && cfg.supports_tool_calling {
-            Some(self.tools.get(tools, render_tools)?)
-        } else {
-            None
-        };
+        let tools = self
+            .tools
+            .offered(tools, cfg.supports_tool_calling, render_tools)?;
         // Only OpenAI and the gateways in front of it take this flag.
         let takes_parallel = matches!(
             self.kind,

@@ -76,6 +76,20 @@ pub(crate) struct RenderedTools {
 }
 
 impl RenderedTools {
+    /// The tools a request offers: none when there are none or the model
+    /// cannot call tools, else their JSON (see [`RenderedTools::get`]).
+    pub(crate) fn offered(
+        &self,
+        tools: &[ToolSpec],
+        tool_calling: bool,
+        render: impl FnOnce(&[ToolSpec]) -> serde_json::Result<Box<RawValue>>,
+    ) -> serde_json::Result<Option<Arc<RawValue>>> {
+        if tools.is_empty() || !tool_calling {
+            return Ok(None);
+        }
+        self.get(tools, render).map(Some)
+    }
+
     /// The JSON of `tools`, from `render` the first time (and whenever the
     /// tool set changes).
     pub(crate) fn get(
