@@ -33,9 +33,14 @@ pub enum Error {
     /// An upload over the size limit (HTTP 413).
     #[error("{0}")]
     PayloadTooLarge(String),
-    /// The LLM provider failed (HTTP 502, OPENAI_API_ERROR).
-    #[error("{0}")]
-    Provider(String),
+    /// The LLM provider failed after its retries (HTTP 502, OPENAI_API_ERROR);
+    /// `status` is the provider's HTTP status when it answered at all.
+    #[error("{message}")]
+    Provider {
+        provider: String,
+        status: Option<u16>,
+        message: String,
+    },
     /// Not available in this build (HTTP 501).
     #[error("{0}")]
     Unimplemented(String),

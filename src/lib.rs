@@ -10,6 +10,7 @@ pub mod clock;
 pub mod error;
 pub mod host;
 pub mod metrics;
+pub mod paths;
 pub mod proto;
 pub mod server;
 pub mod store;

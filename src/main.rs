@@ -47,6 +47,14 @@ enum Command {
         /// Wall-clock limit of one task's run, in seconds.
         #[arg(long, env = "AGENTD_TASK_TIMEOUT_SECS", default_value_t = 3600)]
         task_timeout_secs: u64,
+        /// Wall-clock limit of one synchronous Agent Protocol step, in seconds:
+        /// agentd answers the step itself before Envoy's 900 s idle timeout.
+        #[arg(long, env = "AGENTD_STEP_TIMEOUT_SECS", default_value_t = 840)]
+        step_timeout_secs: u64,
+        /// Default limit of one model request, in seconds (a model's `timeout`
+        /// in the Trae config wins). Retries never outlive the step or task.
+        #[arg(long, env = "AGENTD_LLM_TIMEOUT_SECS", default_value_t = 600)]
+        llm_timeout_secs: u64,
         /// A directory the working_dir of `POST /api/run` must lie inside
         /// (repeatable; the environment variable is colon-separated). None:
         /// any absolute path. Agent Protocol workspaces are always allowed.
@@ -124,6 +132,8 @@ async fn run() -> anyhow::Result<ExitCode> {
             trae_config,
             max_running_tasks,
             task_timeout_secs,
+            step_timeout_secs,
+            llm_timeout_secs,
             allowed_roots,
             sandbox,
             sandbox_network,
@@ -134,11 +144,29 @@ async fn run() -> anyhow::Result<ExitCode> {
         } => {
             // Logs; spans to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
             let telemetry = telemetry::init()?;
+            let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
             let runner = agentd::tasks::RunnerSettings {
                 max_running: max_running_tasks.max(1),
-                task_timeout: std::time::Duration::from_secs(task_timeout_secs.max(1)),
+                task_timeout: secs(task_timeout_secs),
+                step_timeout: secs(step_timeout_secs),
+                llm_request_timeout: secs(llm_timeout_secs),
             };
+            // Every configured path, absolute from here on (see `paths`).
+            let paths = agentd::paths::PathResolver::from_process()?;
+            let data_dir = paths.absolute("--data-dir", &data_dir)?;
+            let default_config = PathBuf::from(agentd_engine::config::DEFAULT_CONFIG_FILE);
+            let trae_config = trae_config.filter(|p| !p.as_os_str().is_empty());
+            let trae_config = paths.absolute(
+                "--trae-config",
+                trae_config.as_ref().unwrap_or(&default_config),
+            )?;
+            let allowed_roots = allowed_roots
+                .iter()
+                .filter(|r| !r.as_os_str().is_empty())
+                .map(|r| paths.absolute("--allowed-root", r))
+                .collect::<Result<Vec<_>, _>>()?;
             if let Some(path) = api_keys_file {
+                let path = paths.absolute("--api-keys-file", &path)?;
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     anyhow::anyhow!("reading API keys from {}: {e}", path.display())
                 })?;
@@ -148,6 +176,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                 listen,
                 data_dir,
                 trae_config,
+                config_dir: paths.base().to_path_buf(),
                 runner,
                 containment: agentd::tasks::Containment {
                     allowed_roots,

@@ -40,8 +40,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
+    /// Absolute, like every path here (`paths::PathResolver`); created when missing.
     pub data_dir: PathBuf,
-    pub trae_config: Option<PathBuf>,
+    /// The default Trae config file (it need not exist).
+    pub trae_config: PathBuf,
+    /// What a request's relative `config_file` is resolved against: the
+    /// directory agentd was started in.
+    pub config_dir: PathBuf,
     pub runner: RunnerSettings,
     /// Allowed roots of working_dir, bash sandbox.
     pub containment: Containment,
@@ -53,9 +58,17 @@ pub struct ServeOptions {
     pub read_cache_bytes: u64,
 }
 
-pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        opts.data_dir.is_absolute() && opts.config_dir.is_absolute(),
+        "the data and config directories must be absolute paths"
+    );
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
+    // Its real path: a symlinked data directory must compare equal to the
+    // canonical paths of workspaces, uploads and the sandbox's hidden list.
+    opts.data_dir = std::fs::canonicalize(&opts.data_dir)
+        .with_context(|| format!("resolving data directory {}", opts.data_dir.display()))?;
     let store = Arc::new(
         SqliteStore::open_with_cache(&opts.data_dir.join("agentd.db"), opts.read_cache_bytes)
             .await?,
@@ -68,6 +81,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             workspaces,
             TaskSettings {
                 trae_config_file: opts.trae_config.clone(),
+                config_dir: opts.config_dir.clone(),
                 runner: opts.runner.clone(),
                 containment: opts.containment.clone(),
             },

@@ -112,7 +112,18 @@ fn describe(e: Error) -> Described {
             json!({}),
             None,
         ),
-        Error::Provider(_) => (Code::Unavailable, "OPENAI_API_ERROR", 502, json!({}), None),
+        Error::Provider {
+            provider, status, ..
+        } => (
+            Code::Unavailable,
+            "OPENAI_API_ERROR",
+            502,
+            match status {
+                Some(status) => json!({ "provider": provider, "provider_status": status }),
+                None => json!({ "provider": provider }),
+            },
+            None,
+        ),
         Error::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED", 501, json!({}), None),
         Error::Internal(inner) => {
             tracing::error!(error = ?inner, "internal error");

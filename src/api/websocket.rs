@@ -212,6 +212,7 @@ fn log_message(e: &Event) -> Value {
     let data = e.body.get("data");
     let (level, component) = match e.kind.as_str() {
         "error" => ("ERROR", "task_manager".to_string()),
+        "step_failed" => ("ERROR", "llm".to_string()),
         "stopped" | "nudge" => ("WARNING", "agent".to_string()),
         "llm_response" | "usage" => ("INFO", "llm".to_string()),
         "tool_call" | "tool_result" => {

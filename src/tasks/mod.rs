@@ -46,8 +46,12 @@ pub struct TaskView {
 /// Settings the task layer needs from the server's configuration.
 #[derive(Debug, Clone, Default)]
 pub struct TaskSettings {
-    /// `--trae-config` / TRAE_CONFIG_FILE: the default Trae config file.
-    pub trae_config_file: Option<PathBuf>,
+    /// `--trae-config` / TRAE_CONFIG_FILE (absolute; default
+    /// `trae_config.yaml` in the start directory): the default Trae config file.
+    pub trae_config_file: PathBuf,
+    /// Where a request's relative `config_file` is looked for: the directory
+    /// agentd was started in (absolute).
+    pub config_dir: PathBuf,
     pub runner: RunnerSettings,
     /// Allowed roots of `working_dir` and the bash sandbox.
     pub containment: Containment,
@@ -342,7 +346,7 @@ impl TaskManager {
 fn sandbox_hidden(workspaces: &Workspaces, settings: &TaskSettings) -> Vec<PathBuf> {
     [
         Some(workspaces.data_dir().to_path_buf()),
-        settings.trae_config_file.clone(),
+        Some(settings.trae_config_file.clone()),
     ]
     .into_iter()
     .flatten()

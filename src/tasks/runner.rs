@@ -43,6 +43,13 @@ pub struct RunnerSettings {
     pub max_running: usize,
     /// Wall-clock limit of a task's run, after which it fails.
     pub task_timeout: Duration,
+    /// Wall-clock limit of one synchronous Agent Protocol step: its model
+    /// calls give up by then (a 502 the task survives), and the step is cut
+    /// short `STEP_GRACE` later, so agentd always answers before Envoy's
+    /// idle timeout of the step route (900 s) would.
+    pub step_timeout: Duration,
+    /// Default limit of one model request (a model's `timeout` wins).
+    pub llm_request_timeout: Duration,
 }
 
 impl Default for RunnerSettings {
@@ -50,9 +57,15 @@ impl Default for RunnerSettings {
         Self {
             max_running: 5,
             task_timeout: Duration::from_secs(3600),
+            step_timeout: Duration::from_secs(840),
+            llm_request_timeout: Duration::from_secs(600),
         }
     }
 }
+
+/// Between a step's model deadline and cutting the step short: time for a
+/// model call that just gave up to come back as the step's answer.
+const STEP_GRACE: Duration = Duration::from_secs(15);
 
 /// Why a run was cancelled; decides the task's final status.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +218,11 @@ impl Runner {
         let run = async move {
             let RunPlan { mut agent, sink } = plan;
             let timeout = runner.settings.task_timeout;
+            // No model call (retries included) outlives the run's timeout; a
+            // moment later than it, so that the timeout itself is what ends the run.
+            agent.set_deadline(Some(
+                tokio::time::Instant::now() + timeout + Duration::from_secs(1),
+            ));
             let outcome = tokio::select! {
                 outcome = agent.run(&cancel) => outcome,
                 () = tokio::time::sleep(timeout) => {
@@ -286,10 +304,16 @@ impl Runner {
                 .observe_llm(self.metrics.llm(s.agent.provider(), s.agent.model()));
         }
         let span = task_span(task_id, &s.agent);
+        // The model gives up at the step's limit (the step answers 502 and
+        // the task takes its next step); tools still running a little later
+        // are cut short, and that ends the task like a timeout.
+        let limit = self.settings.step_timeout.min(self.settings.task_timeout);
+        s.agent
+            .set_deadline(Some(tokio::time::Instant::now() + limit));
         let outcome = tokio::select! {
             out = s.agent.step(&cancel, input.clone()).instrument(span.clone()) => out,
-            () = tokio::time::sleep(self.settings.task_timeout) => {
-                set_reason(&reason, StopReason::TimedOut(self.settings.task_timeout));
+            () = tokio::time::sleep(limit + STEP_GRACE) => {
+                set_reason(&reason, StopReason::TimedOut(limit));
                 cancel.cancel();
                 s.agent.step(&cancel, None).instrument(span.clone()).await
             }
@@ -404,6 +428,10 @@ impl Runner {
                 (TaskStatus::Failed, "error", text("error", &why))
             }
         };
+        if status == TaskStatus::Failed {
+            let reason = task.error.as_deref().unwrap_or_default();
+            tracing::warn!(%task_id, %reason, "task failed");
+        }
         body.entry("message").or_insert_with(|| {
             Value::String(match status {
                 TaskStatus::Completed => "Task completed".into(),
@@ -573,7 +601,8 @@ async fn forward(
                 EngineEvent::Failed {
                     kind: FailureKind::Provider,
                     ..
-                } => {
+                }
+                | EngineEvent::StepFailed { .. } => {
                     if let Some(llm) = &llm {
                         llm.requests.inc();
                         llm.errors.inc();
@@ -654,6 +683,10 @@ fn log_entry(event: &EngineEvent) -> Option<(&'static str, Map<String, Value>)> 
         EngineEvent::ToolCall { call, .. } => ("tool_call", format!("Calling {}", call.name)),
         EngineEvent::ToolResult { result, .. } => ("tool_result", clip(&result.result, 2000)),
         EngineEvent::Nudge { message, .. } => ("nudge", message.clone()),
+        // A model call that gave up in a step the task survives (Agent Protocol).
+        EngineEvent::StepFailed { step, error, .. } => {
+            ("step_failed", format!("Step {step} failed: {error}"))
+        }
         EngineEvent::Usage { total, .. } => (
             "usage",
             format!(

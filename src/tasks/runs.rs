@@ -33,8 +33,13 @@ impl TaskManager {
         }
         let working_dir = PathBuf::from(&req.working_dir);
         if req.working_dir.is_empty() || !working_dir.is_absolute() {
+            let hint = if req.working_dir.starts_with('~') {
+                " (`~` is not expanded: give the full path)"
+            } else {
+                ""
+            };
             return Err(Error::invalid(format!(
-                "working_dir must be an absolute path, got {:?}",
+                "working_dir must be an absolute path, got {:?}{hint}",
                 req.working_dir
             )));
         }
@@ -46,7 +51,7 @@ impl TaskManager {
             model: req.model.clone(),
             max_steps: req.max_steps,
         })?;
-        let llm = llm::client_for(&cfg).map_err(|e| Error::invalid(e.to_string()))?;
+        let llm = self.llm_client(&cfg)?;
         // Relative output paths are taken relative to the working directory;
         // with allowed roots, outputs must stay inside them too.
         let in_workdir = |p: &Option<String>| {
@@ -79,6 +84,8 @@ impl TaskManager {
             trajectory_file,
             max_steps: None,
             tools: self.tool_options(&task_id),
+            // A background run has nobody to retry a step: a provider failure ends it.
+            retry_failed_steps: false,
         };
         let permit = self.runner.reserve()?;
         let sink = self.runner.sink(&task_id);
@@ -179,7 +186,7 @@ impl TaskManager {
                 model: overrides("model"),
                 max_steps: overrides("max_steps").and_then(|s| s.parse().ok()),
             })?;
-            let llm = llm::client_for(&cfg).map_err(|e| Error::invalid(e.to_string()))?;
+            let llm = self.llm_client(&cfg)?;
             let sink = self.runner.sink(task_id);
             let agent = Agent::new(
                 &cfg,
@@ -188,6 +195,8 @@ impl TaskManager {
                 &ws,
                 AgentOptions {
                     tools: self.tool_options(task_id),
+                    // A provider outage fails the step (502), not the task.
+                    retry_failed_steps: true,
                     ..AgentOptions::default()
                 },
                 Arc::new(sink.clone()),
@@ -205,6 +214,16 @@ impl TaskManager {
         };
         let extra = (!input.trim().is_empty()).then(|| input.clone());
         let (outcome, max_steps, stop) = self.runner.step(task_id, extra, make_session).await?;
+        if let Some(failure) = outcome.provider_error {
+            // No step is recorded: the same step may be sent again.
+            tracing::warn!(%task_id, provider = %failure.provider, status = ?failure.status,
+                error = %failure.message, "step failed: the model call gave up; the task takes the next step");
+            return Err(Error::Provider {
+                provider: failure.provider,
+                status: failure.status,
+                message: failure.message,
+            });
+        }
 
         let (_, steps_so_far) = self.store.list_steps(task_id, 0, 0).await?;
         let step_id = uuid::Uuid::new_v4().to_string();
@@ -324,24 +343,53 @@ impl TaskManager {
     }
 
     /// The environment configuration is resolved against: the process's,
-    /// with `--trae-config` standing in for TRAE_CONFIG_FILE.
+    /// with `--trae-config` (always set, absolute) standing in for TRAE_CONFIG_FILE.
     fn config_env(&self, key: &str) -> Option<String> {
-        match &self.settings.trae_config_file {
-            Some(path) if key == CONFIG_FILE_ENV => Some(path.display().to_string()),
-            _ => config::process_env(key),
+        if key == CONFIG_FILE_ENV {
+            return Some(self.settings.trae_config_file.display().to_string());
         }
+        config::process_env(key)
+    }
+
+    /// The request with its `config_file` absolute: a relative name is
+    /// looked for in the directory agentd was started in (never wherever the
+    /// process's working directory happens to be later).
+    fn absolute_config_file(&self, req: &ConfigRequest) -> ConfigRequest {
+        let config_file = req.config_file.as_ref().map(|f| {
+            let path = std::path::Path::new(f);
+            match path.is_absolute() {
+                true => f.clone(),
+                false => self.settings.config_dir.join(path).display().to_string(),
+            }
+        });
+        ConfigRequest {
+            config_file,
+            ..req.clone()
+        }
+    }
+
+    /// The model client of a run, with the server's default request timeout.
+    fn llm_client(&self, cfg: &ResolvedConfig) -> Result<Arc<dyn llm::LlmClient>> {
+        let options = llm::ClientOptions {
+            request_timeout: self.settings.runner.llm_request_timeout,
+            ..llm::ClientOptions::default()
+        };
+        llm::client_with_options(cfg, &options).map_err(|e| Error::invalid(e.to_string()))
     }
 
     /// Resolves the configuration of a run (a named file must exist).
     fn run_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
-        config::resolve(req, &|k| self.config_env(k)).map_err(|e| Error::invalid(e.to_string()))
+        config::resolve(&self.absolute_config_file(req), &|k| self.config_env(k))
+            .map_err(|e| Error::invalid(e.to_string()))
     }
 
     /// The Trae configuration a run would use, for `/api/config`. A named
     /// file that does not exist is reported (`config_exists: false`, with
-    /// defaults) rather than refused: this is a report, not a run.
+    /// defaults) rather than refused: this is a report, not a run. A file
+    /// the request named relatively is reported by that name, as asked.
     pub fn resolve_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
-        match config::resolve(req, &|k| self.config_env(k)) {
+        let absolute = self.absolute_config_file(req);
+        let resolved = match config::resolve(&absolute, &|k| self.config_env(k)) {
             Err(ConfigError::NotFound { path }) => {
                 // Resolve as if the missing file were the default one.
                 let as_default = |key: &str| {
@@ -355,9 +403,19 @@ impl TaskManager {
                     config_file: None,
                     ..req.clone()
                 };
-                config::resolve(&req, &as_default).map_err(|e| Error::invalid(e.to_string()))
+                config::resolve(&req, &as_default)
             }
-            other => other.map_err(|e| Error::invalid(e.to_string())),
+            other => other,
+        };
+        let mut cfg = resolved.map_err(|e| Error::invalid(e.to_string()))?;
+        let named_relatively = req
+            .config_file
+            .as_ref()
+            .is_some_and(|f| std::path::Path::new(f).is_relative());
+        if named_relatively && let Ok(rel) = cfg.config_file.strip_prefix(&self.settings.config_dir)
+        {
+            cfg.config_file = rel.to_path_buf();
         }
+        Ok(cfg)
     }
 }

@@ -21,7 +21,14 @@ pub struct Workspaces {
 
 impl Workspaces {
     /// Creates the directories and removes uploads a crash left half-written.
+    /// `data_dir` must be absolute: workspaces are handed to the engine as
+    /// working directories.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            data_dir.is_absolute(),
+            "data directory {} is not absolute",
+            data_dir.display()
+        );
         let root = data_dir.join("workspaces");
         let tmp = data_dir.join("tmp");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;

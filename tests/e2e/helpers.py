@@ -190,6 +190,11 @@ class Stack:
     agentd: subprocess.Popen | None = None
     envoy: subprocess.Popen | None = None
     agentd_starts: int = 0
+    # Start agentd as `scripts/run` does: `agentd serve` with no flags, in
+    # `root` (so the data directory is the relative default `data` and the
+    # Trae config the default `trae_config.yaml` there); only the port comes
+    # from AGENTD_LISTEN, which scripts/run honours too.
+    as_scripts_run: bool = False
 
     @property
     def trae_url(self) -> str:
@@ -237,8 +242,14 @@ class Stack:
         log.write(f"\n===== agentd start #{self.agentd_starts}\n".encode())
         log.flush()
         env = clean_env() | self.env
+        if self.as_scripts_run:
+            assert self.data_dir == self.root / "data", "scripts/run uses the default data directory"
+            args = [AGENTD_BIN, "serve"]
+            env["AGENTD_LISTEN"] = self.grpc_target
+        else:
+            args = [AGENTD_BIN, "serve", "--listen", self.grpc_target, "--data-dir", str(self.data_dir)]
         self.agentd = subprocess.Popen(
-            [AGENTD_BIN, "serve", "--listen", self.grpc_target, "--data-dir", str(self.data_dir)],
+            args,
             cwd=self.root,
             env=env,
             stdout=log,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
 import pytest
 import requests
 
@@ -23,7 +24,7 @@ from agent_protocol_client import (  # noqa: E402
     TaskRequestBody,
 )
 
-from helpers import AP, assert_ap_error  # noqa: E402
+from helpers import AP, Reflection, assert_ap_error, error_info  # noqa: E402
 from runs_support import TaskProcesses, assert_well_formed_log, long_bash, wait_file  # noqa: E402
 from scripted_llm import error, openai_tool_call  # noqa: E402
 
@@ -195,20 +196,56 @@ def test_step_input_reaches_the_model(runs):
     assert "请重点关注Q4的销售趋势" in second, second[-1500:]
 
 
-def test_provider_failure_ends_the_step_as_failed_within_the_step_status_enum(runs):
-    route = runs.llm.route().script(error(500, "down"), error(500, "down"))
+def test_provider_failure_is_a_502_the_task_survives(runs):
+    # 500 until the retries run out (1 retry: two requests), then a working model.
+    route = runs.llm.route().script(
+        error(500, "model overloaded"), error(500, "model overloaded"),
+        error(503, "still down"), error(503, "still down"),
+        openai_tool_call("task_done", {}, text="done after the outage"))
     cfg = runs.config(route, max_retries=1)
-    task = runs.stack.create_task("fails", config_file=cfg)
-    r = requests.post(f"{runs.stack.ap_url}{AP}/tasks/{task['task_id']}/steps", timeout=120)
+    task = runs.stack.create_task("survives an outage", config_file=cfg)
+    url = f"{runs.stack.ap_url}{AP}/tasks/{task['task_id']}/steps"
+    r = requests.post(url, json={"input": "go"}, timeout=120)
+    # The AutoGPT document's table: OPENAI_API_ERROR -> 502, in the AP envelope.
+    assert r.status_code == 502, r.text
+    body = r.json()
+    assert body["success"] is False and body["error"]["code"] == "OPENAI_API_ERROR", body
+    assert "model overloaded" in body["error"]["message"] and "500" in body["error"]["message"], body
+    assert body["error"]["details"]["provider"] == "openai", body
+    assert body["error"]["details"]["provider_status"] == 500, body
+    assert len(route.requests) == 2
+    # No completed step is recorded, and the task can take the next step.
+    steps = requests.get(url, timeout=30).json()
+    assert steps["steps"] == [] and steps["pagination"]["total_items"] == 0, steps
+    assert ap_task(runs, task["task_id"])["status"] == "running"
+
+    # gRPC callers get UNAVAILABLE with ErrorInfo.reason OPENAI_API_ERROR.
+    with grpc.insecure_channel(runs.stack.grpc_target) as ch:
+        step, Req, _ = Reflection(ch).unary(ch, "agentd.agent.v1.AgentService/ExecuteStep")
+        with pytest.raises(grpc.RpcError) as exc:
+            step(Req(task_id=task["task_id"], input="go"), timeout=120)
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE, exc.value
+    info = error_info(exc.value)
+    assert info is not None and info.reason == "OPENAI_API_ERROR", info
+    assert info.metadata["provider_status"] == "503", info.metadata
+
+    # The outage is over: the same step again, and the task completes.
+    r = requests.post(url, json={"input": "go"}, timeout=120)
     assert r.status_code == 200, r.text
     step = r.json()
-    assert step["status"] == "completed" and step["is_last"] is True, step
-    assert step["additional_output"]["state"] == "failed", step
-    assert "500" in step["output"], step
-    assert ap_task(runs, task["task_id"])["status"] == "failed"
+    assert step["is_last"] is True and step["additional_output"]["state"] == "completed", step
+    assert step["additional_output"]["step_number"] == 1, step
+    assert step["output"] == "done after the outage"
+    assert ap_task(runs, task["task_id"])["status"] == "completed"
+    # The step input reached the model once, not once per failed attempt.
+    last_messages = route.requests[-1]["body"]["messages"]
+    assert [m["content"] for m in last_messages if m["role"] == "user"].count("go") == 1, last_messages
     events = runs.sse(task["task_id"])
     assert_well_formed_log(events, task["task_id"])
-    assert events[-2]["type"] == "error" and "500" in events[-2]["error"], events[-2]
+    failed = [e for e in events if e["type"] == "step_failed"]
+    assert len(failed) == 2 and "500" in failed[0]["message"] and "503" in failed[1]["message"], failed
+    assert [e["type"] for e in events].count("error") == 0, [e["type"] for e in events]
+    assert events[-2]["type"] == "complete", events[-2]
 
 
 def test_stepping_a_task_with_a_background_trae_run_is_409(runs, tmp_path):

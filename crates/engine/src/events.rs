@@ -25,6 +25,15 @@ pub enum EngineEvent {
     ToolCall { step: u32, call: ToolCall },
     /// A tool finished (every tool call gets exactly one result).
     ToolResult { step: u32, result: ToolResult },
+    /// A step's model call failed after its retries and the step was rolled
+    /// back, to be tried again under the same number (the next attempt emits
+    /// `step_started` again); the run goes on. Only under the agent's
+    /// `retry_failed_steps`. `status` is the provider's HTTP status, if any.
+    StepFailed {
+        step: u32,
+        error: String,
+        status: Option<u16>,
+    },
     /// The model was sent back to work: no tool call, or `task_done` with an
     /// empty patch under `must_patch`.
     Nudge { step: u32, message: String },
@@ -111,5 +120,15 @@ mod tests {
         let text = serde_json::to_string(&e).unwrap();
         assert_eq!(text, r#"{"type":"step_started","step":3}"#);
         assert_eq!(serde_json::from_str::<EngineEvent>(&text).unwrap(), e);
+        let e = EngineEvent::StepFailed {
+            step: 2,
+            error: "openai answered HTTP 503: overloaded".into(),
+            status: Some(503),
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"type": "step_failed", "step": 2,
+                   "error": "openai answered HTTP 503: overloaded", "status": 503})
+        );
     }
 }

@@ -419,6 +419,7 @@ impl LlmClient for ScriptedLlm {
         &self,
         messages: &[Message],
         tools: &[ToolSpec],
+        _deadline: Option<tokio::time::Instant>,
     ) -> Result<LlmResponse, LlmError> {
         lock(&self.calls).push((
             messages.to_vec(),

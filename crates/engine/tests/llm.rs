@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentd_engine::config::{Provider, ResolvedConfig};
+use agentd_engine::config::{ConfigRequest, Provider, ResolvedConfig, resolve};
 use agentd_engine::llm::{ClientOptions, LlmClient, LlmError, client_with_options};
 use agentd_engine::messages::{Message, Role, ToolCall, ToolResult, ToolSpec};
 use agentd_engine::testing::{self, ScriptedResponse, ScriptedServer, TEST_API_KEY};
@@ -73,7 +73,7 @@ async fn openai_text_and_tool_call_round_trip() {
     let llm = client(&server.config(Provider::OpenAi));
 
     let first = llm
-        .chat(&[Message::user("hi")], &[bash_tool()])
+        .chat(&[Message::user("hi")], &[bash_tool()], None)
         .await
         .expect("chat");
     assert_eq!(first.content, "Let me look.");
@@ -93,7 +93,10 @@ async fn openai_text_and_tool_call_round_trip() {
         (100, 20, 40, 5)
     );
 
-    let second = llm.chat(&[Message::user("hi")], &[]).await.expect("chat");
+    let second = llm
+        .chat(&[Message::user("hi")], &[], None)
+        .await
+        .expect("chat");
     assert_eq!(
         (second.content.as_str(), second.finish_reason.as_deref()),
         ("Done.", Some("stop"))
@@ -120,7 +123,9 @@ async fn openai_text_and_tool_call_round_trip() {
         json!(["command"])
     );
     assert_eq!(body["parallel_tool_calls"], false);
-    assert!(body["max_completion_tokens"].is_u64());
+    // A server other than api.openai.com: the limit goes as `max_tokens`.
+    assert_eq!(body["max_tokens"], 4096);
+    assert!(body.get("max_completion_tokens").is_none(), "{body}");
     assert!(
         reqs[1].json().get("tools").is_none(),
         "no tools offered, none sent"
@@ -135,7 +140,7 @@ async fn openai_tool_results_are_role_tool_messages() {
     let mut cfg = server.config(Provider::OpenRouter);
     cfg.model = "anthropic/claude-sonnet-4".into();
     client(&cfg)
-        .chat(&history_with_results(), &[bash_tool()])
+        .chat(&history_with_results(), &[bash_tool()], None)
         .await
         .expect("chat");
 
@@ -172,7 +177,7 @@ async fn unanswered_tool_calls_get_a_failed_result() {
     let mut history = history_with_results();
     history.remove(4); // drop call_2's result
     client(&server.config(Provider::OpenAi))
-        .chat(&history, &[])
+        .chat(&history, &[], None)
         .await
         .expect("chat");
     let body = server.requests()[0].json();
@@ -196,7 +201,7 @@ async fn malformed_tool_arguments_do_not_fail_the_call() {
     .await
     .expect("server");
     let resp = client(&server.config(Provider::Doubao))
-        .chat(&[Message::user("hi")], &[bash_tool()])
+        .chat(&[Message::user("hi")], &[bash_tool()], None)
         .await
         .expect("chat");
     let call = &resp.tool_calls[0];
@@ -217,7 +222,7 @@ async fn retry_after_is_honoured() {
     cfg.max_retries = 3;
     let started = Instant::now();
     let resp = client(&cfg)
-        .chat(&[Message::user("hi")], &[])
+        .chat(&[Message::user("hi")], &[], None)
         .await
         .expect("retried");
     assert_eq!(resp.content, "finally");
@@ -240,7 +245,7 @@ async fn server_errors_retry_until_the_budget_is_spent() {
     let mut cfg = server.config(Provider::OpenAi);
     cfg.max_retries = 2;
     let err = client(&cfg)
-        .chat(&[Message::user("hi")], &[])
+        .chat(&[Message::user("hi")], &[], None)
         .await
         .expect_err("fails");
     assert_eq!(server.requests().len(), 3);
@@ -273,7 +278,7 @@ async fn client_errors_are_not_retried_and_never_show_the_key() {
     let mut cfg = server.config(Provider::OpenAi);
     cfg.max_retries = 5;
     let err = client(&cfg)
-        .chat(&[Message::user("hi")], &[])
+        .chat(&[Message::user("hi")], &[], None)
         .await
         .expect_err("fails");
     assert_eq!(server.requests().len(), 1);
@@ -301,7 +306,7 @@ async fn timeouts_and_refused_connections_are_retried() {
     };
     let resp = client_with_options(&cfg, &opts)
         .expect("client")
-        .chat(&[Message::user("hi")], &[])
+        .chat(&[Message::user("hi")], &[], None)
         .await
         .expect("retried");
     assert_eq!(resp.content, "on time");
@@ -315,7 +320,7 @@ async fn timeouts_and_refused_connections_are_retried() {
         .port();
     cfg.base_url = Some(format!("http://127.0.0.1:{port}/v1"));
     let err = client(&cfg)
-        .chat(&[Message::user("hi")], &[])
+        .chat(&[Message::user("hi")], &[], None)
         .await
         .expect_err("refused");
     assert!(matches!(err, LlmError::Transport { .. }), "{err:?}");
@@ -331,7 +336,7 @@ async fn azure_uses_deployment_url_api_version_and_api_key_header() {
     cfg.model = "my-gpt4o".into();
     cfg.api_version = Some("2024-06-01".into());
     client(&cfg)
-        .chat(&[Message::user("hi")], &[])
+        .chat(&[Message::user("hi")], &[], None)
         .await
         .expect("chat");
     let req = &server.requests()[0];
@@ -353,7 +358,7 @@ async fn ollama_needs_no_key_and_honours_base_url() {
     cfg.api_key = None;
     cfg.base_url = Some(server.url().to_string()); // bare server URL: /v1 is added
     let resp = client(&cfg)
-        .chat(&[Message::user("hi")], &[])
+        .chat(&[Message::user("hi")], &[], None)
         .await
         .expect("chat");
     assert_eq!(resp.content, "local");
@@ -376,7 +381,7 @@ async fn anthropic_round_trip_and_tool_results() {
     let mut cfg = server.config(Provider::Anthropic);
     cfg.max_retries = 1;
     let resp = client(&cfg)
-        .chat(&history_with_results(), &[bash_tool()])
+        .chat(&history_with_results(), &[bash_tool()], None)
         .await
         .expect("chat");
     assert_eq!(resp.content, "Checking.");
@@ -443,7 +448,7 @@ async fn gemini_round_trip_and_function_responses() {
     .expect("server");
     let cfg = server.config(Provider::Google);
     let resp = client(&cfg)
-        .chat(&history_with_results(), &[bash_tool()])
+        .chat(&history_with_results(), &[bash_tool()], None)
         .await
         .expect("chat");
     assert_eq!(resp.content, "Sure.");
@@ -500,7 +505,10 @@ async fn gemini_call_ids_it_did_not_send_are_not_echoed() {
     .expect("server");
     let llm = client(&server.config(Provider::Google));
     let mut history = vec![Message::user("go")];
-    let first = llm.chat(&history, &[bash_tool()]).await.expect("chat");
+    let first = llm
+        .chat(&history, &[bash_tool()], None)
+        .await
+        .expect("chat");
     let call = first.tool_calls[0].clone();
     history.push(Message {
         role: Role::Assistant,
@@ -515,7 +523,9 @@ async fn gemini_call_ids_it_did_not_send_are_not_echoed() {
         result: "a.txt".into(),
         error: None,
     }));
-    llm.chat(&history, &[bash_tool()]).await.expect("chat");
+    llm.chat(&history, &[bash_tool()], None)
+        .await
+        .expect("chat");
     let contents = server.requests()[1].json()["contents"].clone();
     assert_eq!(
         contents[1]["parts"][0],
@@ -536,10 +546,166 @@ async fn scripted_llm_records_calls() {
         json!({}),
     )]))]);
     let resp = llm
-        .chat(&[Message::user("x")], &[bash_tool()])
+        .chat(&[Message::user("x")], &[bash_tool()], None)
         .await
         .expect("scripted");
     assert_eq!(resp.tool_calls[0].name, "task_done");
-    assert!(llm.chat(&[], &[]).await.is_err(), "script exhausted");
+    assert!(llm.chat(&[], &[], None).await.is_err(), "script exhausted");
     assert_eq!(llm.calls()[0].1, ["bash"]);
+}
+
+#[tokio::test]
+async fn openai_compatible_servers_get_max_tokens_unless_the_model_opts_in() {
+    let server = ScriptedServer::start_with_fallback(
+        vec![],
+        ScriptedResponse::ok(testing::openai::text("ok")),
+    )
+    .await
+    .expect("server");
+    // `provider: openai` pointed at a local server (llama.cpp, vLLM, …).
+    let mut cfg = server.config(Provider::OpenAi);
+    cfg.max_tokens = 1234;
+    client(&cfg)
+        .chat(&[Message::user("hi")], &[], None)
+        .await
+        .expect("chat");
+    cfg.max_completion_tokens = Some(777);
+    client(&cfg)
+        .chat(&[Message::user("hi")], &[], None)
+        .await
+        .expect("chat");
+    let reqs = server.requests();
+    let (plain, opted_in) = (reqs[0].json(), reqs[1].json());
+    assert_eq!(plain["max_tokens"], 1234, "{plain}");
+    assert!(plain.get("max_completion_tokens").is_none(), "{plain}");
+    assert_eq!(opted_in["max_completion_tokens"], 777, "{opted_in}");
+    assert!(opted_in.get("max_tokens").is_none(), "{opted_in}");
+}
+
+/// Accepts every request and never answers.
+async fn silent_server() -> ScriptedServer {
+    let never = ScriptedResponse::ok(testing::openai::text("too late"))
+        .with_delay(Duration::from_secs(3600));
+    ScriptedServer::start_with_fallback(vec![], never)
+        .await
+        .expect("server")
+}
+
+#[tokio::test]
+async fn a_models_timeout_from_the_config_file_limits_the_call() {
+    let server = silent_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trae_config.yaml");
+    let yaml = format!(
+        "agents:\n  trae_agent:\n    model: local\n\
+         model_providers:\n  llama:\n    provider: openai\n    api_key: {TEST_API_KEY}\n    base_url: {}/v1\n\
+         models:\n  local:\n    model_provider: llama\n    model: qwen3\n    max_retries: 0\n    timeout: 1\n",
+        server.url()
+    );
+    std::fs::write(&path, yaml).expect("write config");
+    let req = ConfigRequest {
+        config_file: Some(path.display().to_string()),
+        ..ConfigRequest::default()
+    };
+    let cfg = resolve(&req, &|_: &str| None).expect("config");
+    assert_eq!(cfg.request_timeout_secs, Some(1.0));
+
+    let started = Instant::now();
+    let (llm, history) = (client(&cfg), [Message::user("hi")]);
+    let call = llm.chat(&history, &[], None);
+    // A regression must fail the test, not hang it for 600 s.
+    let err = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the model's timeout applies")
+        .expect_err("times out");
+    let waited = started.elapsed();
+    assert!(matches!(err, LlmError::Transport { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("request timed out after 1.0 s"),
+        "{err}"
+    );
+    // Not the server-wide 600 s (loose: no tight wall-clock claims).
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_deadline_bounds_the_call_with_its_retries() {
+    let server = silent_server().await;
+    let mut cfg = server.config(Provider::OpenAi);
+    cfg.max_retries = 10;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let (llm, history) = (client(&cfg), [Message::user("hi")]);
+    let call = llm.chat(&history, &[], Some(deadline));
+    let err = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the deadline applies")
+        .expect_err("out of time");
+    let waited = started.elapsed();
+    assert!(matches!(err, LlmError::OutOfTime { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "openai model call given up: the time left for the step/task ran out after waiting "
+        ),
+        "{text}"
+    );
+    assert!(text.contains("request timed out"), "{text}");
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn no_backoff_is_slept_past_the_deadline() {
+    let server = ScriptedServer::start_with_fallback(
+        vec![],
+        ScriptedResponse::error(503, "overloaded").with_header("retry-after", "2"),
+    )
+    .await
+    .expect("server");
+    let mut cfg = server.config(Provider::OpenAi);
+    cfg.max_retries = 10;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let err = client(&cfg)
+        .chat(&[Message::user("hi")], &[], Some(deadline))
+        .await
+        .expect_err("out of time");
+    let waited = started.elapsed();
+    assert!(matches!(err, LlmError::OutOfTime { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("(1 attempt; last error: openai answered HTTP 503: overloaded)"),
+        "{err}"
+    );
+    // The 2 s Retry-After would end past the deadline: given up at once.
+    assert_eq!(server.requests().len(), 1);
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn a_call_that_gave_up_reports_its_first_error_too() {
+    let server = ScriptedServer::start_with_fallback(
+        vec![ScriptedResponse::error(503, "overloaded")],
+        ScriptedResponse::error(500, "upstream exploded"),
+    )
+    .await
+    .expect("server");
+    let mut cfg = server.config(Provider::OpenAi);
+    cfg.max_retries = 2;
+    let err = client(&cfg)
+        .chat(&[Message::user("hi")], &[], None)
+        .await
+        .expect_err("fails");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "openai answered HTTP 500: upstream exploded (gave up after 3 attempts in "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("; first error: openai answered HTTP 503: overloaded)"),
+        "{text}"
+    );
 }

@@ -6,6 +6,11 @@
 //! requests while the same `Agent` stays in memory). Both are cancellable
 //! between and during steps; a cancelled or finished run ends every process
 //! its tools started, writes the patch and finalises the trajectory.
+//!
+//! A failed model call (after its retries) ends the run, unless
+//! [`AgentOptions::retry_failed_steps`] is set: then the step is undone and
+//! reported ([`StepOutcome::provider_error`]) so the caller can try it again.
+//! [`Agent::set_deadline`] bounds every model call, retries included.
 
 mod prompt;
 #[cfg(test)]
@@ -44,6 +49,12 @@ pub struct AgentOptions {
     pub max_steps: Option<u32>,
     /// Tool limits (bash timeout, kill grace); Trae's by default.
     pub tools: ToolSetOptions,
+    /// A model call that failed after its retries does not end the run: the
+    /// step is rolled back (its input and step number included) and
+    /// [`Agent::step`] reports the failure, so that the next call retries
+    /// the step. For step-wise callers (the Agent Protocol); [`Agent::run`]
+    /// still ends the run on such a failure.
+    pub retry_failed_steps: bool,
 }
 
 /// How a run ended.
@@ -86,6 +97,20 @@ pub struct StepOutcome {
     pub is_last: bool,
     /// Set when `is_last`.
     pub outcome: Option<RunOutcome>,
+    /// Set when the model call failed under
+    /// [`AgentOptions::retry_failed_steps`]: the step was rolled back, and
+    /// `step_number` is the step that the next `step()` tries again.
+    pub provider_error: Option<ProviderFailure>,
+}
+
+/// A failed model call that did not end the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderFailure {
+    pub provider: String,
+    /// The provider's HTTP status, when it answered with an error.
+    pub status: Option<u16>,
+    /// The whole error, as [`llm::LlmError`] prints it.
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +134,9 @@ pub struct Agent {
     max_steps: u32,
     parallel_tool_calls: bool,
     must_patch: bool,
+    retry_failed_steps: bool,
+    /// No model call outlives it (see [`Agent::set_deadline`]).
+    deadline: Option<tokio::time::Instant>,
     patch_path: Option<PathBuf>,
     workspace: Option<GitWorkspace>,
     trajectory: Option<TrajectoryRecorder>,
@@ -200,6 +228,8 @@ impl Agent {
             max_steps,
             parallel_tool_calls: config.parallel_tool_calls,
             must_patch: options.must_patch,
+            retry_failed_steps: options.retry_failed_steps,
+            deadline: None,
             patch_path: options.patch_path,
             workspace,
             trajectory,
@@ -216,10 +246,21 @@ impl Agent {
     pub async fn run(&mut self, cancel: &CancellationToken) -> RunOutcome {
         loop {
             let step = self.step(cancel, None).await;
+            if let Some(failure) = step.provider_error {
+                // Nobody here would retry the step: fail as without the option.
+                return self.finish(provider_failure(&failure.message)).await;
+            }
             if let (true, Some(outcome)) = (step.is_last, step.outcome) {
                 return outcome;
             }
         }
+    }
+
+    /// Bounds every later model call of this agent, retries and backoff
+    /// included, until changed (`None`: only the client's own timeouts). A
+    /// call that runs out of time fails like any provider failure.
+    pub fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = deadline;
     }
 
     /// Runs one step. `extra_user_input` (the Agent Protocol's step input) is
@@ -267,6 +308,10 @@ impl Agent {
             let outcome = self.finish(max_steps_failure()).await;
             return StepOutcome::ended(self.steps_taken, outcome);
         }
+        let undo = Undo {
+            messages: self.messages.len(),
+            recorded: self.recorded,
+        };
         if let Some(input) = extra_user_input.filter(|s| !s.trim().is_empty()) {
             self.messages.push(Message::user(input));
         }
@@ -297,7 +342,7 @@ impl Agent {
         let answer = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = self.llm.chat(&self.messages, self.tools.specs()).instrument(llm_span.clone()) => Some(r),
+            r = self.llm.chat(&self.messages, self.tools.specs(), self.deadline).instrument(llm_span.clone()) => Some(r),
         };
         let llm_time = llm_started.elapsed();
         match &answer {
@@ -324,12 +369,11 @@ impl Agent {
         self.recorded = self.messages.len();
         let response = match answer {
             None => return self.end_step_early(step, None, stopped()).await,
+            Some(Err(e)) if self.retry_failed_steps => {
+                return self.roll_back_step(step, undo, &e).await;
+            }
             Some(Err(e)) => {
-                let failure = RunOutcome::Failed {
-                    error: format!("LLM call failed: {e}"),
-                    kind: FailureKind::Provider,
-                };
-                return self.end_step_early(step, None, failure).await;
+                return self.end_step_early(step, None, provider_failure(&e)).await;
             }
             Some(Ok(r)) => r,
         };
@@ -429,6 +473,7 @@ impl Agent {
             usage: response.usage,
             is_last: outcome.is_some(),
             outcome,
+            provider_error: None,
         }
     }
 
@@ -602,6 +647,44 @@ impl Agent {
         (result, done)
     }
 
+    /// A step whose model call failed under `retry_failed_steps`: undone,
+    /// so that the next `step()` is a clean retry of it (the caller sends its
+    /// input again), and reported without ending the run.
+    async fn roll_back_step(&mut self, step: u32, undo: Undo, e: &llm::LlmError) -> StepOutcome {
+        let failure = ProviderFailure {
+            provider: e.provider().to_string(),
+            status: e.status(),
+            message: e.to_string(),
+        };
+        if let Some(rec) = self.trajectory.as_mut() {
+            rec.record_step(&StepRecord {
+                step_number: step,
+                state: "error",
+                error: Some(&format!("LLM call failed: {e}")),
+                ..Default::default()
+            });
+            save_trajectory(rec).await;
+        }
+        self.messages.truncate(undo.messages);
+        self.recorded = undo.recorded;
+        self.steps_taken = step - 1;
+        self.events.emit(EngineEvent::StepFailed {
+            step,
+            error: failure.message.clone(),
+            status: failure.status,
+        });
+        StepOutcome {
+            step_number: step,
+            output: String::new(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
+            usage: Usage::default(),
+            is_last: false,
+            outcome: None,
+            provider_error: Some(failure),
+        }
+    }
+
     /// A step cut short by cancellation or a provider failure.
     async fn end_step_early(
         &mut self,
@@ -633,6 +716,7 @@ impl Agent {
             usage: response.map(|r| r.usage).unwrap_or_default(),
             is_last: true,
             outcome: Some(outcome),
+            provider_error: None,
         }
     }
 
@@ -705,6 +789,7 @@ impl StepOutcome {
             usage: Usage::default(),
             is_last: true,
             outcome: Some(outcome),
+            provider_error: None,
         }
     }
 }
@@ -717,6 +802,21 @@ fn llm_error_type(e: &llm::LlmError) -> &'static str {
         llm::LlmError::Http { .. } => "http_4xx",
         llm::LlmError::Transport { .. } => "transport",
         llm::LlmError::Decode { .. } => "decode",
+        llm::LlmError::OutOfTime { .. } => "deadline",
+    }
+}
+
+/// Where the history stood before a step, to undo it.
+struct Undo {
+    messages: usize,
+    recorded: usize,
+}
+
+/// The run's end after a failed model call.
+fn provider_failure(e: &dyn std::fmt::Display) -> RunOutcome {
+    RunOutcome::Failed {
+        error: format!("LLM call failed: {e}"),
+        kind: FailureKind::Provider,
     }
 }
 

@@ -13,6 +13,7 @@ use super::*;
 use crate::config::{Provider, Secret};
 use crate::llm::LlmError;
 use crate::messages::ToolSpec;
+use crate::testing::{ScriptedResponse, ScriptedServer};
 use crate::tools::process_is_alive;
 
 /// Answers with a script; records the conversation of every call.
@@ -39,6 +40,7 @@ impl LlmClient for ScriptedModel {
         &self,
         messages: &[Message],
         _tools: &[ToolSpec],
+        _deadline: Option<tokio::time::Instant>,
     ) -> Result<LlmResponse, LlmError> {
         self.seen.lock().unwrap().push(messages.to_vec());
         let next = self.script.lock().unwrap().pop_front();
@@ -494,6 +496,222 @@ async fn provider_failure_fails_the_run() {
             ..
         })
     ));
+}
+
+/// Under `retry_failed_steps`, against the real OpenAI client and a
+/// scripted server: a 500 (no retries) rolls the step back, the retry runs
+/// as the same step, and the run completes.
+#[tokio::test]
+async fn a_failed_model_call_is_rolled_back_for_a_retry() {
+    use crate::testing;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ScriptedServer::start(vec![
+        ScriptedResponse::error(500, "upstream exploded"),
+        ScriptedResponse::ok(testing::openai::tool_call(
+            "call_1",
+            "bash",
+            r#"{"command":"echo hi"}"#,
+        )),
+        ScriptedResponse::ok(testing::openai::response(
+            Some("All done."),
+            &[("call_2", "task_done", "{}")],
+        )),
+    ])
+    .await
+    .unwrap();
+    let mut cfg = server.config(Provider::OpenAi);
+    assert_eq!(cfg.max_retries, 0);
+    cfg.tools = crate::tools::BUILTIN_TOOL_NAMES.map(String::from).to_vec();
+    let llm = llm::client_for(&cfg).unwrap();
+    let trajectory = dir.path().join("traj.json");
+    let opts = AgentOptions {
+        retry_failed_steps: true,
+        trajectory_file: Some(trajectory.clone()),
+        ..options()
+    };
+    let (tx, mut rx) = unbounded_channel();
+    let mut agent = Agent::new(&cfg, llm, "Fix the bug.", dir.path(), opts, Arc::new(tx))
+        .await
+        .unwrap();
+    let before = agent.messages().to_vec();
+    let cancel = CancellationToken::new();
+    let input = "Say hi first.";
+
+    let failed = agent.step(&cancel, Some(input.into())).await;
+    assert_eq!(
+        (failed.step_number, failed.is_last, &failed.outcome),
+        (1, false, &None)
+    );
+    let failure = failed.provider_error.clone().expect("provider error");
+    assert_eq!(
+        (failure.provider.as_str(), failure.status),
+        ("openai", Some(500))
+    );
+    assert_eq!(
+        failure.message,
+        "openai answered HTTP 500: upstream exploded"
+    );
+    assert_eq!(agent.steps_taken(), 0);
+    assert_eq!(agent.messages(), before.as_slice(), "input taken back");
+    assert!(!agent.is_finished());
+    assert_eq!(
+        drain(&mut rx),
+        [
+            EngineEvent::StepStarted { step: 1 },
+            EngineEvent::StepFailed {
+                step: 1,
+                error: failure.message.clone(),
+                status: Some(500),
+            },
+        ]
+    );
+
+    // The caller sends the input again: the same request, as step 1.
+    let retried = agent.step(&cancel, Some(input.into())).await;
+    assert_eq!((retried.step_number, retried.is_last), (1, false));
+    assert_eq!(retried.provider_error, None);
+    assert_eq!(retried.tool_results[0].result, "hi");
+    let requests = server.requests();
+    assert_eq!(requests[0].body, requests[1].body);
+    let inputs = agent
+        .messages()
+        .iter()
+        .filter(|m| m.content == input)
+        .count();
+    assert_eq!(inputs, 1);
+    assert!(matches!(
+        drain(&mut rx).first(),
+        Some(EngineEvent::StepStarted { step: 1 })
+    ));
+
+    let last = agent.step(&cancel, None).await;
+    assert_eq!(last.step_number, 2);
+    assert_eq!(
+        last.outcome,
+        Some(RunOutcome::Completed {
+            result: "All done.".into()
+        })
+    );
+    assert_eq!(last.provider_error, None);
+
+    // The failed attempt is in the trajectory; its input is recorded once,
+    // with the attempt that the model answered.
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trajectory).unwrap()).unwrap();
+    let steps = t["agent_steps"].as_array().unwrap();
+    let states: Vec<_> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["step_number"].as_u64().unwrap(),
+                s["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(states, [(1, "error"), (1, "completed"), (2, "completed")]);
+    let error = steps[0]["error"].as_str().unwrap();
+    assert!(error.contains("upstream exploded"), "{error}");
+    let interactions = t["llm_interactions"].as_array().unwrap();
+    assert_eq!(interactions.len(), 2);
+    assert_eq!(
+        interactions[0]["input_messages"].as_array().unwrap().len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn without_retry_failed_steps_a_failed_step_ends_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Err("overloaded".into()), Ok(done("never"))]);
+    let (mut agent, _rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    let step = agent
+        .step(&CancellationToken::new(), Some("more".into()))
+        .await;
+    assert!(step.is_last);
+    assert_eq!(step.provider_error, None);
+    assert!(matches!(
+        step.outcome,
+        Some(RunOutcome::Failed {
+            kind: FailureKind::Provider,
+            ..
+        })
+    ));
+    assert_eq!(agent.steps_taken(), 1);
+}
+
+#[tokio::test]
+async fn run_ends_on_a_provider_failure_even_with_retry_failed_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Err("overloaded".into()), Ok(done("never"))]);
+    let opts = AgentOptions {
+        retry_failed_steps: true,
+        ..options()
+    };
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), opts).await;
+    let outcome = agent.run(&CancellationToken::new()).await;
+    match outcome {
+        RunOutcome::Failed {
+            error,
+            kind: FailureKind::Provider,
+        } => assert_eq!(
+            error,
+            "LLM call failed: openai answered HTTP 500: overloaded"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(model.conversations().len(), 1, "not retried by run()");
+    let events = drain(&mut rx);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EngineEvent::StepFailed { .. }))
+    );
+    assert!(matches!(events.last(), Some(EngineEvent::Failed { .. })));
+}
+
+/// The deadline reaches the client with every model call.
+#[tokio::test]
+async fn the_deadline_applies_to_every_later_model_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ScriptedServer::start_with_fallback(
+        vec![],
+        ScriptedResponse::ok(crate::testing::openai::text("late"))
+            .with_delay(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    let mut cfg = server.config(Provider::OpenAi);
+    cfg.max_retries = 10;
+    let llm = llm::client_for(&cfg).unwrap();
+    let (tx, _rx) = unbounded_channel();
+    let mut agent = Agent::new(&cfg, llm, "t", dir.path(), options(), Arc::new(tx))
+        .await
+        .unwrap();
+    agent.set_deadline(Some(
+        tokio::time::Instant::now() + Duration::from_millis(500),
+    ));
+    let started = Instant::now();
+    let step = tokio::time::timeout(
+        Duration::from_secs(30),
+        agent.step(&CancellationToken::new(), None),
+    )
+    .await
+    .expect("the deadline applies");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match step.outcome {
+        Some(RunOutcome::Failed {
+            error,
+            kind: FailureKind::Provider,
+        }) => assert!(
+            error.contains("time left for the step/task ran out"),
+            "{error}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn wait_for_file(path: &Path) -> String {

@@ -50,6 +50,8 @@ pub(crate) struct YamlModel {
     pub candidate_count: Option<u32>,
     pub stop_sequences: Option<Vec<String>>,
     pub max_completion_tokens: Option<u32>,
+    /// Seconds one attempt of a model call may take.
+    pub timeout: Option<f64>,
 }
 
 /// Only `trae_agent` matters; other agents (if any) are ignored.
@@ -101,6 +103,8 @@ pub(crate) struct LegacyProvider {
     pub candidate_count: Option<u32>,
     pub stop_sequences: Option<Vec<String>>,
     pub max_completion_tokens: Option<u32>,
+    /// Seconds one attempt of a model call may take.
+    pub timeout: Option<f64>,
 }
 
 pub(crate) enum Parsed {

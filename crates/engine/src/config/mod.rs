@@ -6,6 +6,18 @@
 //! (relative paths against the process's current dir). A `.json` file is the
 //! legacy format; a missing `.yaml`/`.yml` falls back to a `.json` with the
 //! same stem. The environment is passed in so tests can inject it.
+//!
+//! Besides Trae's own keys, a model entry (`models.<name>` in YAML,
+//! `model_providers.<name>` in the legacy JSON) may set:
+//!
+//! - `timeout`: seconds one attempt of a model call may take (connect, send,
+//!   the model's thinking, the answer), a positive number such as `90` or
+//!   `2.5`. Without it the server-wide limit applies (600 s by default).
+//! - `max_completion_tokens`: for OpenAI-compatible providers, send the
+//!   token limit as `max_completion_tokens` (with this value) instead of
+//!   `max_tokens`. Needed only for servers other than OpenAI's own API that
+//!   want that field; OpenAI's API and reasoning models on OpenAI/Azure get
+//!   it anyway.
 
 mod file;
 mod provider;
@@ -131,7 +143,12 @@ pub struct ResolvedConfig {
     pub supports_tool_calling: bool,
     pub candidate_count: Option<u32>,
     pub stop_sequences: Vec<String>,
+    /// Set explicitly: OpenAI-compatible requests carry this field rather
+    /// than `max_tokens` (see the module docs).
     pub max_completion_tokens: Option<u32>,
+    /// The model's `timeout`: seconds one attempt of a call may take; `None`
+    /// leaves it to the client (`ClientOptions::request_timeout`).
+    pub request_timeout_secs: Option<f64>,
     pub enable_lakeview: bool,
     /// `lakeview.model` (a key into `models`), YAML only.
     pub lakeview_model: Option<String>,
@@ -174,6 +191,7 @@ impl ResolvedConfig {
             candidate_count: None,
             stop_sequences: vec![],
             max_completion_tokens: None,
+            request_timeout_secs: None,
             enable_lakeview: true,
             lakeview_model: None,
             tools: DEFAULT_TOOLS.map(str::to_string).to_vec(),
@@ -270,7 +288,7 @@ pub fn resolve(
         })?;
         match file::parse(&path, &text)? {
             Parsed::Yaml(f) => from_yaml(&path, *f, req)?,
-            Parsed::Legacy(f) => from_legacy(*f, req)?,
+            Parsed::Legacy(f) => from_legacy(&path, *f, req)?,
         }
     } else {
         let kind = match non_empty(req.provider.as_deref()) {
@@ -379,19 +397,22 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
 
     // The agent's model if it belongs to that provider, else the first model
     // that does, else the provider's default model with the agent's settings.
-    let model: YamlModel = if provider_key == agent_model.model_provider {
-        agent_model.clone()
-    } else if let Some(m) = f
+    let (model_key, model): (&str, YamlModel) = if provider_key == agent_model.model_provider {
+        (&agent.model, agent_model.clone())
+    } else if let Some((key, m)) = f
         .models
-        .values()
-        .find(|m| m.model_provider == provider_key && !provider_key.is_empty())
+        .iter()
+        .find(|(_, m)| m.model_provider == provider_key && !provider_key.is_empty())
     {
-        m.clone()
+        (key, m.clone())
     } else {
-        YamlModel {
-            model: kind.default_model().into(),
-            ..agent_model.clone()
-        }
+        (
+            &agent.model,
+            YamlModel {
+                model: kind.default_model().into(),
+                ..agent_model.clone()
+            },
+        )
     };
 
     let mut cfg = ResolvedConfig::defaults(kind);
@@ -419,23 +440,32 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
     cfg.candidate_count = model.candidate_count;
     cfg.stop_sequences = model.stop_sequences.unwrap_or_default();
     cfg.max_completion_tokens = model.max_completion_tokens;
+    cfg.request_timeout_secs = model
+        .timeout
+        .map(|t| timeout_secs(t, &format!("models.{model_key}.timeout")))
+        .transpose()
+        .map_err(invalid)?;
     cfg.lakeview_model = f.lakeview.and_then(|l| l.model);
     cfg.mcp_servers = f.mcp_servers;
     cfg.allow_mcp_servers = f.allow_mcp_servers;
     Ok(cfg)
 }
 
-fn from_legacy(f: LegacyFile, req: &ConfigRequest) -> Result<ResolvedConfig, ConfigError> {
+fn from_legacy(
+    path: &Path,
+    f: LegacyFile,
+    req: &ConfigRequest,
+) -> Result<ResolvedConfig, ConfigError> {
     let default_provider = non_empty(f.default_provider.as_deref())
         .unwrap_or_else(|| Provider::Anthropic.as_str().into());
     let wanted = non_empty(req.provider.as_deref()).unwrap_or_else(|| default_provider.clone());
     let kind: Provider = wanted.parse()?;
     // Entries are keyed by provider kind; match the key case-insensitively.
-    let p = f
+    let (key, p) = f
         .model_providers
         .iter()
         .find(|(k, _)| Provider::parse(k) == Some(kind))
-        .map(|(_, p)| p.clone())
+        .map(|(k, p)| (k.clone(), p.clone()))
         .unwrap_or_default();
 
     let mut cfg = ResolvedConfig::defaults(kind);
@@ -459,9 +489,29 @@ fn from_legacy(f: LegacyFile, req: &ConfigRequest) -> Result<ResolvedConfig, Con
     cfg.candidate_count = p.candidate_count;
     cfg.stop_sequences = p.stop_sequences.unwrap_or_default();
     cfg.max_completion_tokens = p.max_completion_tokens;
+    cfg.request_timeout_secs = p
+        .timeout
+        .map(|t| timeout_secs(t, &format!("model_providers.{key}.timeout")))
+        .transpose()
+        .map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
     cfg.mcp_servers = f.mcp_servers;
     cfg.allow_mcp_servers = f.allow_mcp_servers;
     Ok(cfg)
+}
+
+/// A model's `timeout`: positive seconds that fit a `Duration` (so not
+/// NaN, infinite or absurdly large).
+fn timeout_secs(secs: f64, field: &str) -> Result<f64, String> {
+    if secs > 0.0 && std::time::Duration::try_from_secs_f64(secs).is_ok() {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{field} must be a positive number of seconds, not {secs}"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -393,3 +393,73 @@ fn api_key_never_printed_or_serialized() {
     };
     assert!(err.to_string().contains("OPENAI_API_KEY"));
 }
+
+#[test]
+fn a_models_timeout_is_read_from_both_formats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(&dir, "none.yaml", YAML);
+    let cfg = resolve(&req(&path), &no_env).expect("resolve");
+    assert_eq!(cfg.request_timeout_secs, None);
+    let json = serde_json::to_value(&cfg).expect("serialize");
+    assert_eq!(json["request_timeout_secs"], serde_json::Value::Null);
+
+    let yaml = YAML
+        .replace(
+            "    parallel_tool_calls: true\n",
+            "    parallel_tool_calls: true\n    timeout: 90.5\n",
+        )
+        .replace(
+            "    max_retries: 3\n",
+            "    max_retries: 3\n    timeout: 30\n",
+        );
+    let path = write(&dir, "t.yaml", &yaml);
+    let cfg = resolve(&req(&path), &no_env).expect("resolve");
+    assert_eq!(cfg.request_timeout_secs, Some(90.5));
+    let json = serde_json::to_value(&cfg).expect("serialize");
+    assert_eq!(json["request_timeout_secs"], 90.5);
+    // The model picked for another provider brings its own timeout.
+    let switched = ConfigRequest {
+        provider: Some("my_openai".into()),
+        ..req(&path)
+    };
+    let cfg = resolve(&switched, &no_env).expect("resolve");
+    assert_eq!(
+        (cfg.model.as_str(), cfg.request_timeout_secs),
+        ("gpt-4.1", Some(30.0))
+    );
+
+    let legacy = LEGACY.replace(
+        r#""max_retries": 5}"#,
+        r#""max_retries": 5, "timeout": 45}"#,
+    );
+    let path = write(&dir, "t.json", &legacy);
+    let cfg = resolve(&req(&path), &no_env).expect("resolve");
+    assert_eq!(cfg.request_timeout_secs, Some(45.0));
+}
+
+#[test]
+fn a_timeout_must_be_positive_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for bad in ["0", "-1", ".nan", ".inf", "1e300"] {
+        let yaml = YAML.replace(
+            "    parallel_tool_calls: true\n",
+            &format!("    parallel_tool_calls: true\n    timeout: {bad}\n"),
+        );
+        let path = write(&dir, "bad.yaml", &yaml);
+        let err = resolve(&req(&path), &no_env).expect_err(bad);
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{bad}: {err}");
+        assert!(
+            err.to_string()
+                .contains("models.trae_agent_model.timeout must be a positive number of seconds"),
+            "{bad}: {err}"
+        );
+    }
+    let legacy = LEGACY.replace(r#""max_retries": 5}"#, r#""max_retries": 5, "timeout": 0}"#);
+    let path = write(&dir, "bad.json", &legacy);
+    let err = resolve(&req(&path), &no_env).expect_err("zero");
+    assert!(
+        err.to_string()
+            .contains("model_providers.openai.timeout must be a positive number of seconds, not 0"),
+        "{err}"
+    );
+}

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use super::history::{self, non_empty_result_text, paired};
 use super::http::Endpoint;
@@ -257,11 +258,12 @@ impl LlmClient for AnthropicClient {
         &self,
         messages: &[Message],
         tools: &[ToolSpec],
+        deadline: Option<Instant>,
     ) -> Result<LlmResponse, LlmError> {
         let body = self
             .request_body(messages, tools)
             .map_err(|e| self.endpoint.encode_error(e))?;
-        let answer = self.endpoint.post(body).await?;
+        let answer = self.endpoint.post(body, deadline).await?;
         let v: Value = self.endpoint.decode(&answer)?;
         parse_response(&self.cfg.model, &v)
     }

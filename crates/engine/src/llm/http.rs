@@ -1,12 +1,13 @@
 //! One JSON POST to a provider, with retries. Shared by every provider.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::LlmError;
 use super::retry::{RetryPolicy, is_retryable_status, retry_after};
@@ -71,55 +72,114 @@ impl Endpoint {
     }
 
     /// POSTs `body` (JSON), retrying transient failures, and returns the
-    /// body of the successful answer (see [`Endpoint::decode`]).
-    pub async fn post(&self, body: Vec<u8>) -> Result<Bytes, LlmError> {
+    /// body of the successful answer (see [`Endpoint::decode`]). With a
+    /// `deadline`, no attempt, retry or backoff sleep outlives it.
+    pub async fn post(&self, body: Vec<u8>, deadline: Option<Instant>) -> Result<Bytes, LlmError> {
         let client = shared_client().map_err(|message| self.transport(message))?;
         // Shared, not copied, by each attempt.
         let body = Bytes::from(body);
-        let started = Instant::now();
-        let mut attempt: u32 = 0;
+        let mut attempts = Attempts::start();
         loop {
-            let last = attempt >= self.retry.max_retries;
-            let sent = client
-                .post(&self.url)
-                .headers(self.headers.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .timeout(self.timeout)
-                .body(body.clone())
-                .send()
-                .await;
-            let (failure, wait_hint) = match sent {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let hint = retry_after(resp.headers(), SystemTime::now());
-                    match resp.bytes().await {
-                        Ok(body) if (200..300).contains(&status) => return Ok(body),
-                        Ok(body) => {
-                            let message = self.scrub(&provider_message(&body));
-                            let err = LlmError::Http {
-                                provider: self.provider.clone(),
-                                status,
-                                message,
-                            };
-                            if !is_retryable_status(status) {
-                                return Err(err);
-                            }
-                            (err, hint)
-                        }
-                        Err(e) => (self.transport(describe(&e)), None),
-                    }
-                }
-                Err(e) if e.is_builder() => return Err(self.transport(describe(&e))),
-                Err(e) => (self.transport(describe(&e)), None),
+            let Some(timeout) = self.attempt_timeout(deadline) else {
+                return Err(self.out_of_time(&attempts, None));
             };
-            if last {
-                return Err(with_attempts(failure, attempt + 1, started.elapsed()));
+            let failure = match self.attempt(client, &body, timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(failure) => failure,
+            };
+            attempts.failed(&failure.error);
+            // Cut short by the deadline: no time is left for another try.
+            if failure.timed_out && timeout < self.timeout {
+                return Err(self.out_of_time(&attempts, Some(&failure.error)));
             }
-            let wait = self.retry.delay(attempt, wait_hint);
-            tracing::warn!(provider = %self.provider, attempt = attempt + 1, wait_ms = wait.as_millis() as u64,
-                error = %failure, "LLM call failed; retrying");
+            if !failure.retryable || attempts.count > self.retry.max_retries {
+                return Err(attempts.explain(failure.error));
+            }
+            let wait = self.retry.delay(attempts.count - 1, failure.retry_after);
+            if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                return Err(self.out_of_time(&attempts, Some(&failure.error)));
+            }
+            tracing::warn!(provider = %self.provider, attempt = attempts.count, wait_ms = wait.as_millis() as u64,
+                error = %failure.error, "LLM call failed; retrying");
             tokio::time::sleep(wait).await;
-            attempt += 1;
+        }
+    }
+
+    /// The limit of the next attempt: the request timeout, or the time left
+    /// before `deadline` if that is shorter; `None` once the deadline passed.
+    fn attempt_timeout(&self, deadline: Option<Instant>) -> Option<Duration> {
+        let Some(deadline) = deadline else {
+            return Some(self.timeout);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| left.min(self.timeout))
+    }
+
+    /// One request, its whole answer read within `timeout`.
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        body: &Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, Failure> {
+        let resp = client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout)
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_failure(&e, timeout))?;
+        let status = resp.status().as_u16();
+        let hint = retry_after(resp.headers(), SystemTime::now());
+        let answer = resp
+            .bytes()
+            .await
+            .map_err(|e| self.request_failure(&e, timeout))?;
+        if (200..300).contains(&status) {
+            return Ok(answer);
+        }
+        Err(Failure {
+            error: LlmError::Http {
+                provider: self.provider.clone(),
+                status,
+                message: self.scrub(&provider_message(&answer)),
+            },
+            retryable: is_retryable_status(status),
+            timed_out: false,
+            retry_after: hint,
+        })
+    }
+
+    /// A request that got no (complete) answer. Only a request that could
+    /// not even be built is not worth repeating.
+    fn request_failure(&self, e: &reqwest::Error, timeout: Duration) -> Failure {
+        Failure {
+            error: self.transport(describe(e, timeout)),
+            retryable: !e.is_builder(),
+            timed_out: e.is_timeout(),
+            retry_after: None,
+        }
+    }
+
+    /// The deadline passed (or would pass during the next backoff) first.
+    fn out_of_time(&self, attempts: &Attempts, last: Option<&LlmError>) -> LlmError {
+        let mut message = format!(
+            "the time left for the step/task ran out after waiting {:.1} s",
+            attempts.started.elapsed().as_secs_f64()
+        );
+        if let Some(last) = last {
+            let plural = if attempts.count == 1 { "" } else { "s" };
+            message.push_str(&format!(
+                " ({} attempt{plural}; last error: {last}{})",
+                attempts.count,
+                attempts.first_error_note(last)
+            ));
+        }
+        LlmError::OutOfTime {
+            provider: self.provider.clone(),
+            message,
         }
     }
 
@@ -153,36 +213,84 @@ impl Endpoint {
     }
 }
 
-fn with_attempts(err: LlmError, attempts: u32, elapsed: Duration) -> LlmError {
-    if attempts <= 1 {
-        return err;
+/// Why one attempt failed, and whether another one may do better.
+struct Failure {
+    error: LlmError,
+    retryable: bool,
+    /// The attempt ran out of its own time limit.
+    timed_out: bool,
+    /// The provider's `Retry-After`.
+    retry_after: Option<Duration>,
+}
+
+/// The failed attempts of one call so far, for its final error message.
+struct Attempts {
+    started: Instant,
+    count: u32,
+    /// The first failure's text: the last one alone can hide the cause
+    /// (a 503 that turned into timeouts, say).
+    first_error: Option<String>,
+}
+
+impl Attempts {
+    fn start() -> Self {
+        Attempts {
+            started: Instant::now(),
+            count: 0,
+            first_error: None,
+        }
     }
-    let note = format!(
-        " (gave up after {attempts} attempts in {:.1} s)",
-        elapsed.as_secs_f64()
-    );
-    match err {
-        LlmError::Http {
-            provider,
-            status,
-            message,
-        } => LlmError::Http {
-            provider,
-            status,
-            message: message + &note,
-        },
-        LlmError::Transport { provider, message } => LlmError::Transport {
-            provider,
-            message: message + &note,
-        },
-        other => other,
+
+    fn failed(&mut self, error: &LlmError) {
+        self.count += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(error.to_string());
+        }
+    }
+
+    /// `"; first error: …"` when the first failure read differently from `last`.
+    fn first_error_note(&self, last: &LlmError) -> String {
+        match &self.first_error {
+            Some(first) if *first != last.to_string() => format!("; first error: {first}"),
+            _ => String::new(),
+        }
+    }
+
+    /// The last failure, noting how many attempts were made (and the first
+    /// error) when there were several.
+    fn explain(&self, last: LlmError) -> LlmError {
+        if self.count <= 1 {
+            return last;
+        }
+        let note = format!(
+            " (gave up after {} attempts in {:.1} s{})",
+            self.count,
+            self.started.elapsed().as_secs_f64(),
+            self.first_error_note(&last)
+        );
+        match last {
+            LlmError::Http {
+                provider,
+                status,
+                message,
+            } => LlmError::Http {
+                provider,
+                status,
+                message: message + &note,
+            },
+            LlmError::Transport { provider, message } => LlmError::Transport {
+                provider,
+                message: message + &note,
+            },
+            other => other,
+        }
     }
 }
 
 /// A reqwest error and its causes, without the URL (added by the caller).
-fn describe(e: &reqwest::Error) -> String {
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     let mut out = if e.is_timeout() {
-        "request timed out".to_string()
+        format!("request timed out after {:.1} s", timeout.as_secs_f64())
     } else if e.is_connect() {
         "connection failed".to_string()
     } else {
@@ -247,5 +355,94 @@ mod tests {
         assert_eq!(provider_message(b"<html>502</html>"), "<html>502</html>");
         assert_eq!(provider_message(b""), "(empty body)");
         assert_eq!(snippet("é".repeat(600).as_bytes()).chars().count(), 501);
+    }
+
+    fn http(status: u16, message: &str) -> LlmError {
+        LlmError::Http {
+            provider: "openai".into(),
+            status,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_failure_after_several_attempts_names_the_first_error_too() {
+        let mut attempts = Attempts::start();
+        for e in [
+            http(503, "overloaded"),
+            http(500, "boom"),
+            http(500, "boom"),
+        ] {
+            attempts.failed(&e);
+        }
+        let text = attempts.explain(http(500, "boom")).to_string();
+        assert!(
+            text.starts_with("openai answered HTTP 500: boom (gave up after 3 attempts in "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(" s; first error: openai answered HTTP 503: overloaded)"),
+            "{text}"
+        );
+
+        // The same error every time: said once.
+        let mut same = Attempts::start();
+        same.failed(&http(500, "boom"));
+        same.failed(&http(500, "boom"));
+        let text = same.explain(http(500, "boom")).to_string();
+        assert!(text.contains("gave up after 2 attempts"), "{text}");
+        assert!(!text.contains("first error"), "{text}");
+
+        // One attempt: the error as it is.
+        let mut once = Attempts::start();
+        once.failed(&http(400, "bad"));
+        assert_eq!(
+            once.explain(http(400, "bad")).to_string(),
+            "openai answered HTTP 400: bad"
+        );
+    }
+
+    #[test]
+    fn attempts_are_limited_by_the_time_left() {
+        let retry = RetryPolicy::default();
+        let endpoint = Endpoint::new(
+            "openai",
+            "http://127.0.0.1:1/v1".into(),
+            Duration::from_secs(600),
+            retry,
+        );
+        assert_eq!(
+            endpoint.attempt_timeout(None),
+            Some(Duration::from_secs(600))
+        );
+        let soon = endpoint
+            .attempt_timeout(Some(Instant::now() + Duration::from_secs(10)))
+            .expect("time left");
+        assert!(
+            soon <= Duration::from_secs(10) && soon > Duration::from_secs(5),
+            "{soon:?}"
+        );
+        let later = Some(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(
+            endpoint.attempt_timeout(later),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(endpoint.attempt_timeout(Some(Instant::now())), None);
+
+        let mut attempts = Attempts::start();
+        attempts.failed(&http(503, "overloaded"));
+        let late = endpoint.out_of_time(&attempts, Some(&http(503, "overloaded")));
+        assert!(matches!(late, LlmError::OutOfTime { .. }), "{late:?}");
+        let text = late.to_string();
+        assert!(
+            text.starts_with(
+                "openai model call given up: the time left for the step/task ran out after waiting "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(" s (1 attempt; last error: openai answered HTTP 503: overloaded)"),
+            "{text}"
+        );
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Each provider module converts the neutral [`crate::messages`] types to its
 //! wire format and back. Retries (429/5xx/timeouts, honouring `Retry-After`,
-//! up to `max_retries`) live here too, so the loop sees one call.
+//! up to `max_retries`) live here too, so the loop sees one call. Each
+//! attempt is limited by the model's `timeout` (else
+//! [`ClientOptions::request_timeout`]), and a call may be given a deadline
+//! that its attempts, retries and backoff sleeps together never outlive.
 
 mod anthropic;
 mod gemini;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use crate::config::{ConfigError, Provider, ResolvedConfig};
 use crate::messages::{LlmResponse, Message, ToolSpec};
@@ -28,8 +32,14 @@ pub use retry::RetryPolicy;
 #[async_trait]
 pub trait LlmClient: Send + Sync {
     /// One turn: the whole conversation so far plus the tools on offer.
-    async fn chat(&self, messages: &[Message], tools: &[ToolSpec])
-    -> Result<LlmResponse, LlmError>;
+    /// With a `deadline`, the call (retries and their backoff included)
+    /// gives up with [`LlmError::OutOfTime`] rather than outlive it.
+    async fn chat(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        deadline: Option<Instant>,
+    ) -> Result<LlmResponse, LlmError>;
     /// Provider name as configured (openai, anthropic, azure, …).
     fn provider(&self) -> &str;
     fn model(&self) -> &str;
@@ -49,12 +59,36 @@ pub enum LlmError {
     Transport { provider: String, message: String },
     #[error("{provider} sent a response that could not be read: {message}")]
     Decode { provider: String, message: String },
+    /// The call's deadline (the time left for its step or task) came first.
+    #[error("{provider} model call given up: {message}")]
+    OutOfTime { provider: String, message: String },
+}
+
+impl LlmError {
+    /// The provider that failed, as configured.
+    pub fn provider(&self) -> &str {
+        match self {
+            LlmError::Http { provider, .. }
+            | LlmError::Transport { provider, .. }
+            | LlmError::Decode { provider, .. }
+            | LlmError::OutOfTime { provider, .. } => provider,
+        }
+    }
+
+    /// The provider's HTTP status, when it answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            LlmError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 /// Transport settings of a client; the retry count comes from the config's `max_retries`.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Whole-request limit (connect, send, model thinking, body).
+    /// Whole-request limit (connect, send, model thinking, body) of one
+    /// attempt; a model's own `timeout` in the config wins over it.
     pub request_timeout: Duration,
     /// First retry backoff (doubles per attempt, jittered). Tests shrink it.
     pub retry_base_delay: Duration,
@@ -83,7 +117,11 @@ impl ClientOptions {
             max_delay: self.retry_max_delay,
             max_retry_after: self.max_retry_after,
         };
-        http::Endpoint::new(kind.as_str(), url, self.request_timeout, retry)
+        let timeout = cfg
+            .request_timeout_secs
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .unwrap_or(self.request_timeout);
+        http::Endpoint::new(kind.as_str(), url, timeout, retry)
     }
 }
 

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use super::history::{self, paired, result_text};
 use super::http::Endpoint;
@@ -24,6 +25,8 @@ pub(crate) const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 pub(crate) struct OpenAiClient {
     kind: Provider,
     cfg: ResolvedConfig,
+    /// `base_url` is OpenAI's own API (api.openai.com).
+    official_api: bool,
     endpoint: Endpoint,
     tools: RenderedTools,
     body: BodyEncoder,
@@ -70,6 +73,7 @@ impl OpenAiClient {
         }
         OpenAiClient {
             kind,
+            official_api: host(base).is_some_and(|h| h.eq_ignore_ascii_case("api.openai.com")),
             cfg,
             endpoint,
             tools: RenderedTools::default(),
@@ -89,6 +93,26 @@ impl OpenAiClient {
         ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p))
     }
 
+    /// The output token limit as `(max_completion_tokens, max_tokens)`,
+    /// one of them set. OpenAI's API and OpenAI/Azure reasoning models take
+    /// `max_completion_tokens` (reasoning models reject `max_tokens`); other
+    /// OpenAI-compatible servers (llama.cpp, vLLM, LM Studio, …) ignore it,
+    /// so they get `max_tokens` unless the model config asks for the former.
+    fn token_limit(&self) -> (Option<u32>, Option<u32>) {
+        let cfg = &self.cfg;
+        if let Some(n) = cfg.max_completion_tokens {
+            return (Some(n), None);
+        }
+        let openai_api = self.kind == Provider::OpenAi && self.official_api;
+        let reasoning =
+            matches!(self.kind, Provider::OpenAi | Provider::Azure) && self.is_reasoning_model();
+        if openai_api || reasoning {
+            (Some(cfg.max_tokens), None)
+        } else {
+            (None, Some(cfg.max_tokens))
+        }
+    }
+
     /// The request for one turn, as JSON bytes.
     pub(crate) fn request_body(
         &self,
@@ -106,7 +130,7 @@ impl OpenAiClient {
             Provider::OpenAi | Provider::Azure | Provider::OpenRouter
         );
         let reasoning = self.is_reasoning_model();
-        let completion_tokens = self.kind == Provider::OpenAi || reasoning;
+        let (max_completion_tokens, max_tokens) = self.token_limit();
         self.body.encode(&ChatRequest {
             model: &cfg.model,
             messages: ChatMessages(&history),
@@ -115,9 +139,8 @@ impl OpenAiClient {
             tools: tools.as_deref(),
             temperature: (!reasoning).then_some(cfg.temperature),
             top_p: (!reasoning).then_some(cfg.top_p),
-            max_completion_tokens: completion_tokens
-                .then(|| cfg.max_completion_tokens.unwrap_or(cfg.max_tokens)),
-            max_tokens: (!completion_tokens).then_some(cfg.max_tokens),
+            max_completion_tokens,
+            max_tokens,
             top_k: (self.kind == Provider::OpenRouter && cfg.top_k > 0).then_some(cfg.top_k),
             stop: &cfg.stop_sequences,
         })
@@ -139,7 +162,7 @@ struct ChatRequest<'a> {
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f64>,
-    /// OpenAI itself and reasoning models take this rather than `max_tokens`.
+    /// OpenAI's API and reasoning models take this rather than `max_tokens`.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -270,6 +293,14 @@ fn render_tools(tools: &[ToolSpec]) -> serde_json::Result<Box<RawValue>> {
     serde_json::value::to_raw_value(&tools)
 }
 
+/// The host name of a URL (`https://user@Host:443/path` → `Host`).
+fn host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?.split(':').next()?;
+    (!host.is_empty()).then_some(host)
+}
+
 pub(crate) fn parse_response(
     provider: &str,
     fallback_model: &str,
@@ -355,11 +386,12 @@ impl LlmClient for OpenAiClient {
         &self,
         messages: &[Message],
         tools: &[ToolSpec],
+        deadline: Option<Instant>,
     ) -> Result<LlmResponse, LlmError> {
         let body = self
             .request_body(messages, tools)
             .map_err(|e| self.endpoint.encode_error(e))?;
-        let answer = self.endpoint.post(body).await?;
+        let answer = self.endpoint.post(body, deadline).await?;
         let v: Value = self.endpoint.decode(&answer)?;
         parse_response(self.kind.as_str(), &self.cfg.model, &v)
     }
@@ -410,7 +442,7 @@ mod tests {
             "parallel_tool_calls": false,
             "temperature": 0.5,
             "top_p": 1.0,
-            "max_completion_tokens": 100,
+            "max_tokens": 100,
         });
         // Byte for byte: key order included.
         assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
@@ -420,5 +452,119 @@ mod tests {
             .request_body(&conversation("call_3"), &[bash_tool()])
             .unwrap();
         assert_eq!(String::from_utf8(again).unwrap(), expected.to_string());
+
+        // OpenAI's own API: the same bytes, the limit as `max_completion_tokens`.
+        let official = OpenAiClient::new(
+            Provider::OpenAi,
+            config(Provider::OpenAi, "gpt-4o"),
+            "https://api.openai.com/v1",
+            &ClientOptions::default(),
+        );
+        let body = official
+            .request_body(&conversation("call_3"), &[bash_tool()])
+            .unwrap();
+        let expected = expected
+            .to_string()
+            .replace(r#""max_tokens":100"#, r#""max_completion_tokens":100"#);
+        assert_eq!(String::from_utf8(body).unwrap(), expected);
+    }
+
+    /// `(max_completion_tokens, max_tokens)` as sent to `base_url`.
+    fn token_fields(kind: Provider, cfg: ResolvedConfig, base_url: &str) -> (Value, Value) {
+        let client = OpenAiClient::new(kind, cfg, base_url, &ClientOptions::default());
+        let body = client.request_body(&[Message::user("hi")], &[]).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        (v["max_completion_tokens"].clone(), v["max_tokens"].clone())
+    }
+
+    #[test]
+    fn token_limit_field_follows_the_endpoint() {
+        let local = "http://127.0.0.1:8080/v1";
+        let cfg = |kind, model| config(kind, model);
+        let completion = (json!(100), Value::Null);
+        let plain = (Value::Null, json!(100));
+        // OpenAI's API, also when spelt with a port or in capitals, or by default.
+        for url in [
+            "https://api.openai.com/v1",
+            "https://API.OpenAI.com:443/v1/",
+        ] {
+            assert_eq!(
+                token_fields(Provider::OpenAi, cfg(Provider::OpenAi, "gpt-4o"), url),
+                completion,
+                "{url}"
+            );
+        }
+        let default_url = Provider::OpenAi.default_base_url().unwrap();
+        assert_eq!(
+            token_fields(
+                Provider::OpenAi,
+                cfg(Provider::OpenAi, "gpt-4o"),
+                default_url
+            ),
+            completion
+        );
+        // OpenAI-compatible servers behind `provider: openai` get `max_tokens`.
+        for url in [local, "https://api.openai.com.example.test/v1"] {
+            assert_eq!(
+                token_fields(Provider::OpenAi, cfg(Provider::OpenAi, "qwen3"), url),
+                plain,
+                "{url}"
+            );
+        }
+        // Reasoning models on OpenAI and Azure take only `max_completion_tokens`.
+        assert_eq!(
+            token_fields(Provider::OpenAi, cfg(Provider::OpenAi, "o3-mini"), local),
+            completion
+        );
+        let azure = "https://x.openai.azure.com";
+        assert_eq!(
+            token_fields(Provider::Azure, cfg(Provider::Azure, "gpt-5"), azure),
+            completion
+        );
+        assert_eq!(
+            token_fields(Provider::Azure, cfg(Provider::Azure, "gpt-4o"), azure),
+            plain
+        );
+        // Gateways and local servers normalise `max_tokens` themselves.
+        assert_eq!(
+            token_fields(
+                Provider::OpenRouter,
+                cfg(Provider::OpenRouter, "openai/o3"),
+                "https://openrouter.ai/api/v1"
+            ),
+            plain
+        );
+        assert_eq!(
+            token_fields(Provider::Ollama, cfg(Provider::Ollama, "qwen3"), local),
+            plain
+        );
+    }
+
+    #[test]
+    fn explicit_max_completion_tokens_is_sent_as_such() {
+        for (kind, url) in [
+            (Provider::OpenAi, "http://127.0.0.1:8080/v1"),
+            (Provider::OpenAi, "https://api.openai.com/v1"),
+            (Provider::Ollama, "http://127.0.0.1:11434/v1"),
+        ] {
+            let mut c = config(kind, "my-model");
+            c.max_completion_tokens = Some(2048);
+            assert_eq!(
+                token_fields(kind, c, url),
+                (json!(2048), Value::Null),
+                "{kind} {url}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_are_read_from_urls() {
+        assert_eq!(host("https://api.openai.com/v1"), Some("api.openai.com"));
+        assert_eq!(
+            host("http://u:p@Example.test:8080/x?y"),
+            Some("Example.test")
+        );
+        assert_eq!(host("api.openai.com"), Some("api.openai.com"));
+        assert_eq!(host("http:///v1"), None);
     }
 }
