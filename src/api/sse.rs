@@ -6,6 +6,12 @@
 //!
 //! The JSON is what the transcoder printed for `agentd.v1.TaskEvent`: proto
 //! field names, primitives always printed, unset optional fields left out.
+//!
+//! Resuming as browsers do: every stored event's frame carries `id: <seq>`
+//! and the stream opens with a `retry:` hint, so an `EventSource` that
+//! reconnects on its own sends `Last-Event-ID: <seq>` and gets only what it
+//! has not seen. Heartbeats and the failure frame carry no `id:` (they are not
+//! events of the log; an id would move the browser's resume point).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,7 +22,7 @@ use axum::{
     Router,
     body::{Body, Bytes},
     extract::{Path, Query, State, rejection::QueryRejection},
-    http::header,
+    http::{HeaderMap, StatusCode, header},
     response::Response,
     routing::get,
 };
@@ -29,6 +35,13 @@ use crate::{clock, error::Error, store::Event, tasks::TaskManager};
 /// task to find the frame a faster reader already made.
 const FRAMES_PER_TASK: usize = 4096;
 const TASKS: usize = 256;
+
+/// Sent once as `retry:` at the start of every stream: how long a browser's
+/// `EventSource` waits before reconnecting after the connection drops (the
+/// browsers' own default is unspecified, 3-5 s in practice). 3 s: a reader
+/// is back soon after a restart or a proxy timeout, and thousands of readers
+/// reconnecting at once are spread over a few seconds rather than one.
+const RETRY_MS: u32 = 3000;
 
 #[derive(Clone)]
 struct Sse {
@@ -52,17 +65,18 @@ pub fn routes(tasks: Arc<TaskManager>) -> Router {
 /// the transcoder did.
 type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-async fn trae_stream(s: State<Sse>, id: Path<String>, q: Params) -> Response {
-    stream(s, id, q, "/api/").await
+async fn trae_stream(s: State<Sse>, id: Path<String>, h: HeaderMap, q: Params) -> Response {
+    stream(s, id, h, q, "/api/").await
 }
 
-async fn ap_stream(s: State<Sse>, id: Path<String>, q: Params) -> Response {
-    stream(s, id, q, "/ap/").await
+async fn ap_stream(s: State<Sse>, id: Path<String>, h: HeaderMap, q: Params) -> Response {
+    stream(s, id, h, q, "/ap/").await
 }
 
 async fn stream(
     State(s): State<Sse>,
     Path(task_id): Path<String>,
+    headers: HeaderMap,
     params: Params,
     dialect: &'static str,
 ) -> Response {
@@ -70,19 +84,20 @@ async fn stream(
         let e = Error::invalid("the query string is not valid");
         return super::status::http_error(e, dialect);
     };
-    let after_seq = params
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "after_seq")
-        .map(|(_, v)| v.parse::<u32>());
-    let after_seq = match after_seq {
-        None => 0,
-        Some(Ok(n)) => i64::from(n),
-        Some(Err(_)) => {
-            let e = Error::invalid("after_seq must be a non-negative integer");
-            return super::status::http_error(e, dialect);
-        }
+    let (after_seq, last_event_id) = match (after_seq_param(&params), last_event_id(&headers)) {
+        (Ok(q), Ok(h)) => (q, h),
+        (Err(e), _) | (_, Err(e)) => return super::status::http_error(e, dialect),
     };
+    let after_seq = resume_after(after_seq, last_event_id);
+    // A browser that read `end` reconnects on its own (the stream closed):
+    // 204 is the one answer that makes an `EventSource` stop for good.
+    if last_event_id.is_some() {
+        match ended_by(&s.tasks, &task_id, after_seq).await {
+            Ok(true) => return no_more_events(),
+            Ok(false) => {}
+            Err(e) => return super::status::http_error(e, dialect),
+        }
+    }
     let events = match s.tasks.follow_events(&task_id, after_seq).await {
         Ok(events) => events,
         Err(e) => return super::status::http_error(e, dialect),
@@ -102,6 +117,7 @@ async fn stream(
             }
         })
     });
+    let frames = tokio_stream::once(retry_frame()).chain(frames);
     // Frames that are ready together (a reader catching up) go out as one
     // write: one HTTP/2 DATA frame for Envoy to pass on instead of dozens.
     let body = futures_util::StreamExt::ready_chunks(frames, 64).map(|chunk| {
@@ -117,29 +133,107 @@ async fn stream(
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-fn encode(wire: &Wire<'_>) -> Bytes {
-    let mut out = b"data: ".to_vec();
+/// `?after_seq=N`; the last one counts if repeated.
+fn after_seq_param(params: &[(String, String)]) -> Result<Option<u32>, Error> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "after_seq")
+        .map(|(_, v)| v.parse::<u32>())
+        .transpose()
+        .map_err(|_| Error::invalid("after_seq must be a non-negative integer"))
+}
+
+/// The `Last-Event-ID` header: the seq of the last event an `EventSource`
+/// saw, sent when it reconnects. Empty means none (an empty `id:` resets the
+/// browser's resume point); the last one counts if repeated, as for
+/// `after_seq`.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u32>, Error> {
+    let Some(value) = headers.get_all("last-event-id").iter().next_back() else {
+        return Ok(None);
+    };
+    let bad = || Error::invalid("Last-Event-ID must be a non-negative integer (an event's seq)");
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<u32>().map(Some).map_err(|_| bad())
+}
+
+/// Where the stream resumes: after the later of the two points. An
+/// `EventSource` reconnects to the URL it was opened with, so `?after_seq=`
+/// is where the reader first started and `Last-Event-ID` is how far it has
+/// got since; whichever is further along has been seen.
+fn resume_after(after_seq: Option<u32>, last_event_id: Option<u32>) -> i64 {
+    i64::from(after_seq.max(last_event_id).unwrap_or(0))
+}
+
+/// Whether the task's log ends with an `end` at or before `after_seq` (the
+/// reader has seen everything there will ever be). Only read when the
+/// reader has caught up with the log.
+async fn ended_by(
+    tasks: &TaskManager,
+    task_id: &str,
+    after_seq: i64,
+) -> crate::error::Result<bool> {
+    if after_seq == 0 || tasks.last_event_seq(task_id).await? > after_seq {
+        return Ok(false);
+    }
+    let (_, log) = tasks.task_messages(task_id).await?;
+    Ok(log
+        .last()
+        .is_some_and(|e| e.kind == crate::tasks::events::END && e.seq <= after_seq))
+}
+
+fn no_more_events() -> Response {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::empty())
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+fn retry_frame() -> Bytes {
+    Bytes::from(format!("retry: {RETRY_MS}\n\n"))
+}
+
+/// One frame; `id` is the seq of a stored event, `None` for frames that are
+/// not events of the log.
+fn encode(id: Option<i64>, wire: &Wire<'_>) -> Bytes {
+    let mut out = match id {
+        Some(seq) => format!("id: {seq}\ndata: ").into_bytes(),
+        None => b"data: ".to_vec(),
+    };
     // Serializing borrowed strings and JSON values cannot fail.
     let _ = serde_json::to_writer(&mut out, wire);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
 
+/// A stored event's frame, with its seq as the SSE id.
 fn event_frame(e: &Event) -> Bytes {
-    encode(&Wire::of(e))
+    encode(Some(e.seq), &Wire::of(e))
+}
+
+/// A heartbeat repeats the last seq sent but is not an event: no id.
+fn heartbeat_frame(e: &Event) -> Bytes {
+    encode(None, &Wire::of(e))
 }
 
 fn failure_frame(task_id: &str) -> Bytes {
-    encode(&Wire {
-        r#type: "error",
-        task_id,
-        message: None,
-        result: None,
-        error: Some(super::convert::STREAM_FAILED),
-        timestamp: clock::epoch_secs(clock::now_ms()),
-        seq: 0,
-        data: None,
-    })
+    encode(
+        None,
+        &Wire {
+            r#type: "error",
+            task_id,
+            message: None,
+            result: None,
+            error: Some(super::convert::STREAM_FAILED),
+            timestamp: clock::epoch_secs(clock::now_ms()),
+            seq: 0,
+            data: None,
+        },
+    )
 }
 
 /// Frames already made, by task and seq (an event never changes once
@@ -152,7 +246,7 @@ struct FrameCache {
 impl FrameCache {
     fn frame(&self, e: &Event) -> Bytes {
         if e.kind == crate::tasks::events::HEARTBEAT {
-            return event_frame(e);
+            return heartbeat_frame(e);
         }
         if let Some(hit) = self
             .lock()
@@ -202,7 +296,7 @@ mod tests {
         assert_eq!(
             event_frame(&e),
             Bytes::from_static(
-                b"data: {\"type\":\"step\",\"task_id\":\"t1\",\"message\":\"Step 3\",\
+                b"id: 3\ndata: {\"type\":\"step\",\"task_id\":\"t1\",\"message\":\"Step 3\",\
                   \"timestamp\":1700000000.123,\"seq\":3,\"data\":{\"step\":3}}\n\n"
             )
         );
@@ -211,7 +305,72 @@ mod tests {
         let text = String::from_utf8(event_frame(&bare).to_vec()).unwrap();
         assert_eq!(
             text,
-            "data: {\"type\":\"step\",\"task_id\":\"t1\",\"timestamp\":1700000000.123,\"seq\":1}\n\n"
+            "id: 1\ndata: {\"type\":\"step\",\"task_id\":\"t1\",\"timestamp\":1700000000.123,\"seq\":1}\n\n"
+        );
+    }
+
+    #[test]
+    fn only_stored_events_carry_an_id() {
+        let mut hb = event(7, serde_json::json!({}));
+        hb.kind = crate::tasks::events::HEARTBEAT.into();
+        let text = String::from_utf8(FrameCache::default().frame(&hb).to_vec()).unwrap();
+        assert!(text.starts_with("data: {\"type\":\"heartbeat\""), "{text}");
+        assert!(!text.contains("id:"), "{text}");
+        let failed = String::from_utf8(failure_frame("t1").to_vec()).unwrap();
+        assert!(failed.starts_with("data: {\"type\":\"error\""), "{failed}");
+        assert_eq!(retry_frame(), Bytes::from_static(b"retry: 3000\n\n"));
+    }
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                "last-event-id",
+                axum::http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn last_event_id_is_a_seq_or_nothing() {
+        assert_eq!(last_event_id(&HeaderMap::new()).ok(), Some(None));
+        assert_eq!(
+            last_event_id(&headers(&[b""])).ok(),
+            Some(None),
+            "empty resets"
+        );
+        assert_eq!(last_event_id(&headers(&[b"12"])).ok(), Some(Some(12)));
+        assert_eq!(last_event_id(&headers(&[b"1", b"5"])).ok(), Some(Some(5)));
+        assert_eq!(
+            last_event_id(&headers(&[b"4294967295"])).ok(),
+            Some(Some(u32::MAX))
+        );
+        for bad in [&b"abc"[..], b"-1", b"1.5", b"4294967296", b"\xff"] {
+            assert!(
+                matches!(
+                    last_event_id(&headers(&[bad])),
+                    Err(Error::InvalidRequest(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_later_resume_point_wins() {
+        let q = |v: &str| vec![("after_seq".to_string(), v.to_string())];
+        assert_eq!(after_seq_param(&[]).ok(), Some(None));
+        assert_eq!(after_seq_param(&q("4")).ok(), Some(Some(4)));
+        assert!(after_seq_param(&q("x")).is_err());
+        assert_eq!(resume_after(None, None), 0);
+        assert_eq!(resume_after(Some(4), None), 4);
+        assert_eq!(resume_after(None, Some(9)), 9);
+        assert_eq!(resume_after(Some(4), Some(9)), 9, "the browser got further");
+        assert_eq!(
+            resume_after(Some(9), Some(4)),
+            9,
+            "never replay what the URL skips"
         );
     }
 

@@ -151,7 +151,25 @@ impl TaskManager {
     /// config_file may be given in the task's additional_input); later steps
     /// continue it, with the step's input as a further user message. Files
     /// the step created or changed become artifacts of the step.
+    ///
+    /// The step runs to its end even when the caller goes away (a client
+    /// that hung up, a proxy timeout): a dropped request must not leave a
+    /// half-taken step behind, with no record and the session out of step.
     pub async fn execute_step(
+        self: &Arc<Self>,
+        task_id: &str,
+        input: String,
+        additional_input: Map<String, Value>,
+    ) -> Result<StepView> {
+        use tracing::Instrument as _;
+        let (tasks, task_id) = (self.clone(), task_id.to_string());
+        let step = async move { tasks.run_step(&task_id, input, additional_input).await };
+        tokio::spawn(step.in_current_span())
+            .await
+            .map_err(|e| Error::Internal(anyhow::Error::new(e).context("the step's task")))?
+    }
+
+    async fn run_step(
         &self,
         task_id: &str,
         input: String,

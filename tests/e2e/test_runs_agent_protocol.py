@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import grpc
 import pytest
@@ -26,7 +27,7 @@ from agent_protocol_client import (  # noqa: E402
 
 from helpers import AP, Reflection, assert_ap_error, error_info  # noqa: E402
 from runs_support import TaskProcesses, assert_well_formed_log, long_bash, wait_file  # noqa: E402
-from scripted_llm import error, openai_tool_call  # noqa: E402
+from scripted_llm import delayed, error, openai_tool_call  # noqa: E402
 
 pytest_plugins = ["runs_support"]
 
@@ -246,6 +247,27 @@ def test_provider_failure_is_a_502_the_task_survives(runs):
     assert len(failed) == 2 and "500" in failed[0]["message"] and "503" in failed[1]["message"], failed
     assert [e["type"] for e in events].count("error") == 0, [e["type"] for e in events]
     assert events[-2]["type"] == "complete", events[-2]
+
+
+def test_a_step_whose_caller_hung_up_still_completes_and_is_recorded(runs):
+    route = runs.llm.route().script(
+        delayed(openai_tool_call("bash", {"command": "echo kept"}, text="slow model"), 1.5),
+        openai_tool_call("task_done", {}, text="finished"))
+    task = runs.stack.create_task("the caller goes away", config_file=runs.config(route))
+    url = f"{runs.stack.ap_url}{AP}/tasks/{task['task_id']}/steps"
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(url, json={}, timeout=(10, 0.3))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = requests.get(url, timeout=30).json()
+        if listed["steps"]:
+            break
+        time.sleep(0.1)
+    assert [s["output"] for s in listed["steps"]] == ["slow model"], listed
+    # The session went on from there: the next step is step 2.
+    r = requests.post(url, json={}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["additional_output"]["step_number"] == 2 and r.json()["is_last"] is True, r.json()
 
 
 def test_stepping_a_task_with_a_background_trae_run_is_409(runs, tmp_path):

@@ -169,6 +169,221 @@ def test_status_is_final_once_the_stream_has_ended(runs, tmp_path):
     assert seen == ["completed"] * 10, f"/status right after `end`: {seen}"
 
 
+# ---- SSE resume as browsers do it (id:, retry:, Last-Event-ID) -------------
+
+RETRY_MS = "3000"
+
+
+def sse_paths(runs, task_id: str) -> list[tuple[str, str]]:
+    """Both SSE paths through Envoy, each on its dialect's listener: (url, dialect)."""
+    return [
+        (f"{runs.stack.trae_url}/api/tasks/{task_id}/stream", "trae"),
+        (f"{runs.stack.ap_url}{AP}/tasks/{task_id}/events", "ap"),
+    ]
+
+
+def frame_fields(raw: bytes) -> list[tuple[str, str]]:
+    out = []
+    for line in raw.decode("utf-8").split("\n"):
+        if line and not line.startswith(":"):
+            name, _, value = line.partition(":")
+            out.append((name, value[1:] if value.startswith(" ") else value))
+    return out
+
+
+class RawSse:
+    """An SSE response read frame by frame, as raw (field, value) lists, so
+    framing that sseclient hides (`retry:`, an `id:` on a heartbeat, a
+    repeated field) can be checked."""
+
+    def __init__(self, url: str, headers: dict | None = None, params: dict | None = None, read_timeout: float = 40):
+        self.resp = requests.get(url, params=params, stream=True, timeout=(10, read_timeout),
+                                 headers={"Accept": "text/event-stream"} | (headers or {}))
+        self._chunks = self.resp.iter_content(chunk_size=None)
+        self._buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.resp.close()
+
+    def next_frame(self) -> list[tuple[str, str]] | None:
+        """The next frame, or None once the server closed the stream."""
+        while b"\n\n" not in self._buf:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                assert not self._buf.strip(), f"stream ended inside a frame: {self._buf!r}"
+                return None
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\n\n", 1)
+        return frame_fields(raw)
+
+    def frames_until_end(self, timeout: float = RUN_WAIT) -> list[list[tuple[str, str]]]:
+        """Every frame through the one carrying `end` (which must be followed by the close)."""
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            assert time.monotonic() < deadline, f"no `end` within {timeout}s: {out}"
+            frame = self.next_frame()
+            assert frame is not None, f"closed before `end`: {out}"
+            out.append(frame)
+            if event_of(frame).get("type") == "end":
+                assert self.next_frame() is None, "the stream went on after `end`"
+                return out
+
+
+def event_of(frame: list[tuple[str, str]]) -> dict:
+    data = [v for k, v in frame if k == "data"]
+    return json.loads("\n".join(data)) if data else {}
+
+
+def ids_of(frame: list[tuple[str, str]]) -> list[str]:
+    return [v for k, v in frame if k == "id"]
+
+
+def read_events(url: str, headers: dict | None = None, params: dict | None = None) -> list[dict]:
+    """A whole (re)connection: checks its framing (a `retry:` hint first, an
+    `id:` equal to the seq on every event, none on heartbeats) and returns its
+    events, heartbeats left out."""
+    with RawSse(url, headers=headers, params=params) as s:
+        assert s.resp.status_code == 200, f"{url} {headers}: {s.resp.status_code} {s.resp.text}"
+        assert s.resp.headers["content-type"].startswith("text/event-stream"), s.resp.headers
+        frames = s.frames_until_end()
+    assert frames[0] == [("retry", RETRY_MS)], f"the stream does not open with a retry hint: {frames[0]}"
+    events = []
+    for frame in frames[1:]:
+        ev = event_of(frame)
+        if ev.get("type") == "heartbeat":
+            assert ids_of(frame) == [], frame
+            continue
+        assert ids_of(frame) == [str(ev["seq"])], f"an event's id must be its seq: {frame}"
+        assert [k for k, _ in frame].count("retry") == 0, frame
+        events.append(ev)
+    return events
+
+
+def finished_task(runs, tmp_path, name: str = "resume me") -> tuple[str, list[dict]]:
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo one"}, text="first"),
+        openai_tool_call("task_done", {}, text="done"),
+    )
+    task_id = runs.run(name, tmp_path / "wd", route=route)
+    log = runs.sse(task_id)
+    assert_well_formed_log(log, task_id)
+    assert len(log) >= 6, [e["type"] for e in log]
+    return task_id, log
+
+
+def test_sse_frames_carry_the_seq_as_id_after_a_retry_hint(runs, tmp_path):
+    task_id, log = finished_task(runs, tmp_path)
+    for url, _ in sse_paths(runs, task_id):
+        got = read_events(url)
+        assert key(got) == key(log), url
+        # sseclient (as an EventSource does) sees the same ids.
+        with requests.get(url, stream=True, timeout=(10, 40)) as resp:
+            import sseclient
+
+            seen = [(ev.id, json.loads(ev.data)["seq"]) for ev in sseclient.SSEClient(resp).events()]
+        assert seen == [(str(e["seq"]), e["seq"]) for e in log], url
+
+
+def test_last_event_id_resumes_after_that_seq_in_each_dialect(runs, tmp_path):
+    task_id, log = finished_task(runs, tmp_path)
+    n = log[-1]["seq"]
+    for url, _ in sse_paths(runs, task_id):
+        for k in sorted({1, 2, n // 2, n - 2, n - 1}):
+            got = read_events(url, headers={"Last-Event-ID": str(k)})
+            assert key(got) == key(log[k:]), f"{url} Last-Event-ID: {k}"
+            assert_contiguous(got, first=k + 1)
+            assert got[-1]["type"] == "end"
+        # An empty Last-Event-ID is no resume point (an empty `id:` resets it).
+        assert key(read_events(url, headers={"Last-Event-ID": ""})) == key(log), url
+        assert key(read_events(url, headers={"Last-Event-ID": ""}, params={"after_seq": 3})) == key(log[3:]), url
+
+
+def test_a_browser_that_loses_a_live_stream_resumes_without_gaps_or_repeats(runs, tmp_path):
+    """What an EventSource does: the connection drops mid-run, it reconnects
+    to the same URL (still carrying its `?after_seq=`) with the last id it
+    saw; together the connections hold the log exactly once."""
+    paths = (lambda t: f"{runs.stack.trae_url}/api/tasks/{t}/stream",
+             lambda t: f"{runs.stack.ap_url}{AP}/tasks/{t}/events")
+    for i, url_of in enumerate(paths):
+        route = slow_script(runs.llm.route(), delay=0.4)
+        task_id = runs.run("drop me", tmp_path / f"wd{i}", route=route)
+        url, params = url_of(task_id), {"after_seq": 1}
+        first, last_id = [], None
+        with RawSse(url, params=params) as s:
+            assert s.resp.status_code == 200, s.resp.text
+            assert s.next_frame() == [("retry", RETRY_MS)]
+            while len(first) < 3:
+                frame = s.next_frame()
+                assert frame is not None, first
+                ev = event_of(frame)
+                if ev["type"] != "heartbeat":
+                    first.append(ev)
+                    last_id = ids_of(frame)[-1]
+        # Dropped before the run finished (the three turns take > 1 s).
+        rest = read_events(url, headers={"Last-Event-ID": last_id}, params=params)
+        assert rest[0]["seq"] == int(last_id) + 1, (last_id, key(rest))
+        full = runs.sse(task_id)
+        assert key(first + rest) == key(full[1:]), f"{url}: {key(first)} + {key(rest)}"
+        assert rest[-1]["type"] == "end"
+        assert [e["type"] for e in rest].count("step") >= 1, "the run ended before the drop: nothing was live"
+
+
+def test_a_later_last_event_id_wins_over_after_seq(runs, tmp_path):
+    task_id, log = finished_task(runs, tmp_path)
+    for url, _ in sse_paths(runs, task_id):
+        got = read_events(url, headers={"Last-Event-ID": "5"}, params={"after_seq": 2})
+        assert key(got) == key(log[5:]), url
+        # The later point always wins: an older Last-Event-ID does not replay
+        # what the URL's after_seq skips.
+        got = read_events(url, headers={"Last-Event-ID": "1"}, params={"after_seq": 4})
+        assert key(got) == key(log[4:]), url
+
+
+def test_a_malformed_last_event_id_is_refused_in_each_dialect(runs, tmp_path):
+    from helpers import assert_ap_error, assert_trae_error
+
+    task_id, _ = finished_task(runs, tmp_path)
+    (trae, _), (ap, _) = sse_paths(runs, task_id)
+    for bad in ("abc", "-1", "1.5", "4294967296", "3 4"):
+        h = {"Last-Event-ID": bad}
+        body = assert_trae_error(requests.get(trae, headers=h, timeout=30), 400)
+        assert "Last-Event-ID" in body["error"], body
+        body = assert_ap_error(requests.get(ap, headers=h, timeout=30), 400, "INVALID_REQUEST")
+        assert "Last-Event-ID" in body["message"], body
+        # Refused even when the query string is fine.
+        assert_trae_error(requests.get(trae, headers=h, params={"after_seq": 1}, timeout=30), 400)
+
+
+def test_reconnecting_after_end_is_told_to_stop(runs, tmp_path):
+    """A browser that read `end` reconnects on its own when the stream
+    closes; 204 No Content is what makes an EventSource stop for good."""
+    task_id, log = finished_task(runs, tmp_path)
+    n = log[-1]["seq"]
+    for url, _ in sse_paths(runs, task_id):
+        for extra in ({}, {"after_seq": 2}):
+            r = requests.get(url, headers={"Last-Event-ID": str(n)}, params=extra, timeout=30)
+            assert r.status_code == 204 and r.content == b"", (url, r.status_code, r.text)
+        # One before the end still gets the `end`.
+        assert [e["type"] for e in read_events(url, headers={"Last-Event-ID": str(n - 1)})] == ["end"]
+
+
+def test_heartbeats_carry_no_id(runs):
+    """A task with no events yet: the stream opens with the retry hint and,
+    15 s later, a heartbeat with no `id:` (it must not move the resume point)."""
+    task = runs.stack.create_task("never stepped")
+    url = f"{runs.stack.ap_url}{AP}/tasks/{task['task_id']}/events"
+    with RawSse(url, headers={"Last-Event-ID": "0"}, read_timeout=40) as s:
+        assert s.resp.status_code == 200, s.resp.text
+        assert s.next_frame() == [("retry", RETRY_MS)]
+        frame = s.next_frame()
+    assert frame is not None and event_of(frame)["type"] == "heartbeat", frame
+    assert ids_of(frame) == [] and [k for k, _ in frame] == ["data"], frame
+
+
 # ---- WebSockets ------------------------------------------------------------
 
 
