@@ -11,7 +11,7 @@ use crate::{
     error::Error,
     proto::{TaskEvent, agentd::v1::Sandbox},
     store::Event,
-    tasks::containment::SandboxStatus,
+    tasks::{EventKind, containment::SandboxStatus},
 };
 
 pub fn to_struct(map: &Map<String, Value>) -> Struct {
@@ -81,11 +81,12 @@ fn from_value(v: PValue) -> Value {
     }
 }
 
+/// What a reader gets when its stream fails part-way (then the stream ends).
+pub const STREAM_FAILED: &str = "the event stream failed; resume with after_seq";
+
 /// A task's event log as a gRPC stream (and so, through Envoy, SSE).
 /// Storage errors end the stream with an in-band `error` event: a gRPC error
 /// after the first message would be invisible to SSE clients.
-/// What a reader gets when its stream fails part-way (then the stream ends).
-pub const STREAM_FAILED: &str = "the event stream failed; resume with after_seq";
 
 pub fn event_stream(
     events: impl futures_util::Stream<Item = crate::error::Result<Arc<Event>>> + Send + 'static,
@@ -103,7 +104,7 @@ pub fn event_stream(
                 tracing::error!(task_id, error = %e, "event stream failed");
                 failed = true;
                 TaskEvent {
-                    r#type: "error".into(),
+                    r#type: EventKind::Error.as_str().into(),
                     task_id: task_id.clone(),
                     error: Some(STREAM_FAILED.into()),
                     timestamp: clock::epoch_secs(clock::now_ms()),

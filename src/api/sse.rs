@@ -29,7 +29,12 @@ use axum::{
 use tokio_stream::StreamExt as _;
 
 use super::event_json::Wire;
-use crate::{clock, error::Error, store::Event, tasks::TaskManager};
+use crate::{
+    clock,
+    error::Error,
+    store::Event,
+    tasks::{EventKind, TaskManager},
+};
 
 /// Frames kept per task, and tasks kept: enough for every reader of a busy
 /// task to find the frame a faster reader already made.
@@ -182,7 +187,7 @@ async fn ended_by(
     let (_, log) = tasks.task_messages(task_id).await?;
     Ok(log
         .last()
-        .is_some_and(|e| e.kind == crate::tasks::events::END && e.seq <= after_seq))
+        .is_some_and(|e| EventKind::of(e) == Some(EventKind::End) && e.seq <= after_seq))
 }
 
 fn no_more_events() -> Response {
@@ -224,7 +229,7 @@ fn failure_frame(task_id: &str) -> Bytes {
     encode(
         None,
         &Wire {
-            r#type: "error",
+            r#type: EventKind::Error.as_str(),
             task_id,
             message: None,
             result: None,
@@ -245,7 +250,7 @@ struct FrameCache {
 
 impl FrameCache {
     fn frame(&self, e: &Event) -> Bytes {
-        if e.kind == crate::tasks::events::HEARTBEAT {
+        if EventKind::of(e) == Some(EventKind::Heartbeat) {
             return heartbeat_frame(e);
         }
         if let Some(hit) = self
@@ -312,7 +317,7 @@ mod tests {
     #[test]
     fn only_stored_events_carry_an_id() {
         let mut hb = event(7, serde_json::json!({}));
-        hb.kind = crate::tasks::events::HEARTBEAT.into();
+        hb.kind = EventKind::Heartbeat.as_str().into();
         let text = String::from_utf8(FrameCache::default().frame(&hb).to_vec()).unwrap();
         assert!(text.starts_with("data: {\"type\":\"heartbeat\""), "{text}");
         assert!(!text.contains("id:"), "{text}");
@@ -382,7 +387,7 @@ mod tests {
         let b = cache.frame(&e);
         assert_eq!(a.as_ptr(), b.as_ptr(), "the second reader reuses the frame");
         let mut hb = event(7, serde_json::json!({}));
-        hb.kind = crate::tasks::events::HEARTBEAT.into();
+        hb.kind = EventKind::Heartbeat.as_str().into();
         assert!(cache.frame(&hb).windows(9).any(|w| w == b"heartbeat"));
         assert_eq!(cache.frame(&e), a);
     }

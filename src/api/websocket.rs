@@ -25,7 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::{
     clock,
     store::{Event, TaskStatus},
-    tasks::TaskManager,
+    tasks::{EventKind, TaskManager},
 };
 
 pub fn routes(tasks: Arc<TaskManager>) -> Router {
@@ -77,7 +77,7 @@ async fn follow_task(
         tokio::select! {
             next = events.next() => {
                 let Some(Ok(event)) = next else { break };
-                if event.kind == crate::tasks::events::HEARTBEAT {
+                if EventKind::of(&event) == Some(EventKind::Heartbeat) {
                     continue;
                 }
                 progress.apply(&event);
@@ -159,22 +159,22 @@ impl Progress {
         if let Some(s) = num("step") {
             self.step = s;
         }
-        match event.kind.as_str() {
-            "start" | "step" => {
+        match EventKind::of(event) {
+            Some(EventKind::Start | EventKind::Step) => {
                 self.status = "running";
                 self.current = format!("step {}", self.step.max(1));
             }
-            "tool_call" => {
+            Some(EventKind::ToolCall) => {
                 let tool = data
                     .and_then(|d| d.get("name"))
                     .and_then(Value::as_str)
                     .unwrap_or("tool");
                 self.current = format!("step {}: {tool}", self.step);
             }
-            "complete" => self.status = "completed",
-            "error" => self.status = "failed",
-            "stopped" => self.status = "stopped",
-            "end" => {
+            Some(EventKind::Complete) => self.status = "completed",
+            Some(EventKind::Error) => self.status = "failed",
+            Some(EventKind::Stopped) => self.status = "stopped",
+            Some(EventKind::End) => {
                 if let Some(s) = data.and_then(|d| d.get("status")).and_then(Value::as_str) {
                     self.status = TaskStatus::parse(s).map_or("failed", TaskStatus::as_str);
                 }
@@ -210,19 +210,19 @@ impl Progress {
 fn log_message(e: &Event) -> Value {
     let text = |k: &str| e.body.get(k).and_then(Value::as_str);
     let data = e.body.get("data");
-    let (level, component) = match e.kind.as_str() {
-        "error" => ("ERROR", "task_manager".to_string()),
-        "step_failed" => ("ERROR", "llm".to_string()),
-        "stopped" | "nudge" => ("WARNING", "agent".to_string()),
-        "llm_response" | "usage" => ("INFO", "llm".to_string()),
-        "tool_call" | "tool_result" => {
+    let (level, component) = match EventKind::of(e) {
+        Some(EventKind::Error) => ("ERROR", "task_manager".to_string()),
+        Some(EventKind::StepFailed) => ("ERROR", "llm".to_string()),
+        Some(EventKind::Stopped | EventKind::Nudge) => ("WARNING", "agent".to_string()),
+        Some(EventKind::LlmResponse | EventKind::Usage) => ("INFO", "llm".to_string()),
+        Some(EventKind::ToolCall | EventKind::ToolResult) => {
             let tool = data
                 .and_then(|d| d.get("name"))
                 .and_then(Value::as_str)
                 .unwrap_or("tool");
             ("INFO", format!("tool:{tool}"))
         }
-        "step" | "patch" => ("INFO", "agent".to_string()),
+        Some(EventKind::Step | EventKind::Patch) => ("INFO", "agent".to_string()),
         _ => ("INFO", "task_manager".to_string()),
     };
     let message = text("message")

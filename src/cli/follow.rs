@@ -6,16 +6,19 @@
 
 use std::time::{Duration, Instant};
 
-use agentd::proto::{
-    TaskEvent,
-    ap::GetTaskRequest,
-    trae::{GetTaskStatusRequest, StreamTaskRequest},
+use agentd::{
+    proto::{
+        TaskEvent,
+        ap::GetTaskRequest,
+        trae::{GetTaskStatusRequest, StreamTaskRequest},
+    },
+    tasks::EventKind,
 };
 use tonic::{Status, Streaming};
 
 use super::{
     client::{Client, is_transient},
-    render::Outcome,
+    render::{self, Outcome},
 };
 
 /// How long to keep trying to get back to agentd after losing it.
@@ -92,7 +95,7 @@ impl Follower {
             let why = match received {
                 // Idle. agentd never ends a stream resumed past the last seq of
                 // a finished log (only heartbeats come): check for that here.
-                Ok(Ok(Some(ev))) if ev.r#type == "heartbeat" => {
+                Ok(Ok(Some(ev))) if render::kind(&ev) == Some(EventKind::Heartbeat) => {
                     if self.finished_meanwhile().await {
                         self.done = true;
                         return Ok(None);
@@ -100,7 +103,7 @@ impl Follower {
                     return Ok(Some(Item::Heartbeat));
                 }
                 // agentd's in-band report of a failed read (seq 0, not in the log).
-                Ok(Ok(Some(ev))) if ev.r#type == "error" && ev.seq == 0 => {
+                Ok(Ok(Some(ev))) if render::kind(&ev) == Some(EventKind::Error) && ev.seq == 0 => {
                     ev.error.unwrap_or_else(|| "the event stream failed".into())
                 }
                 Ok(Ok(Some(ev))) => {
@@ -108,7 +111,7 @@ impl Follower {
                         continue; // already shown before a reconnect
                     }
                     self.last_seq = ev.seq;
-                    if ev.r#type == "end" {
+                    if render::kind(&ev) == Some(EventKind::End) {
                         self.done = true;
                         self.outcome = ev
                             .data

@@ -3,7 +3,10 @@
 //! events from TraeService.StreamTask, resumed after the last seq shown
 //! whenever the connection drops.
 
-use agentd::proto::{TaskEvent, trae::GetTaskStatusRequest};
+use agentd::{
+    proto::{TaskEvent, trae::GetTaskStatusRequest},
+    tasks::EventKind,
+};
 use anyhow::Context as _;
 use clap::Args;
 
@@ -13,7 +16,7 @@ use super::{
     exit,
     follow::{Follower, Item},
     print_line,
-    render::{event_json, log_line},
+    render::{self, event_json, log_line},
 };
 
 #[derive(Args, Debug)]
@@ -57,7 +60,10 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
         print_event(ev, args.json)?;
         last = ev.seq;
     }
-    let ended = history.messages.iter().any(|e| e.r#type == "end");
+    let ended = history
+        .messages
+        .iter()
+        .any(|e| render::kind(e) == Some(EventKind::End));
     if !args.follow || ended {
         return Ok(exit::OK);
     }

@@ -4,7 +4,7 @@
 //! `step` its number; `tool_call` the tool's name and arguments; `usage` this
 //! call's and the run's token totals; `end` the final status.
 
-use agentd::proto::TaskEvent;
+use agentd::{proto::TaskEvent, tasks::EventKind};
 use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
 
@@ -172,17 +172,22 @@ fn usage(ev: &TaskEvent) -> String {
     s
 }
 
+/// The event's type (None for one this build does not know: printed as is).
+pub fn kind(ev: &TaskEvent) -> Option<EventKind> {
+    EventKind::parse(&ev.r#type)
+}
+
 /// What one event says, without its type.
 pub fn detail(ev: &TaskEvent) -> String {
     let message = || ev.message.as_deref().unwrap_or_default().to_string();
-    match ev.r#type.as_str() {
-        "tool_call" => tool_call(ev),
-        "tool_result" => tool_result(ev),
-        "usage" => usage(ev),
-        "llm_response" | "nudge" => one_line(&message(), 160),
-        "complete" => ev.result.clone().unwrap_or_else(message),
-        "error" => ev.error.clone().unwrap_or_else(message),
-        "end" => match text(ev, &["status"]) {
+    match kind(ev) {
+        Some(EventKind::ToolCall) => tool_call(ev),
+        Some(EventKind::ToolResult) => tool_result(ev),
+        Some(EventKind::Usage) => usage(ev),
+        Some(EventKind::LlmResponse | EventKind::Nudge) => one_line(&message(), 160),
+        Some(EventKind::Complete) => ev.result.clone().unwrap_or_else(message),
+        Some(EventKind::Error) => ev.error.clone().unwrap_or_else(message),
+        Some(EventKind::End) => match text(ev, &["status"]) {
             Some(s) => format!("{} (status {s})", message()),
             None => message(),
         },
@@ -259,8 +264,8 @@ impl RunState {
     pub fn apply(&mut self, ev: &TaskEvent) -> Vec<String> {
         self.last_seq = self.last_seq.max(ev.seq);
         let at = |s: &Self, what: String| format!("{} {what}", s.step_label());
-        match ev.r#type.as_str() {
-            "start" => {
+        match kind(ev) {
+            Some(EventKind::Start) => {
                 self.max_steps = count(ev, &["max_steps"]).map(|n| n as u32);
                 let mut what = vec![];
                 if let (Some(p), Some(m)) = (text(ev, &["provider"]), text(ev, &["model"])) {
@@ -274,11 +279,11 @@ impl RunState {
                 }
                 vec![format!("task {} started: {}", ev.task_id, what.join(", "))]
             }
-            "step" => {
+            Some(EventKind::Step) => {
                 self.step = count(ev, &["step"]).map_or(self.step + 1, |n| n as u32);
                 vec![self.step_label()]
             }
-            "llm_response" => {
+            Some(EventKind::LlmResponse) => {
                 let said = detail(ev);
                 if said.is_empty() {
                     vec![]
@@ -286,27 +291,27 @@ impl RunState {
                     vec![at(self, format!("model: {said}"))]
                 }
             }
-            "tool_call" => {
+            Some(EventKind::ToolCall) => {
                 self.tool = text(ev, &["name"]).map(str::to_string);
                 vec![at(self, format!("tool: {}", detail(ev)))]
             }
-            "tool_result" => vec![at(self, format!("result: {}", detail(ev)))],
-            "usage" => {
+            Some(EventKind::ToolResult) => vec![at(self, format!("result: {}", detail(ev)))],
+            Some(EventKind::Usage) => {
                 (self.input_tokens, self.output_tokens) = tokens(ev, "total");
                 self.cost_usd = number(ev, &["total_cost_usd"]).unwrap_or(self.cost_usd);
                 vec![at(self, format!("tokens: {}", detail(ev)))]
             }
-            "nudge" => vec![at(self, format!("nudge: {}", detail(ev)))],
-            "complete" => vec![labelled("completed", &detail(ev))],
-            "error" => vec![labelled("failed", &detail(ev))],
-            "stopped" => vec![labelled("stopped", &detail(ev))],
-            "end" => {
+            Some(EventKind::Nudge) => vec![at(self, format!("nudge: {}", detail(ev)))],
+            Some(EventKind::Complete) => vec![labelled("completed", &detail(ev))],
+            Some(EventKind::Error) => vec![labelled("failed", &detail(ev))],
+            Some(EventKind::Stopped) => vec![labelled("stopped", &detail(ev))],
+            Some(EventKind::End) => {
                 self.outcome = text(ev, &["status"])
                     .and_then(Outcome::parse)
                     .or(self.outcome);
                 vec![]
             }
-            "heartbeat" => vec![],
+            Some(EventKind::Heartbeat) => vec![],
             _ => {
                 let said = detail(ev);
                 if said.is_empty() { vec![] } else { vec![said] }

@@ -18,9 +18,10 @@ use std::{
 };
 
 use futures_util::Stream;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use tokio::sync::broadcast;
 
+use super::task_event::{EventKind, TaskEvent};
 use crate::{
     clock,
     error::{Error, Result},
@@ -28,10 +29,15 @@ use crate::{
     store::{Event, Store, Task},
 };
 
-/// The type of the last event of every finished task's log.
-pub const END: &str = "end";
-/// Sent to live readers when nothing happened for a while; never stored.
-pub const HEARTBEAT: &str = "heartbeat";
+/// Whether `e` is the `end` that closes every finished task's log.
+pub fn is_end(e: &Event) -> bool {
+    e.kind == EventKind::End.as_str()
+}
+
+/// Whether `e` is a heartbeat (sent to idle live readers, never stored).
+pub fn is_heartbeat(e: &Event) -> bool {
+    e.kind == EventKind::Heartbeat.as_str()
+}
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// Events read from the store per query while replaying. Each reader that
 /// fell behind holds one batch: 1,000 lagging readers of a busy task hold
@@ -102,15 +108,8 @@ impl EventLog {
     }
 
     /// Appends one event: stored (durably) first, then delivered to readers.
-    pub async fn append(
-        &self,
-        task_id: &str,
-        kind: &str,
-        body: Map<String, Value>,
-    ) -> Result<Arc<Event>> {
-        let mut events = self
-            .append_all(task_id, vec![(kind.to_string(), body)], None)
-            .await?;
+    pub async fn append(&self, task_id: &str, event: TaskEvent) -> Result<Arc<Event>> {
+        let mut events = self.append_all(task_id, vec![event], None).await?;
         events
             .pop()
             .ok_or_else(|| anyhow::anyhow!("no event appended").into())
@@ -122,7 +121,7 @@ impl EventLog {
     pub async fn append_all(
         &self,
         task_id: &str,
-        entries: Vec<(String, Map<String, Value>)>,
+        entries: Vec<TaskEvent>,
         task: Option<&Task>,
     ) -> Result<Vec<Arc<Event>>> {
         let topic = self.topic(task_id);
@@ -135,12 +134,13 @@ impl EventLog {
         // Shared as they are by the store and every live reader.
         let events: Vec<Arc<Event>> = entries
             .into_iter()
-            .map(|(kind, body)| {
+            .map(|event| {
                 seq += 1;
+                let (kind, body) = event.render();
                 Arc::new(Event {
                     task_id: task_id.to_string(),
                     seq,
-                    kind,
+                    kind: kind.as_str().to_string(),
                     timestamp: now,
                     body,
                 })
@@ -155,7 +155,7 @@ impl EventLog {
             let _ = self.all.send(event.clone());
         }
         drop(last);
-        if events.iter().any(|e| e.kind == END) {
+        if events.iter().any(|e| is_end(e)) {
             self.close(task_id);
         }
         Ok(events)
@@ -196,7 +196,7 @@ impl EventLog {
             let mut last = after_seq;
             // Resuming after the `end` itself: there is nothing more to come.
             let mut closed = after_seq > 0
-                && log.store.list_events(&task_id, after_seq - 1, 1).await?.first().is_some_and(|e| e.kind == END);
+                && log.store.list_events(&task_id, after_seq - 1, 1).await?.first().is_some_and(is_end);
             'replay: loop {
                 // Replay what the store has after `last`.
                 loop {
@@ -204,7 +204,7 @@ impl EventLog {
                     let full = batch.len() as i64 == REPLAY_BATCH;
                     for event in batch {
                         last = event.seq;
-                        let ended = event.kind == END;
+                        let ended = is_end(&event);
                         yield Arc::new(event);
                         if ended { break 'replay; }
                     }
@@ -218,7 +218,7 @@ impl EventLog {
                         Ok(Ok(event)) if event.seq <= last => {}
                         Ok(Ok(event)) if event.seq == last + 1 => {
                             last = event.seq;
-                            let ended = event.kind == END;
+                            let ended = is_end(&event);
                             yield event;
                             if ended { break 'replay; }
                         }
@@ -240,7 +240,7 @@ fn heartbeat(task_id: &str, last_seq: i64) -> Event {
     Event {
         task_id: task_id.to_string(),
         seq: last_seq,
-        kind: HEARTBEAT.to_string(),
+        kind: EventKind::Heartbeat.as_str().to_string(),
         timestamp: clock::now_ms(),
         body: Map::new(),
     }

@@ -14,6 +14,7 @@ pub mod processes;
 mod recovery;
 mod runner;
 mod runs;
+pub mod task_event;
 pub mod workspace;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
@@ -33,6 +34,7 @@ use events::EventLog;
 use processes::ProcessRecords;
 use runner::Runner;
 pub use runner::{RunnerSettings, StopReason};
+pub use task_event::{EventKind, TaskEvent};
 use workspace::Workspaces;
 pub use workspace::{MAX_UPLOAD_BYTES, Upload};
 

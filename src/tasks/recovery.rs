@@ -4,10 +4,9 @@
 //! and they are marked failed). Idempotent, so a crash during recovery is
 //! harmless.
 
-use serde_json::{Map, Value};
-
-use super::events::{END, EventLog};
+use super::events::EventLog;
 use super::processes::{ORPHAN_GRACE, ProcessRecords};
+use super::task_event::TaskEvent;
 use crate::{
     clock,
     error::Result,
@@ -46,14 +45,13 @@ pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Resu
         task.error = Some(INTERRUPTED.into());
         task.finished_at = Some(now);
         task.modified_at = now;
-        let mut end = body("message", "Stream ended");
-        end.insert(
-            "data".into(),
-            serde_json::json!({ "status": TaskStatus::Failed.as_str() }),
-        );
         let entries = vec![
-            ("error".to_string(), body("error", INTERRUPTED)),
-            (END.to_string(), end),
+            TaskEvent::Error {
+                error: INTERRUPTED.into(),
+            },
+            TaskEvent::End {
+                status: TaskStatus::Failed,
+            },
         ];
         // Status and last events in one transaction: recovery is all-or-nothing.
         events
@@ -62,10 +60,4 @@ pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Resu
         tracing::warn!(task_id = %task.task_id, "marked an interrupted run as failed");
     }
     Ok(running.len())
-}
-
-fn body(key: &str, text: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(key.into(), Value::String(text.into()));
-    m
 }

@@ -24,12 +24,12 @@ use agentd_engine::{
     events::{EngineEvent, EventSink, FailureKind},
     tools::BUILTIN_TOOL_NAMES,
 };
-use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field::Empty};
 
-use super::events::{END, EventLog};
+use super::events::EventLog;
+use super::task_event::TaskEvent;
 use crate::{
     clock,
     error::{Error, Result},
@@ -408,48 +408,56 @@ impl Runner {
         let Some(mut task) = self.store.get_task(task_id).await? else {
             return Ok(()); // deleted meanwhile
         };
-        let (status, kind, mut body) = match (outcome, stop) {
+        let status = final_status(outcome, stop);
+        let last = match (outcome, status) {
             (RunOutcome::Completed { result }, _) => {
                 task.result = Some(result.clone());
-                (TaskStatus::Completed, "complete", text("result", result))
+                TaskEvent::Complete {
+                    result: result.clone(),
+                }
             }
             (RunOutcome::Failed { error, .. }, _) => {
                 task.error = Some(error.clone());
-                (TaskStatus::Failed, "error", text("error", error))
+                TaskEvent::Error {
+                    error: error.clone(),
+                }
             }
-            (RunOutcome::Stopped { .. }, None | Some(StopReason::Requested)) => {
-                let why = StopReason::Requested.describe();
-                task.error = Some(why.clone());
-                (TaskStatus::Stopped, "stopped", text("message", &why))
+            (RunOutcome::Stopped { .. }, TaskStatus::Stopped) => {
+                let reason = StopReason::Requested.describe();
+                task.error = Some(reason.clone());
+                TaskEvent::Stopped { reason }
             }
-            (RunOutcome::Stopped { .. }, Some(reason)) => {
-                let why = reason.describe();
-                task.error = Some(why.clone());
-                (TaskStatus::Failed, "error", text("error", &why))
+            (RunOutcome::Stopped { .. }, _) => {
+                let error = stop.map_or_else(|| "stopped".into(), StopReason::describe);
+                task.error = Some(error.clone());
+                TaskEvent::Error { error }
             }
         };
         if status == TaskStatus::Failed {
             let reason = task.error.as_deref().unwrap_or_default();
             tracing::warn!(%task_id, %reason, "task failed");
         }
-        body.entry("message").or_insert_with(|| {
-            Value::String(match status {
-                TaskStatus::Completed => "Task completed".into(),
-                _ => format!("Task {}", status.as_str()),
-            })
-        });
-        let mut end = text("message", "Stream ended");
-        end.insert("data".into(), json!({ "status": status.as_str() }));
         // `task` was read after the forwarder's flush, so it has the final usage.
         let now = clock::now_ms();
         task.status = status;
         task.finished_at = Some(now);
         task.modified_at = now;
-        let entries = vec![(kind.to_string(), body), (END.to_string(), end)];
+        let entries = vec![last, TaskEvent::End { status }];
         self.events
             .append_all(task_id, entries, Some(&task))
             .await
             .map(|_| ())
+    }
+}
+
+/// The one rule for a run's final status: only a requested stop is
+/// `stopped`; a timeout, restart or shutdown that cancelled it failed it.
+pub fn final_status(outcome: &RunOutcome, stop: Option<&StopReason>) -> TaskStatus {
+    match (outcome, stop) {
+        (RunOutcome::Completed { .. }, _) => TaskStatus::Completed,
+        (RunOutcome::Failed { .. }, _) => TaskStatus::Failed,
+        (RunOutcome::Stopped { .. }, None | Some(StopReason::Requested)) => TaskStatus::Stopped,
+        (RunOutcome::Stopped { .. }, Some(_)) => TaskStatus::Failed,
     }
 }
 
@@ -496,12 +504,6 @@ fn set_reason(slot: &Mutex<Option<StopReason>>, reason: StopReason) {
     slot.lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert(reason);
-}
-
-fn text(key: &str, value: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(key.into(), Value::String(value.into()));
-    m
 }
 
 enum Forward {
@@ -636,9 +638,7 @@ async fn forward(
                 }
                 _ => {}
             }
-            if let Some((kind, body)) = log_entry(&event) {
-                entries.push((kind.to_string(), body));
-            }
+            entries.extend(TaskEvent::from_engine(&event));
         }
         // Both writes share the store's next group commit.
         let record_usage = async {
@@ -672,64 +672,6 @@ fn tool_label(name: &str) -> &'static str {
         .find(|n| **n == name)
         .copied()
         .unwrap_or("other")
-}
-
-/// An engine event as a log entry: (type, {message, data}). Terminal events
-/// are written by `Runner::finish` instead.
-fn log_entry(event: &EngineEvent) -> Option<(&'static str, Map<String, Value>)> {
-    let (kind, message) = match event {
-        EngineEvent::StepStarted { step } => ("step", format!("Step {step}")),
-        EngineEvent::LlmResponse { content, .. } => ("llm_response", content.clone()),
-        EngineEvent::ToolCall { call, .. } => ("tool_call", format!("Calling {}", call.name)),
-        EngineEvent::ToolResult { result, .. } => ("tool_result", clip(&result.result, 2000)),
-        EngineEvent::Nudge { message, .. } => ("nudge", message.clone()),
-        // A model call that gave up in a step the task survives (Agent Protocol).
-        EngineEvent::StepFailed { step, error, .. } => {
-            ("step_failed", format!("Step {step} failed: {error}"))
-        }
-        EngineEvent::Usage { total, .. } => (
-            "usage",
-            format!(
-                "{} input, {} output tokens so far",
-                total.input_tokens, total.output_tokens
-            ),
-        ),
-        EngineEvent::PatchWritten { path, bytes } => {
-            ("patch", format!("Patch written to {path} ({bytes} bytes)"))
-        }
-        EngineEvent::TrajectoryWritten { path } => {
-            ("trajectory", format!("Trajectory written to {path}"))
-        }
-        EngineEvent::Completed { .. }
-        | EngineEvent::Failed { .. }
-        | EngineEvent::Stopped { .. }
-        | EngineEvent::StepFinished { .. } => return None,
-    };
-    let mut data = match serde_json::to_value(event) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    data.remove("type");
-    // Flatten the call / result so readers find name and ids at the top.
-    for nested in ["call", "result"] {
-        if let Some(Value::Object(inner)) = data.remove(nested) {
-            data.extend(inner);
-        }
-    }
-    let mut body = text("message", &message);
-    body.insert("data".into(), Value::Object(data));
-    Some((kind, body))
-}
-
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [{} more bytes]", &s[..end], s.len() - end)
 }
 
 /// Files of a workspace with their size and modification time, to tell which

@@ -11,7 +11,7 @@ use agentd_engine::{
 use serde_json::{Map, Value};
 
 use super::{
-    RunRequest, StepView, TaskManager,
+    RunRequest, StepView, TaskEvent, TaskManager,
     runner::{self, Session, StopReason},
 };
 use crate::{
@@ -132,18 +132,14 @@ impl TaskManager {
         cfg: &ResolvedConfig,
         dir: &std::path::Path,
     ) -> Result<()> {
-        let mut body = Map::new();
-        body.insert(
-            "message".into(),
-            Value::String(format!("Task started: {task}")),
-        );
-        body.insert(
-            "data".into(),
-            serde_json::json!({
-                "max_steps": cfg.max_steps, "provider": cfg.provider, "model": cfg.model, "working_dir": dir,
-            }),
-        );
-        self.events.append(task_id, "start", body).await.map(|_| ())
+        let start = TaskEvent::Start {
+            task: task.to_string(),
+            max_steps: cfg.max_steps,
+            provider: cfg.provider.clone(),
+            model: cfg.model.clone(),
+            working_dir: dir.display().to_string(),
+        };
+        self.events.append(task_id, start).await.map(|_| ())
     }
 
     /// Executes one step of an Agent Protocol task. The first step starts
@@ -252,14 +248,11 @@ impl TaskManager {
                 .await
                 .map_err(anyhow::Error::new)?
         };
-        // Matches the task's final status: only a requested stop is `stopped`;
-        // a timeout or restart that cancelled the step failed it.
-        let state = match (&outcome.outcome, &stop) {
-            (Some(RunOutcome::Failed { .. }), _) => "failed",
-            (Some(RunOutcome::Stopped { .. }), None | Some(StopReason::Requested)) => "stopped",
-            (Some(RunOutcome::Stopped { .. }), Some(_)) => "failed",
-            _ => "completed",
-        };
+        // A step that went on (no outcome yet) completed; otherwise the
+        // task's one final-status rule.
+        let state = outcome.outcome.as_ref().map_or(TaskStatus::Completed, |o| {
+            runner::final_status(o, stop.as_ref())
+        });
         let tools: Vec<&str> = outcome.tool_calls.iter().map(|c| c.name.as_str()).collect();
         let output = match (&outcome.outcome, &stop) {
             (Some(RunOutcome::Failed { error, .. }), _) if outcome.output.is_empty() => {
@@ -274,7 +267,7 @@ impl TaskManager {
             _ => outcome.output.clone(),
         };
         let mut additional_output = Map::new();
-        additional_output.insert("state".into(), Value::String(state.into()));
+        additional_output.insert("state".into(), Value::String(state.as_str().into()));
         additional_output.insert("step_number".into(), Value::from(outcome.step_number));
         additional_output.insert("max_steps".into(), Value::from(max_steps));
         additional_output.insert(
@@ -295,7 +288,7 @@ impl TaskManager {
                 tools.join(", ")
             },
             status: "completed".into(),
-            state: state.into(),
+            state: state.as_str().into(),
             input,
             additional_input,
             output,

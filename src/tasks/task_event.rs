@@ -1,0 +1,604 @@
+//! The task event: agentd's public contract. Every stream on every transport,
+//! the Trae status, the WebSockets and the CLI read these events, so their
+//! types and their JSON shape are defined here and nowhere else.
+//!
+//! - [`TaskEvent`]: what producers build (the run's start and end, the
+//!   engine's progress translated by [`TaskEvent::from_engine`], recovery).
+//! - [`TaskEvent::render`]: the one renderer, to the stored and printed form
+//!   `{message, result, error, data}` (see `proto/agentd/v1/events.proto`).
+//! - [`EventKind`]: the `type` of a stored event, for consumers that react
+//!   to kinds (WebSocket statuses, the CLI); no kind is spelled elsewhere.
+//!
+//! `data` fields are this module's own types: renaming a field of the engine
+//! changes nothing on the wire.
+
+use agentd_engine::{
+    events::EngineEvent,
+    messages::{ToolCall, Usage},
+};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::store::{Event, TaskStatus};
+
+/// Every event type, as `type` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Start,
+    Step,
+    LlmResponse,
+    Usage,
+    ToolCall,
+    ToolResult,
+    Nudge,
+    StepFailed,
+    Patch,
+    Trajectory,
+    Complete,
+    Error,
+    Stopped,
+    End,
+    /// Sent to idle live readers; never stored.
+    Heartbeat,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 15] = [
+        EventKind::Start,
+        EventKind::Step,
+        EventKind::LlmResponse,
+        EventKind::Usage,
+        EventKind::ToolCall,
+        EventKind::ToolResult,
+        EventKind::Nudge,
+        EventKind::StepFailed,
+        EventKind::Patch,
+        EventKind::Trajectory,
+        EventKind::Complete,
+        EventKind::Error,
+        EventKind::Stopped,
+        EventKind::End,
+        EventKind::Heartbeat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Start => "start",
+            EventKind::Step => "step",
+            EventKind::LlmResponse => "llm_response",
+            EventKind::Usage => "usage",
+            EventKind::ToolCall => "tool_call",
+            EventKind::ToolResult => "tool_result",
+            EventKind::Nudge => "nudge",
+            EventKind::StepFailed => "step_failed",
+            EventKind::Patch => "patch",
+            EventKind::Trajectory => "trajectory",
+            EventKind::Complete => "complete",
+            EventKind::Error => "error",
+            EventKind::Stopped => "stopped",
+            EventKind::End => "end",
+            EventKind::Heartbeat => "heartbeat",
+        }
+    }
+
+    /// The kind a `type` string names (None for one this build does not know).
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The kind of a stored event.
+    pub fn of(e: &Event) -> Option<EventKind> {
+        EventKind::parse(&e.kind)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Token counts, as `data.usage` / `data.total` print them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+impl From<&Usage> for TokenUsage {
+    fn from(u: &Usage) -> Self {
+        TokenUsage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_creation_input_tokens: u.cache_creation_input_tokens,
+            cache_read_input_tokens: u.cache_read_input_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+        }
+    }
+}
+
+/// One tool call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallData {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: Value,
+    /// The model's text when it was not valid JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_arguments: Option<String>,
+}
+
+impl From<&ToolCall> for ToolCallData {
+    fn from(c: &ToolCall) -> Self {
+        ToolCallData {
+            call_id: c.call_id.clone(),
+            name: c.name.clone(),
+            arguments: c.arguments.clone(),
+            raw_arguments: c.raw_arguments.clone(),
+        }
+    }
+}
+
+/// One event of a task's log, before it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEvent {
+    /// A run (or an Agent Protocol task's first step) began.
+    Start {
+        task: String,
+        max_steps: u32,
+        provider: String,
+        model: String,
+        working_dir: String,
+    },
+    Step {
+        step: u32,
+    },
+    LlmResponse {
+        step: u32,
+        content: String,
+        tool_calls: Vec<ToolCallData>,
+        usage: TokenUsage,
+        model: String,
+        finish_reason: Option<String>,
+    },
+    /// Tokens and estimated cost after a model call: the call's and the task's.
+    Usage {
+        step: u32,
+        usage: TokenUsage,
+        total: TokenUsage,
+        cost_usd: f64,
+        total_cost_usd: f64,
+    },
+    ToolCall {
+        step: u32,
+        call: ToolCallData,
+    },
+    /// `output` is the message; it is not repeated in `data`.
+    ToolResult {
+        step: u32,
+        call_id: String,
+        name: String,
+        success: bool,
+        output: String,
+        error: Option<String>,
+    },
+    /// The model was sent back to work.
+    Nudge {
+        step: u32,
+        message: String,
+    },
+    /// An Agent Protocol step whose model call gave up; the task goes on.
+    StepFailed {
+        step: u32,
+        error: String,
+        status: Option<u16>,
+    },
+    Patch {
+        path: String,
+        bytes: u64,
+    },
+    Trajectory {
+        path: String,
+    },
+    Complete {
+        result: String,
+    },
+    Error {
+        error: String,
+    },
+    Stopped {
+        reason: String,
+    },
+    /// Always last; `status` is the task's final status.
+    End {
+        status: TaskStatus,
+    },
+}
+
+/// An event as stored and printed: `message`, `result`, `error`, `data`.
+pub type Body = Map<String, Value>;
+
+impl TaskEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            TaskEvent::Start { .. } => EventKind::Start,
+            TaskEvent::Step { .. } => EventKind::Step,
+            TaskEvent::LlmResponse { .. } => EventKind::LlmResponse,
+            TaskEvent::Usage { .. } => EventKind::Usage,
+            TaskEvent::ToolCall { .. } => EventKind::ToolCall,
+            TaskEvent::ToolResult { .. } => EventKind::ToolResult,
+            TaskEvent::Nudge { .. } => EventKind::Nudge,
+            TaskEvent::StepFailed { .. } => EventKind::StepFailed,
+            TaskEvent::Patch { .. } => EventKind::Patch,
+            TaskEvent::Trajectory { .. } => EventKind::Trajectory,
+            TaskEvent::Complete { .. } => EventKind::Complete,
+            TaskEvent::Error { .. } => EventKind::Error,
+            TaskEvent::Stopped { .. } => EventKind::Stopped,
+            TaskEvent::End { .. } => EventKind::End,
+        }
+    }
+
+    /// The engine's progress as task events; the run's end is recorded by
+    /// the runner from its outcome instead, and step timings are metrics.
+    pub fn from_engine(e: &EngineEvent) -> Option<TaskEvent> {
+        Some(match e {
+            EngineEvent::StepStarted { step } => TaskEvent::Step { step: *step },
+            EngineEvent::LlmResponse {
+                step,
+                content,
+                tool_calls,
+                usage,
+                model,
+                finish_reason,
+            } => TaskEvent::LlmResponse {
+                step: *step,
+                content: content.clone(),
+                tool_calls: tool_calls.iter().map(ToolCallData::from).collect(),
+                usage: usage.into(),
+                model: model.clone(),
+                finish_reason: finish_reason.clone(),
+            },
+            EngineEvent::ToolCall { step, call } => TaskEvent::ToolCall {
+                step: *step,
+                call: call.into(),
+            },
+            EngineEvent::ToolResult { step, result } => TaskEvent::ToolResult {
+                step: *step,
+                call_id: result.call_id.clone(),
+                name: result.name.clone(),
+                success: result.success,
+                output: result.result.clone(),
+                error: result.error.clone(),
+            },
+            EngineEvent::Nudge { step, message } => TaskEvent::Nudge {
+                step: *step,
+                message: message.clone(),
+            },
+            EngineEvent::Usage {
+                step,
+                usage,
+                total,
+                cost_usd,
+                total_cost_usd,
+            } => TaskEvent::Usage {
+                step: *step,
+                usage: usage.into(),
+                total: total.into(),
+                cost_usd: *cost_usd,
+                total_cost_usd: *total_cost_usd,
+            },
+            EngineEvent::StepFailed {
+                step,
+                error,
+                status,
+            } => TaskEvent::StepFailed {
+                step: *step,
+                error: error.clone(),
+                status: *status,
+            },
+            EngineEvent::PatchWritten { path, bytes } => TaskEvent::Patch {
+                path: path.clone(),
+                bytes: *bytes,
+            },
+            EngineEvent::TrajectoryWritten { path } => TaskEvent::Trajectory { path: path.clone() },
+            EngineEvent::Completed { .. }
+            | EngineEvent::Failed { .. }
+            | EngineEvent::Stopped { .. }
+            | EngineEvent::StepFinished { .. } => return None,
+        })
+    }
+
+    /// The stored and printed form. The one place an event's JSON is shaped.
+    pub fn render(self) -> (EventKind, Body) {
+        let kind = self.kind();
+        let (message, result, error, data) = match self {
+            TaskEvent::Start {
+                task,
+                max_steps,
+                provider,
+                model,
+                working_dir,
+            } => (
+                format!("Task started: {task}"),
+                None,
+                None,
+                Some(json!({
+                    "max_steps": max_steps, "provider": provider, "model": model,
+                    "working_dir": working_dir,
+                })),
+            ),
+            TaskEvent::Step { step } => (
+                format!("Step {step}"),
+                None,
+                None,
+                Some(json!({ "step": step })),
+            ),
+            TaskEvent::LlmResponse {
+                step,
+                content,
+                tool_calls,
+                usage,
+                model,
+                finish_reason,
+            } => {
+                let data = json!({
+                    "step": step, "content": content, "tool_calls": tool_calls, "usage": usage,
+                    "model": model, "finish_reason": finish_reason,
+                });
+                (content, None, None, Some(data))
+            }
+            TaskEvent::Usage {
+                step,
+                usage,
+                total,
+                cost_usd,
+                total_cost_usd,
+            } => (
+                format!(
+                    "{} input, {} output tokens so far",
+                    total.input_tokens, total.output_tokens
+                ),
+                None,
+                None,
+                Some(json!({
+                    "step": step, "usage": usage, "total": total, "cost_usd": cost_usd,
+                    "total_cost_usd": total_cost_usd,
+                })),
+            ),
+            TaskEvent::ToolCall { step, call } => {
+                let message = format!("Calling {}", call.name);
+                let mut data = to_map(&call);
+                data.insert("step".into(), step.into());
+                (message, None, None, Some(Value::Object(data)))
+            }
+            TaskEvent::ToolResult {
+                step,
+                call_id,
+                name,
+                success,
+                output,
+                error,
+            } => {
+                let mut data =
+                    json!({ "step": step, "call_id": call_id, "name": name, "success": success });
+                if let Some(e) = error {
+                    data["error"] = e.into();
+                }
+                (output, None, None, Some(data))
+            }
+            TaskEvent::Nudge { step, message } => {
+                let data = json!({ "step": step, "message": message });
+                (message, None, None, Some(data))
+            }
+            TaskEvent::StepFailed {
+                step,
+                error,
+                status,
+            } => (
+                format!("Step {step} failed: {error}"),
+                None,
+                None,
+                Some(json!({ "step": step, "error": error, "status": status })),
+            ),
+            TaskEvent::Patch { path, bytes } => (
+                format!("Patch written to {path} ({bytes} bytes)"),
+                None,
+                None,
+                Some(json!({ "path": path, "bytes": bytes })),
+            ),
+            TaskEvent::Trajectory { path } => (
+                format!("Trajectory written to {path}"),
+                None,
+                None,
+                Some(json!({ "path": path })),
+            ),
+            TaskEvent::Complete { result } => ("Task completed".into(), Some(result), None, None),
+            TaskEvent::Error { error } => ("Task failed".into(), None, Some(error), None),
+            TaskEvent::Stopped { reason } => (reason, None, None, None),
+            TaskEvent::End { status } => (
+                "Stream ended".into(),
+                None,
+                None,
+                Some(json!({ "status": status.as_str() })),
+            ),
+        };
+        let mut body = Map::new();
+        body.insert("message".into(), Value::String(message));
+        if let Some(r) = result {
+            body.insert("result".into(), Value::String(r));
+        }
+        if let Some(e) = error {
+            body.insert("error".into(), Value::String(e));
+        }
+        if let Some(d) = data {
+            body.insert("data".into(), d);
+        }
+        (kind, body)
+    }
+}
+
+fn to_map<T: Serialize>(v: &T) -> Map<String, Value> {
+    match serde_json::to_value(v) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// The `data` keys each event type carries (the contract written in
+/// `events.proto`; an end-to-end test checks every received event against it).
+pub fn data_keys(kind: EventKind) -> &'static [&'static str] {
+    match kind {
+        EventKind::Start => &["max_steps", "provider", "model", "working_dir"],
+        EventKind::Step => &["step"],
+        EventKind::LlmResponse => &[
+            "step",
+            "content",
+            "tool_calls",
+            "usage",
+            "model",
+            "finish_reason",
+        ],
+        EventKind::Usage => &["step", "usage", "total", "cost_usd", "total_cost_usd"],
+        EventKind::ToolCall => &["step", "call_id", "name", "arguments", "raw_arguments"],
+        EventKind::ToolResult => &["step", "call_id", "name", "success", "error"],
+        EventKind::Nudge => &["step", "message"],
+        EventKind::StepFailed => &["step", "error", "status"],
+        EventKind::Patch => &["path", "bytes"],
+        EventKind::Trajectory => &["path"],
+        EventKind::End => &["status"],
+        EventKind::Complete | EventKind::Error | EventKind::Stopped | EventKind::Heartbeat => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(kind: EventKind) -> Option<TaskEvent> {
+        let call = ToolCallData {
+            call_id: "c1".into(),
+            name: "bash".into(),
+            arguments: json!({"command": "ls"}),
+            raw_arguments: Some("{bad".into()),
+        };
+        Some(match kind {
+            EventKind::Start => TaskEvent::Start {
+                task: "t".into(),
+                max_steps: 3,
+                provider: "openai".into(),
+                model: "m".into(),
+                working_dir: "/w".into(),
+            },
+            EventKind::Step => TaskEvent::Step { step: 1 },
+            EventKind::LlmResponse => TaskEvent::LlmResponse {
+                step: 1,
+                content: "hi".into(),
+                tool_calls: vec![call],
+                usage: TokenUsage::default(),
+                model: "m".into(),
+                finish_reason: None,
+            },
+            EventKind::Usage => TaskEvent::Usage {
+                step: 1,
+                usage: TokenUsage::default(),
+                total: TokenUsage::default(),
+                cost_usd: 0.0,
+                total_cost_usd: 0.0,
+            },
+            EventKind::ToolCall => TaskEvent::ToolCall { step: 1, call },
+            EventKind::ToolResult => TaskEvent::ToolResult {
+                step: 1,
+                call_id: "c1".into(),
+                name: "bash".into(),
+                success: false,
+                output: "out".into(),
+                error: Some("boom".into()),
+            },
+            EventKind::Nudge => TaskEvent::Nudge {
+                step: 1,
+                message: "go on".into(),
+            },
+            EventKind::StepFailed => TaskEvent::StepFailed {
+                step: 1,
+                error: "down".into(),
+                status: Some(503),
+            },
+            EventKind::Patch => TaskEvent::Patch {
+                path: "/p".into(),
+                bytes: 3,
+            },
+            EventKind::Trajectory => TaskEvent::Trajectory { path: "/t".into() },
+            EventKind::Complete => TaskEvent::Complete {
+                result: "done".into(),
+            },
+            EventKind::Error => TaskEvent::Error {
+                error: "bad".into(),
+            },
+            EventKind::Stopped => TaskEvent::Stopped {
+                reason: "stopped on request".into(),
+            },
+            EventKind::End => TaskEvent::End {
+                status: TaskStatus::Completed,
+            },
+            EventKind::Heartbeat => return None,
+        })
+    }
+
+    #[test]
+    fn every_kind_renders_within_its_contract() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            let Some(event) = sample(kind) else { continue };
+            assert_eq!(event.kind(), kind);
+            let (rendered, body) = event.render();
+            assert_eq!(rendered, kind);
+            assert!(body.get("message").is_some_and(Value::is_string), "{kind}");
+            for key in body.keys() {
+                assert!(
+                    ["message", "result", "error", "data"].contains(&key.as_str()),
+                    "{kind}: {key}"
+                );
+            }
+            let data = body.get("data").and_then(Value::as_object);
+            for key in data.into_iter().flat_map(|d| d.keys()) {
+                assert!(
+                    data_keys(kind).contains(&key.as_str()),
+                    "{kind}: data.{key}"
+                );
+            }
+        }
+        assert_eq!(EventKind::parse("status"), None);
+    }
+
+    #[test]
+    fn a_tool_result_carries_its_output_once() {
+        let (_, body) = sample(EventKind::ToolResult).unwrap().render();
+        assert_eq!(body["message"], "out");
+        assert_eq!(
+            body["data"],
+            json!({"step": 1, "call_id": "c1", "name": "bash", "success": false, "error": "boom"})
+        );
+    }
+
+    #[test]
+    fn the_terminal_events_keep_the_documents_fields() {
+        let (_, c) = sample(EventKind::Complete).unwrap().render();
+        assert_eq!(
+            Value::Object(c),
+            json!({"message": "Task completed", "result": "done"})
+        );
+        let (_, e) = sample(EventKind::Error).unwrap().render();
+        assert_eq!(
+            Value::Object(e),
+            json!({"message": "Task failed", "error": "bad"})
+        );
+        let (_, end) = sample(EventKind::End).unwrap().render();
+        assert_eq!(
+            Value::Object(end),
+            json!({"message": "Stream ended", "data": {"status": "completed"}})
+        );
+    }
+}
