@@ -447,32 +447,6 @@ fn to_map<T: Serialize>(v: &T) -> Map<String, Value> {
     }
 }
 
-/// The `data` keys each event type carries (the contract written in
-/// `events.proto`; an end-to-end test checks every received event against it).
-pub fn data_keys(kind: EventKind) -> &'static [&'static str] {
-    match kind {
-        EventKind::Start => &["max_steps", "provider", "model", "working_dir"],
-        EventKind::Step => &["step"],
-        EventKind::LlmResponse => &[
-            "step",
-            "content",
-            "tool_calls",
-            "usage",
-            "model",
-            "finish_reason",
-        ],
-        EventKind::Usage => &["step", "usage", "total", "cost_usd", "total_cost_usd"],
-        EventKind::ToolCall => &["step", "call_id", "name", "arguments", "raw_arguments"],
-        EventKind::ToolResult => &["step", "call_id", "name", "success", "error"],
-        EventKind::Nudge => &["step", "message"],
-        EventKind::StepFailed => &["step", "error", "status"],
-        EventKind::Patch => &["path", "bytes"],
-        EventKind::Trajectory => &["path"],
-        EventKind::End => &["status"],
-        EventKind::Complete | EventKind::Error | EventKind::Stopped | EventKind::Heartbeat => &[],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,10 +521,44 @@ mod tests {
         })
     }
 
+    /// The contract as `events.proto` writes it: `//   - type: key, key?`
+    /// lines, each type with its (key, optional) pairs.
+    fn documented() -> Vec<(String, Vec<(String, bool)>)> {
+        include_str!("../../proto/agentd/v1/events.proto")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//   - "))
+            .map(|l| {
+                let (kind, keys) = l.split_once(':').expect("`type: keys`");
+                let keys = match keys.trim() {
+                    "-" => vec![],
+                    keys => keys
+                        .split(',')
+                        .map(|k| {
+                            let k = k.trim();
+                            match k.strip_suffix('?') {
+                                Some(k) => (k.to_string(), true),
+                                None => (k.to_string(), false),
+                            }
+                        })
+                        .collect(),
+                };
+                (kind.to_string(), keys)
+            })
+            .collect()
+    }
+
     #[test]
-    fn every_kind_renders_within_its_contract() {
-        for kind in EventKind::ALL {
-            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+    fn events_proto_lists_every_kind_and_only_those() {
+        let documented: Vec<String> = documented().into_iter().map(|(k, _)| k).collect();
+        let all: Vec<String> = EventKind::ALL.iter().map(|k| k.to_string()).collect();
+        assert_eq!(documented, all);
+        assert_eq!(EventKind::parse("status"), None);
+    }
+
+    #[test]
+    fn every_kind_renders_as_events_proto_documents_it() {
+        for (name, keys) in documented() {
+            let kind = EventKind::parse(&name).expect(&name);
             let Some(event) = sample(kind) else { continue };
             assert_eq!(event.kind(), kind);
             let (rendered, body) = event.render();
@@ -563,14 +571,22 @@ mod tests {
                 );
             }
             let data = body.get("data").and_then(Value::as_object);
-            for key in data.into_iter().flat_map(|d| d.keys()) {
+            assert_eq!(data.is_some(), !keys.is_empty(), "{kind}: data");
+            let data = data.cloned().unwrap_or_default();
+            for key in data.keys() {
                 assert!(
-                    data_keys(kind).contains(&key.as_str()),
-                    "{kind}: data.{key}"
+                    keys.iter().any(|(k, _)| k == key),
+                    "{kind}: undocumented data.{key}"
+                );
+            }
+            // The samples give optional keys a value, so every key appears.
+            for (key, optional) in &keys {
+                assert!(
+                    data.contains_key(key),
+                    "{kind}: no data.{key} (optional: {optional})"
                 );
             }
         }
-        assert_eq!(EventKind::parse("status"), None);
     }
 
     #[test]

@@ -274,6 +274,41 @@ def grpc_stream(target: str, service_method: str, task_id: str, after_seq: int |
         return out
 
 
+# ---- WebSockets ------------------------------------------------------------
+
+
+def ws_url(base: str, path: str) -> str:
+    return base.replace("http://", "ws://", 1) + path
+
+
+def read_ws(url_or_ws, until, timeout: float = RUN_WAIT) -> tuple[list[dict], bool]:
+    """Reads JSON messages until `until(msg)` or the server closes; returns
+    (messages, closed_by_server). Takes a URL or an open connection."""
+    import websockets
+    from websockets.sync.client import connect
+
+    if isinstance(url_or_ws, str):
+        with connect(url_or_ws, open_timeout=10, close_timeout=5, proxy=None) as ws:
+            return read_ws(ws, until, timeout)
+    ws = url_or_ws
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"websocket: gave up after {timeout}s; got {out}")
+        try:
+            raw = ws.recv(timeout=left)
+        except TimeoutError:
+            continue
+        except websockets.ConnectionClosed:
+            return out, True
+        msg = json.loads(raw)
+        out.append(msg)
+        if until(msg):
+            return out, False
+
+
 def key(events: list[dict]) -> list[tuple]:
     """What two readers of one log must agree on, event by event."""
     return [(e["seq"], e["type"], e.get("message"), e.get("result"), e.get("error")) for e in events]

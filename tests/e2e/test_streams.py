@@ -25,6 +25,8 @@ from runs_support import (  # noqa: E402
     grpc_stream,
     key,
     read_sse,
+    read_ws,
+    ws_url,
 )
 from scripted_llm import delayed, openai_tool_call  # noqa: E402
 
@@ -385,36 +387,6 @@ def test_heartbeats_carry_no_id(runs):
 
 
 # ---- WebSockets ------------------------------------------------------------
-
-
-def ws_url(base: str, path: str) -> str:
-    return base.replace("http://", "ws://", 1) + path
-
-
-def read_ws(url_or_ws, until, timeout: float = RUN_WAIT) -> tuple[list[dict], bool]:
-    """Reads JSON messages until `until(msg)` or the server closes; returns
-    (messages, closed_by_server). Takes a URL or an open connection."""
-    if isinstance(url_or_ws, str):
-        with connect(url_or_ws, open_timeout=10, close_timeout=5, proxy=None) as ws:
-            return read_ws(ws, until, timeout)
-    ws = url_or_ws
-    out = []
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"websocket: gave up after {timeout}s; got {out}")
-        try:
-            raw = ws.recv(timeout=left)
-        except TimeoutError:
-            continue
-        except websockets.ConnectionClosed:
-            return out, True
-        msg = json.loads(raw)
-        out.append(msg)
-        if until(msg):
-            return out, False
-
 
 def test_websockets_report_status_updates_and_logs(runs, tmp_path):
     # The logs socket (on the Trae listener) carries live events only: make
