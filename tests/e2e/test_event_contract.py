@@ -184,3 +184,11 @@ def test_every_event_on_every_transport_is_as_events_proto_documents(runs, git_r
             "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
             "reasoning_tokens"}, u
     assert events[-1]["data"] == {"status": "completed"}, events[-1]
+
+
+@pytest.mark.parametrize("name", ["trae-agent.yaml", "agent-protocol.yaml"])
+def test_the_openapi_documents_list_the_types_events_proto_lists(name):
+    import yaml
+
+    doc = yaml.safe_load((EVENTS_PROTO.parents[3] / "openapi" / name).read_text())
+    assert doc["components"]["schemas"]["TaskEvent"]["properties"]["type"]["enum"] == list(CONTRACT)

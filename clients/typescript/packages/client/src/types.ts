@@ -121,8 +121,9 @@ export interface Sandbox extends Raw {
 
 /** One entry of a task's event log (README "Tasks, events and streams"). */
 export interface TaskEvent extends Raw {
-  /** start, step, llm_response, usage, tool_call, tool_result, nudge, patch,
-   *  trajectory, complete, error, stopped, end (or heartbeat). */
+  /** start, step, llm_response, usage, tool_call, tool_result, nudge,
+   *  step_failed, patch, trajectory, complete, error, stopped, end (or
+   *  heartbeat); proto/agentd/v1/events.proto lists each one's `data` keys. */
   type: string;
   taskId: string;
   /** Position in the log, from 1; resume a stream with afterSeq = the last seq seen. */
