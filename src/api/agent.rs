@@ -2,14 +2,14 @@
 //! /ap/v1/agent). Each handler: unpack the request, call the task layer, map
 //! the result. Shapes follow the AutoGPT document and the official spec.
 
-use std::{pin::Pin, sync::Arc};
+use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt as _};
+use futures_util::StreamExt as _;
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    convert::{event_stream, from_struct, sandbox, to_struct},
+    convert::{ApiStream, follow_events, from_struct, sandbox, to_struct},
     paging::Page,
     upload,
 };
@@ -39,8 +39,6 @@ impl AgentApi {
         Self { tasks }
     }
 }
-
-type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -285,11 +283,8 @@ impl AgentService for AgentApi {
         req: Request<ap::StreamTaskEventsRequest>,
     ) -> Result<Response<Self::StreamTaskEventsStream>, Status> {
         let req = req.into_inner();
-        let events = self
-            .tasks
-            .follow_events(&req.task_id, req.after_seq.map_or(0, i64::from))
-            .await?;
-        Ok(Response::new(event_stream(events, req.task_id)))
+        let events = follow_events(&self.tasks, req.task_id, req.after_seq).await?;
+        Ok(Response::new(events))
     }
 }
 

@@ -1,13 +1,15 @@
 //! The Trae Agent facade (`agentd.trae.v1.TraeService`, REST under /api).
 //! Each handler: unpack the request, call the task layer, map the result.
 
-use std::{pin::Pin, sync::Arc};
+use std::sync::Arc;
 
 use agentd_engine::config::ConfigRequest;
-use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{event_stream, sandbox, task_event, to_struct};
+use super::{
+    convert::{ApiStream, follow_events, sandbox, to_struct},
+    trae_status::TraeStatus,
+};
 use crate::tasks::{RunRequest, TaskManager};
 use crate::{
     clock,
@@ -19,7 +21,7 @@ use crate::{
     store::{Task, TaskStatus},
 };
 
-const SUCCESS: &str = "success";
+pub(super) const SUCCESS: &str = "success";
 /// `GET /api/tasks`: tasks per response by default, and at most.
 const DEFAULT_LIST_LIMIT: i32 = 100;
 const MAX_LIST_LIMIT: i32 = 1000;
@@ -33,8 +35,6 @@ impl TraeApi {
         Self { tasks }
     }
 }
-
-type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -188,27 +188,16 @@ impl TraeService for TraeApi {
         req: Request<trae::StreamTaskRequest>,
     ) -> Result<Response<Self::StreamTaskStream>, Status> {
         let req = req.into_inner();
-        let events = self
-            .tasks
-            .follow_events(&req.task_id, req.after_seq.map_or(0, i64::from))
-            .await?;
-        Ok(Response::new(event_stream(events, req.task_id)))
+        let events = follow_events(&self.tasks, req.task_id, req.after_seq).await?;
+        Ok(Response::new(events))
     }
 
     async fn get_task_status(
         &self,
         req: Request<trae::GetTaskStatusRequest>,
     ) -> Result<Response<trae::GetTaskStatusResponse>, Status> {
-        let (task, events) = self.tasks.task_messages(&req.into_inner().task_id).await?;
-        let s = summary(&task, clock::now_ms());
-        Ok(Response::new(trae::GetTaskStatusResponse {
-            status: SUCCESS.into(),
-            task_id: s.task_id,
-            task_status: s.status,
-            start_time: s.start_time,
-            duration: s.duration,
-            messages: events.iter().map(task_event).collect(),
-        }))
+        let status = TraeStatus::read(&self.tasks, &req.into_inner().task_id).await?;
+        Ok(Response::new(status.to_proto()))
     }
 
     async fn stop_task(
