@@ -10,13 +10,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     convert::{ApiStream, follow_events, from_struct, sandbox, to_struct},
-    paging::Page,
+    paging::{self, Page},
     upload,
 };
 use crate::{
-    clock,
-    error::Error,
-    host,
+    clock, host,
     proto::{
         TaskEvent,
         ap::{self, agent_service_server::AgentService},
@@ -64,8 +62,8 @@ impl AgentService for AgentApi {
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
         let query = TaskQuery {
-            status: parse_status(&req.status)?,
-            created_after: parse_created_after(&req.created_after)?,
+            status: paging::status_filter(&req.status, paging::AP_STATUS_HINT)?,
+            created_after: paging::created_after(&req.created_after)?,
             offset: page.offset(),
             limit: page.limit(),
         };
@@ -286,26 +284,6 @@ impl AgentService for AgentApi {
         let events = follow_events(&self.tasks, req.task_id, req.after_seq).await?;
         Ok(Response::new(events))
     }
-}
-
-fn parse_status(s: &str) -> Result<Option<TaskStatus>, Error> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    TaskStatus::parse(s).map(Some).ok_or_else(|| {
-        Error::invalid(format!(
-            "unknown status {s:?}; use created, running, completed, failed or stopped"
-        ))
-    })
-}
-
-fn parse_created_after(s: &str) -> Result<Option<i64>, Error> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    clock::parse_iso(s)
-        .map(Some)
-        .ok_or_else(|| Error::invalid(format!("created_after {s:?} is not an ISO-8601 date-time")))
 }
 
 fn task(v: &TaskView) -> ap::Task {

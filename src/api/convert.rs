@@ -5,10 +5,10 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures_util::Stream;
-
 use prost_types::{ListValue, Struct, Value as PValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
+use super::paging::resume_after;
 use crate::{
     clock,
     error::Error,
@@ -98,7 +98,7 @@ pub async fn follow_events(
     after_seq: Option<u32>,
 ) -> Result<ApiStream<TaskEvent>, Error> {
     let events = tasks
-        .follow_events(&task_id, after_seq.map_or(0, i64::from))
+        .follow_events(&task_id, resume_after(after_seq, None))
         .await?;
     Ok(event_stream(events, task_id))
 }

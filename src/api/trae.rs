@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{ApiStream, follow_events, sandbox, to_struct},
+    paging::{self, Window},
     trae_status::TraeStatus,
 };
 use crate::tasks::{RunRequest, TaskManager};
@@ -18,13 +19,10 @@ use crate::{
         TaskEvent,
         trae::{self, trae_service_server::TraeService},
     },
-    store::{Task, TaskStatus},
+    store::Task,
 };
 
 pub(super) const SUCCESS: &str = "success";
-/// `GET /api/tasks`: tasks per response by default, and at most.
-const DEFAULT_LIST_LIMIT: i32 = 100;
-const MAX_LIST_LIMIT: i32 = 1000;
 
 pub struct TraeApi {
     tasks: Arc<TaskManager>,
@@ -146,32 +144,11 @@ impl TraeService for TraeApi {
         req: Request<trae::ListTasksRequest>,
     ) -> Result<Response<trae::ListTasksResponse>, Status> {
         let req = req.into_inner();
-        let status = match req.status.as_str() {
-            "" => None,
-            s => Some(
-                TaskStatus::parse(s)
-                    .ok_or_else(|| Error::invalid(format!("unknown status {s:?}")))?,
-            ),
-        };
-        let limit = match req.limit {
-            None => DEFAULT_LIST_LIMIT,
-            Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
-            Some(n) => {
-                return Err(Error::invalid(format!(
-                    "limit must be between 1 and {MAX_LIST_LIMIT}, got {n}"
-                ))
-                .into());
-            }
-        };
-        let offset = match req.offset {
-            Some(n) if n < 0 => {
-                return Err(Error::invalid(format!("offset must not be negative, got {n}")).into());
-            }
-            other => other.map(i64::from),
-        };
+        let status = paging::status_filter(&req.status, paging::TRAE_STATUS_HINT)?;
+        let window = Window::resolve(req.limit, req.offset)?;
         let (tasks, total) = self
             .tasks
-            .list_recent_tasks(status, i64::from(limit), offset)
+            .list_recent_tasks(status, window.limit, window.offset)
             .await?;
         let now = clock::now_ms();
         Ok(Response::new(trae::ListTasksResponse {
