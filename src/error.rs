@@ -94,4 +94,32 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// A configuration that cannot be used (an unknown provider or agent type,
+/// a missing key, a named file that is absent or invalid) is the caller's
+/// request to fix: 400, with the engine's message.
+impl From<agentd_engine::config::ConfigError> for Error {
+    fn from(e: agentd_engine::config::ConfigError) -> Self {
+        Error::InvalidRequest(e.to_string())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use agentd_engine::config::{ConfigError, validate_agent_type};
+
+    use super::*;
+
+    #[test]
+    fn a_config_error_is_an_invalid_request_with_its_message() {
+        let checked = || -> Result<()> { Ok(validate_agent_type("other")?) };
+        let Err(Error::InvalidRequest(message)) = checked() else {
+            panic!("not an invalid request");
+        };
+        assert_eq!(
+            message,
+            ConfigError::UnknownAgentType("other".into()).to_string()
+        );
+    }
+}

@@ -22,8 +22,6 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::store::TaskStatus;
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// An RPC (gRPC method path, e.g. `/agentd.trae.v1.TraeService/Run`, or a
@@ -316,19 +314,16 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// What is read at scrape time: tasks by status and the runner's load.
-    pub fn set_task_state(&self, by_status: &[(TaskStatus, i64)], load: RunLoad) {
-        for status in TaskStatus::ALL {
-            let n = by_status
-                .iter()
-                .filter(|(s, _)| *s == status)
-                .map(|(_, n)| *n)
-                .sum();
-            self.tasks
-                .get_or_create(&StatusLabels {
-                    status: status.as_str(),
-                })
-                .set(n);
+    /// What is read at scrape time: tasks by status (the status's label
+    /// value and its count; a status left out keeps its last value) and the
+    /// runner's load.
+    pub fn set_task_state(
+        &self,
+        by_status: impl IntoIterator<Item = (&'static str, i64)>,
+        load: RunLoad,
+    ) {
+        for (status, n) in by_status {
+            self.tasks.get_or_create(&StatusLabels { status }).set(n);
         }
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.tasks_running.set(gauge(load.running));
@@ -372,7 +367,7 @@ mod tests {
         llm.cost_usd.inc_by(0.5);
         m.observe_tool("bash", 0.25);
         m.set_task_state(
-            &[(TaskStatus::Completed, 3)],
+            [("completed", 3), ("failed", 0)],
             RunLoad {
                 running: 1,
                 queued: 0,

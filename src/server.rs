@@ -30,7 +30,7 @@ use crate::{
         self, ap::agent_service_server::AgentServiceServer,
         trae::trae_service_server::TraeServiceServer,
     },
-    store::SqliteStore,
+    store::{SqliteStore, TaskStatus},
     tasks::{Containment, RunnerSettings, TaskManager, TaskSettings, workspace::Workspaces},
 };
 
@@ -211,7 +211,14 @@ async fn shutdown_signal() {
 async fn metrics_text(metrics: &Metrics, tasks: &TaskManager) -> axum::response::Response {
     use axum::response::IntoResponse;
     match tasks.task_counts().await {
-        Ok(by_status) => metrics.set_task_state(&by_status, tasks.run_load()),
+        Ok(counts) => {
+            // Every status, so one without tasks is a 0 series rather than none.
+            let by_status = TaskStatus::ALL.map(|status| {
+                let n = counts.iter().filter(|(s, _)| *s == status).map(|(_, n)| n);
+                (status.as_str(), n.sum())
+            });
+            metrics.set_task_state(by_status, tasks.run_load());
+        }
         Err(e) => tracing::warn!(error = %e, "/metrics: cannot read task counts"),
     }
     (

@@ -2,21 +2,19 @@
 //! /ap/v1/agent). Each handler: unpack the request, call the task layer, map
 //! the result. Shapes follow the AutoGPT document and the official spec.
 
-use std::{pin::Pin, sync::Arc};
+use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt as _};
+use futures_util::StreamExt as _;
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    convert::{event_stream, from_struct, sandbox, to_struct},
-    paging::Page,
+    convert::{ApiStream, follow_events, from_struct, sandbox, to_struct},
+    paging::{self, Page},
     upload,
 };
 use crate::{
-    clock,
-    error::Error,
-    host,
+    clock, host,
     proto::{
         TaskEvent,
         ap::{self, agent_service_server::AgentService},
@@ -39,8 +37,6 @@ impl AgentApi {
         Self { tasks }
     }
 }
-
-type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -66,8 +62,8 @@ impl AgentService for AgentApi {
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
         let query = TaskQuery {
-            status: parse_status(&req.status)?,
-            created_after: parse_created_after(&req.created_after)?,
+            status: paging::status_filter(&req.status, paging::AP_STATUS_HINT)?,
+            created_after: paging::created_after(&req.created_after)?,
             offset: page.offset(),
             limit: page.limit(),
         };
@@ -285,32 +281,9 @@ impl AgentService for AgentApi {
         req: Request<ap::StreamTaskEventsRequest>,
     ) -> Result<Response<Self::StreamTaskEventsStream>, Status> {
         let req = req.into_inner();
-        let events = self
-            .tasks
-            .follow_events(&req.task_id, req.after_seq.map_or(0, i64::from))
-            .await?;
-        Ok(Response::new(event_stream(events, req.task_id)))
+        let events = follow_events(&self.tasks, req.task_id, req.after_seq).await?;
+        Ok(Response::new(events))
     }
-}
-
-fn parse_status(s: &str) -> Result<Option<TaskStatus>, Error> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    TaskStatus::parse(s).map(Some).ok_or_else(|| {
-        Error::invalid(format!(
-            "unknown status {s:?}; use created, running, completed, failed or stopped"
-        ))
-    })
-}
-
-fn parse_created_after(s: &str) -> Result<Option<i64>, Error> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    clock::parse_iso(s)
-        .map(Some)
-        .ok_or_else(|| Error::invalid(format!("created_after {s:?} is not an ISO-8601 date-time")))
 }
 
 fn task(v: &TaskView) -> ap::Task {

@@ -1,18 +1,24 @@
 //! Conversions shared by both dialects: JSON objects <-> protobuf `Struct`,
-//! and event-log entries -> `TaskEvent`.
+//! and event-log entries -> `TaskEvent` (one at a time, or followed as a
+//! gRPC stream).
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
+use futures_util::Stream;
 use prost_types::{ListValue, Struct, Value as PValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
+use super::paging::resume_after;
 use crate::{
     clock,
     error::Error,
     proto::{TaskEvent, agentd::v1::Sandbox},
     store::Event,
-    tasks::{EventKind, containment::SandboxStatus},
+    tasks::{EventKind, TaskManager, containment::SandboxStatus},
 };
+
+/// A server-streaming response of either dialect.
+pub type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
 
 pub fn to_struct(map: &Map<String, Value>) -> Struct {
     Struct {
@@ -84,13 +90,25 @@ fn from_value(v: PValue) -> Value {
 /// What a reader gets when its stream fails part-way (then the stream ends).
 pub const STREAM_FAILED: &str = "the event stream failed; resume with after_seq";
 
-/// A task's event log as a gRPC stream (and so, through Envoy, SSE).
+/// A task's event log after `after_seq`, then its live events, as a gRPC
+/// stream (`StreamTask` and `StreamTaskEvents`).
+pub async fn follow_events(
+    tasks: &TaskManager,
+    task_id: String,
+    after_seq: Option<u32>,
+) -> Result<ApiStream<TaskEvent>, Error> {
+    let events = tasks
+        .follow_events(&task_id, resume_after(after_seq, None))
+        .await?;
+    Ok(event_stream(events, task_id))
+}
+
 /// Storage errors end the stream with an in-band `error` event: a gRPC error
 /// after the first message would be invisible to SSE clients.
-pub fn event_stream(
-    events: impl futures_util::Stream<Item = crate::error::Result<Arc<Event>>> + Send + 'static,
+fn event_stream(
+    events: impl Stream<Item = crate::error::Result<Arc<Event>>> + Send + 'static,
     task_id: String,
-) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<TaskEvent, tonic::Status>> + Send>> {
+) -> ApiStream<TaskEvent> {
     use tokio_stream::StreamExt as _;
     let mut failed = false;
     Box::pin(events.map_while(move |item| {

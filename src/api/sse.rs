@@ -28,7 +28,10 @@ use axum::{
 };
 use tokio_stream::StreamExt as _;
 
-use super::event_json::Wire;
+use super::{
+    event_json::Wire,
+    paging::{after_seq_param, last_event_id, resume_after},
+};
 use crate::{
     clock,
     error::Error,
@@ -136,41 +139,6 @@ async fn stream(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| Response::new(Body::empty()))
-}
-
-/// `?after_seq=N`; the last one counts if repeated.
-fn after_seq_param(params: &[(String, String)]) -> Result<Option<u32>, Error> {
-    params
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "after_seq")
-        .map(|(_, v)| v.parse::<u32>())
-        .transpose()
-        .map_err(|_| Error::invalid("after_seq must be a non-negative integer"))
-}
-
-/// The `Last-Event-ID` header: the seq of the last event an `EventSource`
-/// saw, sent when it reconnects. Empty means none (an empty `id:` resets the
-/// browser's resume point); the last one counts if repeated, as for
-/// `after_seq`.
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u32>, Error> {
-    let Some(value) = headers.get_all("last-event-id").iter().next_back() else {
-        return Ok(None);
-    };
-    let bad = || Error::invalid("Last-Event-ID must be a non-negative integer (an event's seq)");
-    let text = value.to_str().map_err(|_| bad())?.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    text.parse::<u32>().map(Some).map_err(|_| bad())
-}
-
-/// Where the stream resumes: after the later of the two points. An
-/// `EventSource` reconnects to the URL it was opened with, so `?after_seq=`
-/// is where the reader first started and `Last-Event-ID` is how far it has
-/// got since; whichever is further along has been seen.
-fn resume_after(after_seq: Option<u32>, last_event_id: Option<u32>) -> i64 {
-    i64::from(after_seq.max(last_event_id).unwrap_or(0))
 }
 
 /// Whether the task's log ends with an `end` at or before `after_seq` (the
@@ -324,59 +292,6 @@ mod tests {
         let failed = String::from_utf8(failure_frame("t1").to_vec()).unwrap();
         assert!(failed.starts_with("data: {\"type\":\"error\""), "{failed}");
         assert_eq!(retry_frame(), Bytes::from_static(b"retry: 3000\n\n"));
-    }
-
-    fn headers(values: &[&[u8]]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(
-                "last-event-id",
-                axum::http::HeaderValue::from_bytes(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn last_event_id_is_a_seq_or_nothing() {
-        assert_eq!(last_event_id(&HeaderMap::new()).ok(), Some(None));
-        assert_eq!(
-            last_event_id(&headers(&[b""])).ok(),
-            Some(None),
-            "empty resets"
-        );
-        assert_eq!(last_event_id(&headers(&[b"12"])).ok(), Some(Some(12)));
-        assert_eq!(last_event_id(&headers(&[b"1", b"5"])).ok(), Some(Some(5)));
-        assert_eq!(
-            last_event_id(&headers(&[b"4294967295"])).ok(),
-            Some(Some(u32::MAX))
-        );
-        for bad in [&b"abc"[..], b"-1", b"1.5", b"4294967296", b"\xff"] {
-            assert!(
-                matches!(
-                    last_event_id(&headers(&[bad])),
-                    Err(Error::InvalidRequest(_))
-                ),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_later_resume_point_wins() {
-        let q = |v: &str| vec![("after_seq".to_string(), v.to_string())];
-        assert_eq!(after_seq_param(&[]).ok(), Some(None));
-        assert_eq!(after_seq_param(&q("4")).ok(), Some(Some(4)));
-        assert!(after_seq_param(&q("x")).is_err());
-        assert_eq!(resume_after(None, None), 0);
-        assert_eq!(resume_after(Some(4), None), 4);
-        assert_eq!(resume_after(None, Some(9)), 9);
-        assert_eq!(resume_after(Some(4), Some(9)), 9, "the browser got further");
-        assert_eq!(
-            resume_after(Some(9), Some(4)),
-            9,
-            "never replay what the URL skips"
-        );
     }
 
     #[test]

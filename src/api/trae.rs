@@ -1,13 +1,16 @@
 //! The Trae Agent facade (`agentd.trae.v1.TraeService`, REST under /api).
 //! Each handler: unpack the request, call the task layer, map the result.
 
-use std::{pin::Pin, sync::Arc};
+use std::sync::Arc;
 
 use agentd_engine::config::ConfigRequest;
-use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{event_stream, sandbox, task_event, to_struct};
+use super::{
+    convert::{ApiStream, follow_events, sandbox, to_struct},
+    paging::{self, Window},
+    trae_status::TraeStatus,
+};
 use crate::tasks::{RunRequest, TaskManager};
 use crate::{
     clock,
@@ -16,13 +19,10 @@ use crate::{
         TaskEvent,
         trae::{self, trae_service_server::TraeService},
     },
-    store::{Task, TaskStatus},
+    store::Task,
 };
 
-const SUCCESS: &str = "success";
-/// `GET /api/tasks`: tasks per response by default, and at most.
-const DEFAULT_LIST_LIMIT: i32 = 100;
-const MAX_LIST_LIMIT: i32 = 1000;
+pub(super) const SUCCESS: &str = "success";
 
 pub struct TraeApi {
     tasks: Arc<TaskManager>,
@@ -33,8 +33,6 @@ impl TraeApi {
         Self { tasks }
     }
 }
-
-type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -146,32 +144,11 @@ impl TraeService for TraeApi {
         req: Request<trae::ListTasksRequest>,
     ) -> Result<Response<trae::ListTasksResponse>, Status> {
         let req = req.into_inner();
-        let status = match req.status.as_str() {
-            "" => None,
-            s => Some(
-                TaskStatus::parse(s)
-                    .ok_or_else(|| Error::invalid(format!("unknown status {s:?}")))?,
-            ),
-        };
-        let limit = match req.limit {
-            None => DEFAULT_LIST_LIMIT,
-            Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
-            Some(n) => {
-                return Err(Error::invalid(format!(
-                    "limit must be between 1 and {MAX_LIST_LIMIT}, got {n}"
-                ))
-                .into());
-            }
-        };
-        let offset = match req.offset {
-            Some(n) if n < 0 => {
-                return Err(Error::invalid(format!("offset must not be negative, got {n}")).into());
-            }
-            other => other.map(i64::from),
-        };
+        let status = paging::status_filter(&req.status, paging::TRAE_STATUS_HINT)?;
+        let window = Window::resolve(req.limit, req.offset)?;
         let (tasks, total) = self
             .tasks
-            .list_recent_tasks(status, i64::from(limit), offset)
+            .list_recent_tasks(status, window.limit, window.offset)
             .await?;
         let now = clock::now_ms();
         Ok(Response::new(trae::ListTasksResponse {
@@ -188,27 +165,16 @@ impl TraeService for TraeApi {
         req: Request<trae::StreamTaskRequest>,
     ) -> Result<Response<Self::StreamTaskStream>, Status> {
         let req = req.into_inner();
-        let events = self
-            .tasks
-            .follow_events(&req.task_id, req.after_seq.map_or(0, i64::from))
-            .await?;
-        Ok(Response::new(event_stream(events, req.task_id)))
+        let events = follow_events(&self.tasks, req.task_id, req.after_seq).await?;
+        Ok(Response::new(events))
     }
 
     async fn get_task_status(
         &self,
         req: Request<trae::GetTaskStatusRequest>,
     ) -> Result<Response<trae::GetTaskStatusResponse>, Status> {
-        let (task, events) = self.tasks.task_messages(&req.into_inner().task_id).await?;
-        let s = summary(&task, clock::now_ms());
-        Ok(Response::new(trae::GetTaskStatusResponse {
-            status: SUCCESS.into(),
-            task_id: s.task_id,
-            task_status: s.status,
-            start_time: s.start_time,
-            duration: s.duration,
-            messages: events.iter().map(task_event).collect(),
-        }))
+        let status = TraeStatus::read(&self.tasks, &req.into_inner().task_id).await?;
+        Ok(Response::new(status.to_proto()))
     }
 
     async fn stop_task(

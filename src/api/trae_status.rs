@@ -17,13 +17,64 @@ use axum::{
 };
 use serde::{Serialize, Serializer};
 
-use super::event_json::{Wire, proto_double};
-use crate::{clock, store::Event, tasks::TaskManager};
+use super::{
+    convert::task_event,
+    event_json::{Wire, proto_double},
+    trae::{SUCCESS, summary},
+};
+use crate::{
+    clock,
+    error::Result,
+    proto::trae::{GetTaskStatusResponse, TaskSummary},
+    store::Event,
+    tasks::TaskManager,
+};
 
 pub fn routes(tasks: Arc<TaskManager>) -> Router {
     Router::new()
         .route("/api/tasks/{task_id}/status", get(status))
         .with_state(tasks)
+}
+
+/// A task's Trae status, read once for either printing: the gRPC response
+/// or, for REST, JSON straight from the log.
+pub(super) struct TraeStatus {
+    summary: TaskSummary,
+    log: Arc<Vec<Event>>,
+}
+
+impl TraeStatus {
+    pub(super) async fn read(tasks: &TaskManager, task_id: &str) -> Result<Self> {
+        let (task, log) = tasks.task_messages(task_id).await?;
+        Ok(Self {
+            summary: summary(&task, clock::now_ms()),
+            log,
+        })
+    }
+
+    pub(super) fn to_proto(&self) -> GetTaskStatusResponse {
+        let s = &self.summary;
+        GetTaskStatusResponse {
+            status: SUCCESS.into(),
+            task_id: s.task_id.clone(),
+            task_status: s.status.clone(),
+            start_time: s.start_time,
+            duration: s.duration,
+            messages: self.log.iter().map(task_event).collect(),
+        }
+    }
+
+    fn to_json(&self) -> StatusJson<'_> {
+        let s = &self.summary;
+        StatusJson {
+            status: SUCCESS,
+            task_id: &s.task_id,
+            task_status: &s.status,
+            start_time: s.start_time,
+            duration: s.duration,
+            messages: Messages(&self.log),
+        }
+    }
 }
 
 /// `agentd.trae.v1.GetTaskStatusResponse`, in field order.
@@ -48,20 +99,11 @@ impl Serialize for Messages<'_> {
 }
 
 async fn status(State(tasks): State<Arc<TaskManager>>, Path(task_id): Path<String>) -> Response {
-    let (task, events) = match tasks.task_messages(&task_id).await {
+    let status = match TraeStatus::read(&tasks, &task_id).await {
         Ok(found) => found,
         Err(e) => return super::status::http_error(e, "/api/"),
     };
-    let s = super::trae::summary(&task, clock::now_ms());
-    let body = StatusJson {
-        status: "success",
-        task_id: &s.task_id,
-        task_status: &s.status,
-        start_time: s.start_time,
-        duration: s.duration,
-        messages: Messages(&events),
-    };
-    match serde_json::to_vec(&body) {
+    match serde_json::to_vec(&status.to_json()) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => {
             super::status::http_error(anyhow::anyhow!("printing the status: {e}").into(), "/api/")
@@ -88,16 +130,18 @@ mod tests {
             event(1, json!({"message": "Step 1", "data": {"step": 1}})),
             event(2, json!({})),
         ];
-        let body = StatusJson {
-            status: "success",
-            task_id: "t1",
-            task_status: "running",
-            start_time: 1_700_000_000.0,
-            duration: 0.5,
-            messages: Messages(&events),
+        let status = TraeStatus {
+            summary: TaskSummary {
+                task_id: "t1".into(),
+                status: "running".into(),
+                start_time: 1_700_000_000.0,
+                duration: 0.5,
+            },
+            log: Arc::new(events.to_vec()),
         };
+        assert_eq!(status.to_proto().messages.len(), 2);
         assert_eq!(
-            serde_json::to_string(&body).unwrap(),
+            serde_json::to_string(&status.to_json()).unwrap(),
             "{\"status\":\"success\",\"task_id\":\"t1\",\"task_status\":\"running\",\
              \"start_time\":1700000000,\"duration\":0.5,\"messages\":[\
              {\"type\":\"step\",\"task_id\":\"t1\",\"message\":\"Step 1\",\"timestamp\":1700000000.5,\"seq\":1,\"data\":{\"step\":1}},\

@@ -491,11 +491,6 @@ impl Agent {
         }
     }
 
-    /// Ends every process the tools started, without ending the run.
-    pub async fn shutdown_tools(&self) {
-        self.tools.shutdown().await;
-    }
-
     pub fn outcome(&self) -> Option<&RunOutcome> {
         self.outcome.as_ref()
     }
