@@ -245,3 +245,165 @@ fn heartbeat(task_id: &str, last_seq: i64) -> Event {
         body: Map::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::tasks::{RunnerSettings, testkit::Harness};
+
+    fn nudge(writer: u32, i: u32) -> TaskEvent {
+        TaskEvent::Nudge {
+            step: writer,
+            message: i.to_string(),
+        }
+    }
+
+    fn seqs(events: &[Event]) -> Vec<i64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    /// Reads the whole stream (heartbeats aside) until it ends.
+    async fn read_to_end(log: &Arc<EventLog>, task_id: &str, after_seq: i64) -> Vec<Event> {
+        let stream = log.follow(task_id, after_seq).unwrap();
+        let read = stream
+            .map(|e| e.unwrap())
+            .filter(|e| std::future::ready(!is_heartbeat(e)))
+            .map(|e| (*e).clone())
+            .collect::<Vec<_>>();
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("the stream ended")
+    }
+
+    /// Writers appending to one log at once: the seqs are 1..N without gaps
+    /// or repeats, the store holds them in seq order, every writer got the
+    /// events it wrote, and each writer's events keep the order it wrote them in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_get_consecutive_seqs() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        h.running_task("t").await;
+        const WRITERS: u32 = 8;
+        const EACH: u32 = 30;
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let log = h.events.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut i = 0;
+                    while i < EACH {
+                        // Single appends and batches, mixed.
+                        if w % 2 == 0 {
+                            got.push(log.append("t", nudge(w, i)).await.unwrap());
+                            i += 1;
+                        } else {
+                            let batch = vec![nudge(w, i), nudge(w, i + 1)];
+                            got.extend(log.append_all("t", batch, None).await.unwrap());
+                            i += 2;
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut returned = Vec::new();
+        for w in writers {
+            returned.extend(w.await.unwrap());
+        }
+        let n = i64::from(WRITERS * EACH);
+        let stored = h.store.list_events("t", 0, 10_000).await.unwrap();
+        assert_eq!(seqs(&stored), (1..=n).collect::<Vec<_>>());
+        returned.sort_by_key(|e| e.seq);
+        assert_eq!(returned.len(), stored.len());
+        for (r, s) in returned.iter().zip(&stored) {
+            assert_eq!((r.seq, &r.body), (s.seq, &s.body));
+        }
+        for w in 0..WRITERS {
+            let order: Vec<String> = stored
+                .iter()
+                .filter(|e| e.body["data"]["step"] == w)
+                .map(|e| e.body["message"].as_str().unwrap().to_string())
+                .collect();
+            let written: Vec<String> = (0..EACH).map(|i| i.to_string()).collect();
+            assert_eq!(order, written, "writer {w}");
+        }
+        assert_eq!(h.store.last_event_seq("t").await.unwrap(), n);
+    }
+
+    /// A reader that comes while events are being written gets what was
+    /// stored, then what follows live, in order, each once, and its stream
+    /// ends after `end`; so does one resuming part-way, and one after `end`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_reader_replays_then_follows_until_end() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        h.running_task("t").await;
+        const EVENTS: u32 = 300;
+        let writer = {
+            let log = h.events.clone();
+            tokio::spawn(async move {
+                for i in 0..EVENTS {
+                    log.append("t", nudge(0, i)).await.unwrap();
+                }
+                let end = TaskEvent::End {
+                    status: crate::store::TaskStatus::Completed,
+                };
+                log.append("t", end).await.unwrap();
+            })
+        };
+        // Join part-way: some events are stored, more are on their way.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while h.store.last_event_seq("t").await.unwrap() < 50 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let late = read_to_end(&h.events, "t", 0).await;
+        writer.await.unwrap();
+
+        let all: Vec<i64> = (1..=i64::from(EVENTS) + 1).collect();
+        assert_eq!(seqs(&late), all);
+        assert!(is_end(late.last().unwrap()));
+        let resumed = read_to_end(&h.events, "t", 120).await;
+        assert_eq!(seqs(&resumed), all[120..].to_vec());
+        let after_end = read_to_end(&h.events, "t", 0).await;
+        assert_eq!(seqs(&after_end), all);
+        // Resuming after the `end` itself: nothing more, and the stream ends.
+        assert!(
+            read_to_end(&h.events, "t", all.len() as i64)
+                .await
+                .is_empty()
+        );
+    }
+
+    /// The switch from replay to live: a reader that has everything stored
+    /// waits, and gets each live event as it is appended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_caught_up_gets_live_events() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        h.running_task("t").await;
+        for i in 0..3 {
+            h.events.append("t", nudge(0, i)).await.unwrap();
+        }
+        let mut reader = std::pin::pin!(h.events.follow("t", 0).unwrap());
+        let mut next = async || {
+            let e = tokio::time::timeout(Duration::from_secs(60), reader.next()).await;
+            e.unwrap().unwrap().unwrap().seq
+        };
+        for seq in 1..=3 {
+            assert_eq!(next().await, seq);
+        }
+        for seq in 4..=5 {
+            h.events.append("t", nudge(0, seq as u32)).await.unwrap();
+            assert_eq!(next().await, seq);
+        }
+        let end = TaskEvent::End {
+            status: crate::store::TaskStatus::Stopped,
+        };
+        h.events.append_all("t", vec![end], None).await.unwrap();
+        assert_eq!(next().await, 6);
+        let rest = tokio::time::timeout(Duration::from_secs(60), reader.next()).await;
+        assert!(rest.unwrap().is_none(), "the stream ends after `end`");
+    }
+}

@@ -1,20 +1,38 @@
-//! The task layer: one core behind both API dialects.
+//! The task layer: one core behind both API dialects. By concern:
 //!
 //! - this file: creating, listing and deleting tasks, steps, runtime status;
+//! - `trae_run`, `agent_step`: a Trae run and an Agent Protocol step, from
+//!   request to records; `run_config`: the configuration a run resolves;
+//! - `admission`: run slots, the 429 when all are busy, queued steps;
+//! - `lifecycle`: a run from start to its end, and the single place that
+//!   records that end and the final status; `session`: Agent Protocol tasks
+//!   run one step per request;
+//! - `stop`: the stop protocol, from a request to the run's process groups;
+//! - `forward`: engine events into the event log (and metrics);
+//!   `events`: the durable per-task event log (append, replay, follow);
+//!   `task_event`: the events' types and JSON;
+//! - `snapshot`: workspace snapshots (the files a step changed);
 //! - `artifacts`, `workspace`: task files (uploads, downloads, path checks);
-//! - `runs`, `runner`: running the engine (Trae runs, Agent Protocol steps,
-//!   limits, timeouts, stop); `events`: the durable per-task event log;
 //! - `recovery`, `processes`, `containment`: what a crash left behind, the
 //!   tasks' process groups, allowed roots and the bash sandbox.
 
+mod admission;
+mod agent_step;
 mod artifacts;
 pub mod containment;
 pub mod events;
+mod forward;
+mod lifecycle;
 pub mod processes;
 mod recovery;
-mod runner;
-mod runs;
+mod run_config;
+mod session;
+mod snapshot;
+mod stop;
 pub mod task_event;
+#[cfg(test)]
+mod testkit;
+mod trae_run;
 pub mod workspace;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
@@ -31,9 +49,10 @@ use agentd_engine::tools::{BashSandbox, ToolSetOptions};
 pub use containment::Containment;
 use containment::{AllowedRoots, SandboxStatus};
 use events::EventLog;
+use lifecycle::Runner;
+pub use lifecycle::RunnerSettings;
 use processes::ProcessRecords;
-use runner::Runner;
-pub use runner::{RunnerSettings, StopReason};
+pub use stop::StopReason;
 pub use task_event::{EventKind, TaskEvent};
 use workspace::Workspaces;
 pub use workspace::{MAX_UPLOAD_BYTES, Upload};
@@ -325,7 +344,7 @@ impl TaskManager {
 
     /// Runs executing, steps queued, and the limit (`/metrics`).
     pub fn run_load(&self) -> crate::metrics::RunLoad {
-        self.runner.load()
+        self.runner.admission.load()
     }
 
     pub async fn runtime_status(&self) -> Result<RuntimeStatus> {

@@ -61,3 +61,102 @@ pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Resu
     }
     Ok(running.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use serde_json::Map;
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        store::{Origin, SqliteStore, Task},
+        tasks::{TaskManager, TaskSettings, task_event::EventKind, workspace::Workspaces},
+    };
+
+    /// agentd as it starts: the task layer over the database file.
+    async fn start(db: &Path, data: &Path) -> TaskManager {
+        let store = Arc::new(SqliteStore::open(db).await.unwrap());
+        let workspaces = Workspaces::open(data).unwrap();
+        TaskManager::start(store, workspaces, TaskSettings::default(), Metrics::new())
+            .await
+            .unwrap()
+    }
+
+    /// The task's status and the kinds of its events, in order.
+    async fn kinds(tasks: &TaskManager, task_id: &str) -> (TaskStatus, Vec<&'static str>) {
+        let (task, log) = tasks.task_messages(task_id).await.unwrap();
+        let kinds = log.iter().map(|e| EventKind::of(e).unwrap().as_str());
+        (task.status, kinds.collect())
+    }
+
+    /// A run in flight when agentd died is failed with `error` and `end` on
+    /// the next start, once: a second start finds nothing to do. A task
+    /// that had ended is left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_a_crash_left_running_is_failed_once_on_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, crashed) = (dir.path().join("agentd.db"), dir.path().join("crashed.db"));
+        let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+        let events = EventLog::new(store.clone(), Metrics::new());
+        let now = clock::now_ms();
+        for (id, status) in [
+            ("running", TaskStatus::Running),
+            ("done", TaskStatus::Completed),
+        ] {
+            let task = Task {
+                status,
+                started_at: Some(now),
+                ..Task::new(id.into(), "a task".into(), Map::new(), Origin::Trae, now)
+            };
+            store.insert_task(&task).await.unwrap();
+            let step = TaskEvent::Step { step: 1 };
+            events.append(id, step).await.unwrap();
+        }
+        events
+            .append(
+                "done",
+                TaskEvent::End {
+                    status: TaskStatus::Completed,
+                },
+            )
+            .await
+            .unwrap();
+        // The files as a SIGKILL leaves them: the store still open, its
+        // write-ahead log not checkpointed into the database.
+        for suffix in ["", "-wal"] {
+            let from = format!("{}{suffix}", db.display());
+            if Path::new(&from).exists() {
+                std::fs::copy(&from, format!("{}{suffix}", crashed.display())).unwrap();
+            }
+        }
+        let data = dir.path().join("data");
+
+        let tasks = start(&crashed, &data).await;
+        assert_eq!(
+            kinds(&tasks, "running").await,
+            (TaskStatus::Failed, vec!["step", "error", "end"])
+        );
+        let (task, events) = tasks.task_messages("running").await.unwrap();
+        assert_eq!(task.error.as_deref(), Some(INTERRUPTED));
+        assert!(task.finished_at.is_some());
+        assert_eq!(events[1].body["error"], INTERRUPTED);
+        assert_eq!(events[2].body["data"]["status"], "failed");
+        assert_eq!(
+            kinds(&tasks, "done").await,
+            (TaskStatus::Completed, vec!["step", "end"])
+        );
+        drop(tasks);
+
+        let again = start(&crashed, &data).await;
+        assert_eq!(
+            kinds(&again, "running").await,
+            (TaskStatus::Failed, vec!["step", "error", "end"])
+        );
+        assert_eq!(
+            kinds(&again, "done").await,
+            (TaskStatus::Completed, vec!["step", "end"])
+        );
+    }
+}

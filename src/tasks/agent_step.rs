@@ -1,0 +1,196 @@
+//! Agent Protocol steps (`POST /ap/v1/agent/tasks/{id}/steps`): one step of
+//! the task's session (`session`), recorded as a step with the files it
+//! created or changed (`snapshot`) as its artifacts.
+
+use std::sync::Arc;
+
+use agentd_engine::{
+    agent::{Agent, AgentOptions, RunOutcome},
+    config::ConfigRequest,
+};
+use serde_json::{Map, Value};
+
+use super::{StepView, TaskManager, lifecycle::final_status, session::Session, snapshot::Snapshot};
+use crate::{
+    clock,
+    error::{Error, Result},
+    store::{Artifact, Step, TaskStatus},
+};
+
+impl TaskManager {
+    /// Executes one step of an Agent Protocol task. The first step starts
+    /// the task's agent in its workspace (provider, model, max_steps and
+    /// config_file may be given in the task's additional_input); later steps
+    /// continue it, with the step's input as a further user message. Files
+    /// the step created or changed become artifacts of the step.
+    ///
+    /// The step runs to its end even when the caller goes away (a client
+    /// that hung up, a proxy timeout): a dropped request must not leave a
+    /// half-taken step behind, with no record and the session out of step.
+    pub async fn execute_step(
+        self: &Arc<Self>,
+        task_id: &str,
+        input: String,
+        additional_input: Map<String, Value>,
+    ) -> Result<StepView> {
+        use tracing::Instrument as _;
+        let (tasks, task_id) = (self.clone(), task_id.to_string());
+        let step = async move { tasks.run_step(&task_id, input, additional_input).await };
+        tokio::spawn(step.in_current_span())
+            .await
+            .map_err(|e| Error::Internal(anyhow::Error::new(e).context("the step's task")))?
+    }
+
+    async fn run_step(
+        &self,
+        task_id: &str,
+        input: String,
+        additional_input: Map<String, Value>,
+    ) -> Result<StepView> {
+        let task = self.task(task_id).await?;
+        if task.status.is_finished() {
+            return Err(Error::invalid(format!(
+                "task {task_id} is {}; it takes no more steps",
+                task.status.as_str()
+            )));
+        }
+        let ws = self.workspaces.dir(task_id);
+        tokio::fs::create_dir_all(&ws).await?;
+        let before = Snapshot::take(&ws).await?;
+        let make_session = || async {
+            let overrides = |k: &str| {
+                task.additional_input.get(k).and_then(|v| match v {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+            };
+            let cfg = self.run_config(&ConfigRequest {
+                config_file: overrides("config_file"),
+                provider: overrides("provider"),
+                model: overrides("model"),
+                max_steps: overrides("max_steps").and_then(|s| s.parse().ok()),
+            })?;
+            let llm = self.llm_client(&cfg)?;
+            let sink = self.runner.sink(task_id);
+            let agent = Agent::new(
+                &cfg,
+                llm,
+                task.input.clone(),
+                &ws,
+                AgentOptions {
+                    tools: self.tool_options(task_id),
+                    // A provider outage fails the step (502), not the task.
+                    retry_failed_steps: true,
+                    ..AgentOptions::default()
+                },
+                Arc::new(sink.clone()),
+            )
+            .await
+            .map_err(|e| Error::invalid(e.to_string()))?;
+            let mut running = task.clone();
+            let now = clock::now_ms();
+            running.status = TaskStatus::Running;
+            running.started_at = Some(now);
+            running.modified_at = now;
+            self.store.update_task(&running).await?;
+            self.runner
+                .record_start(task_id, &task.input, &cfg, &ws)
+                .await?;
+            Ok(Session::new(agent, sink, cfg.max_steps))
+        };
+        let extra = (!input.trim().is_empty()).then(|| input.clone());
+        let (outcome, max_steps, stop) = self.runner.step(task_id, extra, make_session).await?;
+        if let Some(failure) = outcome.provider_error {
+            // No step is recorded: the same step may be sent again.
+            tracing::warn!(%task_id, provider = %failure.provider, status = ?failure.status,
+                error = %failure.message, "step failed: the model call gave up; the task takes the next step");
+            return Err(Error::Provider {
+                provider: failure.provider,
+                status: failure.status,
+                message: failure.message,
+            });
+        }
+
+        let (_, steps_so_far) = self.store.list_steps(task_id, 0, 0).await?;
+        let step_id = uuid::Uuid::new_v4().to_string();
+        let now = clock::now_ms();
+        let after = Snapshot::take(&ws).await?;
+        // A step that went on (no outcome yet) completed; otherwise the
+        // task's one final-status rule.
+        let state = outcome
+            .outcome
+            .as_ref()
+            .map_or(TaskStatus::Completed, |o| final_status(o, stop.as_ref()));
+        let tools: Vec<&str> = outcome.tool_calls.iter().map(|c| c.name.as_str()).collect();
+        let output = match (&outcome.outcome, &stop) {
+            (Some(RunOutcome::Failed { error, .. }), _) if outcome.output.is_empty() => {
+                error.clone()
+            }
+            (Some(RunOutcome::Stopped { .. }), Some(reason)) if outcome.output.is_empty() => {
+                reason.describe()
+            }
+            _ if outcome.output.is_empty() && !tools.is_empty() => {
+                format!("Called {}", tools.join(", "))
+            }
+            _ => outcome.output.clone(),
+        };
+        let mut additional_output = Map::new();
+        additional_output.insert("state".into(), Value::String(state.as_str().into()));
+        additional_output.insert("step_number".into(), Value::from(outcome.step_number));
+        additional_output.insert("max_steps".into(), Value::from(max_steps));
+        additional_output.insert(
+            "tool_calls".into(),
+            serde_json::to_value(&outcome.tool_calls).unwrap_or_default(),
+        );
+        additional_output.insert(
+            "usage".into(),
+            serde_json::to_value(outcome.usage).unwrap_or_default(),
+        );
+        let step = Step {
+            step_id: step_id.clone(),
+            task_id: task_id.to_string(),
+            number: steps_so_far + 1,
+            name: if tools.is_empty() {
+                format!("step {}", outcome.step_number)
+            } else {
+                tools.join(", ")
+            },
+            status: "completed".into(),
+            state: state.as_str().into(),
+            input,
+            additional_input,
+            output,
+            additional_output,
+            is_last: outcome.is_last,
+            created_at: now,
+        };
+        self.store.save_step(&step).await?;
+
+        let mut artifacts = Vec::new();
+        for (path, size) in after.changed_since(&before) {
+            let location = path.to_string_lossy().replace('\\', "/");
+            let (relative_path, file_name) = match location.rsplit_once('/') {
+                Some((dir, name)) => (dir.to_string(), name.to_string()),
+                None => (String::new(), location.clone()),
+            };
+            let artifact = Artifact {
+                artifact_id: uuid::Uuid::new_v4().to_string(),
+                task_id: task_id.to_string(),
+                step_id: Some(step_id.clone()),
+                file_name,
+                relative_path,
+                location,
+                file_size: size as i64,
+                agent_created: true,
+                created_at: now,
+            };
+            artifacts.push(
+                self.store
+                    .upsert_artifact(&artifact, Some(&step_id))
+                    .await?,
+            );
+        }
+        Ok(StepView { step, artifacts })
+    }
+}

@@ -1,0 +1,203 @@
+//! The engine's event sink of a run and its forwarder: the engine emits
+//! [`EngineEvent`]s through a channel (it must never wait on storage), and
+//! one forwarder per run turns them into [`TaskEvent`]s, appends them in
+//! order to the event log, records token usage on the task and counts the
+//! run's metrics. A flush lets the run's end wait until all of it is stored,
+//! so the terminal events written after it are really last.
+
+use std::{sync::Arc, time::Instant};
+
+use agentd_engine::{
+    events::{EngineEvent, EventSink, FailureKind},
+    tools::BUILTIN_TOOL_NAMES,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::events::EventLog;
+use super::task_event::TaskEvent;
+use crate::{
+    clock,
+    metrics::{LlmObserver, Metrics},
+    store::Store,
+};
+
+enum Forward {
+    /// With the moment it was emitted (tool calls' durations).
+    Event(EngineEvent, Instant),
+    Flush(oneshot::Sender<()>),
+    /// The run's provider/model metrics, sent before its first event.
+    Llm(LlmObserver),
+}
+
+/// The engine's event sink: a channel to the run's forwarder.
+pub struct LogSink {
+    tx: mpsc::UnboundedSender<Forward>,
+}
+
+impl LogSink {
+    /// A sink for the run of `task_id`, with its forwarder. The forwarder
+    /// ends when the last clone of the sink is dropped.
+    pub fn start(
+        events: Arc<EventLog>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        task_id: &str,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward(rx, events, store, metrics, task_id.to_string()));
+        Self { tx }
+    }
+
+    /// Waits until everything emitted so far is in the log.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Forward::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Counts the run's LLM calls, tokens and cost under its provider/model.
+    pub fn observe_llm(&self, observer: LlmObserver) {
+        let _ = self.tx.send(Forward::Llm(observer));
+    }
+}
+
+impl EventSink for LogSink {
+    fn emit(&self, event: EngineEvent) {
+        let _ = self.tx.send(Forward::Event(event, Instant::now()));
+    }
+}
+
+impl Clone for LogSink {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// Engine messages a forwarder takes into one write at most.
+const FORWARD_BATCH: usize = 256;
+
+/// Appends a run's events to its log. Whatever arrived while the previous
+/// write was on its way to disk goes into the next one together, so a fast
+/// agent costs one transaction per batch rather than one per event.
+async fn forward(
+    mut rx: mpsc::UnboundedReceiver<Forward>,
+    events: Arc<EventLog>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    task_id: String,
+) {
+    let mut inbox = Vec::with_capacity(FORWARD_BATCH);
+    let mut llm: Option<LlmObserver> = None;
+    // Tool calls in progress: (call_id, when it started).
+    let mut tools_started: Vec<(String, Instant)> = Vec::new();
+    while rx.recv_many(&mut inbox, FORWARD_BATCH).await > 0 {
+        let mut entries = Vec::new();
+        let mut usage = None;
+        let mut flushed = Vec::new();
+        for msg in inbox.drain(..) {
+            let (event, at) = match msg {
+                Forward::Flush(done) => {
+                    flushed.push(done);
+                    continue;
+                }
+                Forward::Llm(observer) => {
+                    llm = Some(observer);
+                    continue;
+                }
+                Forward::Event(e, at) => (e, at),
+            };
+            match &event {
+                EngineEvent::Usage {
+                    total,
+                    total_cost_usd,
+                    cost_usd,
+                    ..
+                } => {
+                    usage = Some((*total, *total_cost_usd));
+                    if let Some(llm) = &llm {
+                        llm.cost_usd.inc_by(*cost_usd);
+                    }
+                }
+                EngineEvent::LlmResponse { usage, .. } => {
+                    if let Some(llm) = &llm {
+                        llm.requests.inc();
+                        llm.input_tokens.inc_by(usage.input_tokens);
+                        llm.output_tokens.inc_by(usage.output_tokens);
+                    }
+                }
+                EngineEvent::Failed {
+                    kind: FailureKind::Provider,
+                    ..
+                }
+                | EngineEvent::StepFailed { .. } => {
+                    if let Some(llm) = &llm {
+                        llm.requests.inc();
+                        llm.errors.inc();
+                    }
+                }
+                EngineEvent::ToolCall { call, .. } => {
+                    tools_started.push((call.call_id.clone(), at));
+                }
+                EngineEvent::ToolResult { result, .. } => {
+                    if let Some(i) = tools_started
+                        .iter()
+                        .position(|(id, _)| *id == result.call_id)
+                    {
+                        let (_, started) = tools_started.swap_remove(i);
+                        metrics.observe_tool(
+                            tool_label(&result.name),
+                            at.saturating_duration_since(started).as_secs_f64(),
+                        );
+                    }
+                }
+                EngineEvent::StepFinished {
+                    llm_seconds,
+                    tool_seconds,
+                    overhead_seconds,
+                    ..
+                } => {
+                    metrics.steps.inc();
+                    metrics.step_llm.observe(*llm_seconds);
+                    metrics.step_tools.observe(*tool_seconds);
+                    metrics.step_overhead.observe(*overhead_seconds);
+                }
+                _ => {}
+            }
+            entries.extend(TaskEvent::from_engine(&event));
+        }
+        // Both writes share the store's next group commit.
+        let record_usage = async {
+            if let Some((total, cost)) = &usage {
+                let (input, output) = (total.input_tokens as i64, total.output_tokens as i64);
+                let now = clock::now_ms();
+                if let Err(e) = store.set_usage(&task_id, input, output, *cost, now).await {
+                    tracing::warn!(%task_id, error = %e, "could not record token usage");
+                }
+            }
+        };
+        let append = async {
+            if !entries.is_empty()
+                && let Err(e) = events.append_all(&task_id, entries, None).await
+            {
+                tracing::error!(%task_id, error = %e, "could not append to the event log");
+            }
+        };
+        tokio::join!(record_usage, append);
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// A tool's metrics label: built-in tools by name, anything a model made up
+/// as `other` (labels must stay few).
+fn tool_label(name: &str) -> &'static str {
+    BUILTIN_TOOL_NAMES
+        .iter()
+        .find(|n| **n == name)
+        .copied()
+        .unwrap_or("other")
+}

@@ -1,0 +1,95 @@
+//! The configuration a run resolves: the Trae config file (`--trae-config`
+//! or the request's `config_file`, relative names from the start directory)
+//! with the request's overrides, and the model client built from it.
+
+use std::sync::Arc;
+
+use agentd_engine::{
+    config::{self, ConfigError, ConfigRequest, ResolvedConfig},
+    llm,
+};
+
+use super::TaskManager;
+use crate::error::{Error, Result};
+
+/// The environment variable naming the default Trae config file.
+const CONFIG_FILE_ENV: &str = "TRAE_CONFIG_FILE";
+
+impl TaskManager {
+    /// The environment configuration is resolved against: the process's,
+    /// with `--trae-config` (always set, absolute) standing in for TRAE_CONFIG_FILE.
+    fn config_env(&self, key: &str) -> Option<String> {
+        if key == CONFIG_FILE_ENV {
+            return Some(self.settings.trae_config_file.display().to_string());
+        }
+        config::process_env(key)
+    }
+
+    /// The request with its `config_file` absolute: a relative name is
+    /// looked for in the directory agentd was started in (never wherever the
+    /// process's working directory happens to be later).
+    fn absolute_config_file(&self, req: &ConfigRequest) -> ConfigRequest {
+        let config_file = req.config_file.as_ref().map(|f| {
+            let path = std::path::Path::new(f);
+            match path.is_absolute() {
+                true => f.clone(),
+                false => self.settings.config_dir.join(path).display().to_string(),
+            }
+        });
+        ConfigRequest {
+            config_file,
+            ..req.clone()
+        }
+    }
+
+    /// The model client of a run, with the server's default request timeout.
+    pub(super) fn llm_client(&self, cfg: &ResolvedConfig) -> Result<Arc<dyn llm::LlmClient>> {
+        let options = llm::ClientOptions {
+            request_timeout: self.settings.runner.llm_request_timeout,
+            ..llm::ClientOptions::default()
+        };
+        llm::client_with_options(cfg, &options).map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    /// Resolves the configuration of a run (a named file must exist).
+    pub(super) fn run_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
+        config::resolve(&self.absolute_config_file(req), &|k| self.config_env(k))
+            .map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    /// The Trae configuration a run would use, for `/api/config`. A named
+    /// file that does not exist is reported (`config_exists: false`, with
+    /// defaults) rather than refused: this is a report, not a run. A file
+    /// the request named relatively is reported by that name, as asked.
+    pub fn resolve_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
+        let absolute = self.absolute_config_file(req);
+        let resolved = match config::resolve(&absolute, &|k| self.config_env(k)) {
+            Err(ConfigError::NotFound { path }) => {
+                // Resolve as if the missing file were the default one.
+                let as_default = |key: &str| {
+                    if key == CONFIG_FILE_ENV {
+                        Some(path.display().to_string())
+                    } else {
+                        config::process_env(key)
+                    }
+                };
+                let req = ConfigRequest {
+                    config_file: None,
+                    ..req.clone()
+                };
+                config::resolve(&req, &as_default)
+            }
+            other => other,
+        };
+        let mut cfg = resolved.map_err(|e| Error::invalid(e.to_string()))?;
+        let named_relatively = req
+            .config_file
+            .as_ref()
+            .is_some_and(|f| std::path::Path::new(f).is_relative());
+        if named_relatively && let Ok(rel) = cfg.config_file.strip_prefix(&self.settings.config_dir)
+        {
+            cfg.config_file = rel.to_path_buf();
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,225 @@
+//! The stop protocol: ending a run on request (`StopTask`, delete), on
+//! restart or on shutdown, processes included.
+//!
+//! [`Runner::stop`] records the [`StopReason`] on the run (the first reason
+//! given wins: it decides the final status) and cancels the run's token.
+//! - A background run is inside `Agent::run`, which sees the token, ends
+//!   the step and, in `Agent::finish`, shuts the tools down: the bash
+//!   tool's process group gets SIGTERM, then SIGKILL after a grace
+//!   (`terminate_group` in `crates/engine/src/tools/process_group.rs`). The
+//!   run then records its end (`Runner::spawn_run` in `lifecycle`); the stop
+//!   waits for that, bounded.
+//! - A step-by-step task between steps has nobody watching its token: the
+//!   stop takes the session and ends it here (`Agent::stop`, the same way
+//!   down to the process groups), unless a step that was running ended the
+//!   task first (`session`).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use agentd_engine::agent::RunOutcome;
+use tokio_util::sync::CancellationToken;
+
+use super::{TaskManager, lifecycle::Runner, session::Session};
+use crate::error::Result;
+
+/// How long a stop waits for a background run to record its end.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a run was cancelled; decides the task's final status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// `POST /api/tasks/{id}/stop` (or delete): status `stopped`.
+    Requested,
+    TimedOut(Duration),
+    /// `POST /ap/v1/agent/restart`.
+    Restart,
+    /// agentd is shutting down.
+    Shutdown,
+}
+
+impl StopReason {
+    pub fn describe(&self) -> String {
+        match self {
+            StopReason::Requested => "stopped on request".into(),
+            StopReason::TimedOut(d) => format!("timed out after {}s", d.as_secs()),
+            StopReason::Restart => "the agent runtime was restarted".into(),
+            StopReason::Shutdown => "interrupted: agentd shut down".into(),
+        }
+    }
+}
+
+/// A run's cancellation: the token its agent watches and the first reason
+/// it was stopped for.
+#[derive(Debug, Clone, Default)]
+pub struct Cancellation {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Cancellation {
+    /// Records `reason` unless one already was, then cancels.
+    pub fn stop(&self, reason: StopReason) {
+        self.slot().get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// The reason of the first stop, if any.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.slot().clone()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<StopReason>> {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A run in progress: how to cancel it and learn that it finished.
+pub struct Active {
+    pub cancel: Cancellation,
+    /// Background runs: becomes true once the run recorded its end.
+    pub finished: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Agent Protocol tasks keep their agent between steps.
+    pub session: Option<Arc<tokio::sync::Mutex<Session>>>,
+}
+
+impl TaskManager {
+    /// Stops the task's run, ending every process it started. A task with
+    /// no run in progress is left as it is; the message says which.
+    pub async fn stop_task(&self, task_id: &str) -> Result<String> {
+        let task = self.task(task_id).await?;
+        if self.runner.stop(task_id, StopReason::Requested).await? {
+            Ok("Task stopped successfully".into())
+        } else {
+            Ok(format!(
+                "Task is not running (status: {})",
+                task.status.as_str()
+            ))
+        }
+    }
+
+    /// Restarts the agent runtime: running tasks end as failed (with the
+    /// reason), stored data stays. Configuration is read afresh by every run.
+    pub async fn restart(&self) -> usize {
+        self.runner.stop_all(StopReason::Restart).await
+    }
+
+    /// Ends every run (their processes too) before the process exits.
+    pub async fn shutdown(&self) -> usize {
+        self.runner.stop_all(StopReason::Shutdown).await
+    }
+}
+
+impl Runner {
+    /// Cancels a run and waits (bounded) for it to record its end. Returns
+    /// false when the task had no run in progress.
+    pub async fn stop(&self, task_id: &str, reason: StopReason) -> Result<bool> {
+        let Some((cancel, mut finished, session)) = self
+            .active()
+            .get(task_id)
+            .map(|a| (a.cancel.clone(), a.finished.clone(), a.session.clone()))
+        else {
+            return Ok(false);
+        };
+        cancel.stop(reason.clone());
+        match session {
+            // A step-by-step task between steps: end its session here.
+            Some(session) => {
+                let mut s = session.lock().await;
+                // A step that was running may have ended the session meanwhile.
+                if self.active().remove(task_id).is_none() {
+                    return Ok(true);
+                }
+                // Ends the processes and still writes the patch and trajectory.
+                s.agent.stop(reason.describe()).await;
+                s.sink.flush().await;
+                drop(s);
+                drop(session);
+                let outcome = RunOutcome::Stopped {
+                    reason: reason.describe(),
+                };
+                self.finish(task_id, &outcome, Some(&reason)).await?;
+            }
+            None => {
+                if let Some(finished) = finished.as_mut() {
+                    let _ = tokio::time::timeout(STOP_WAIT, finished.wait_for(|done| *done)).await;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Stops every run (restart or shutdown).
+    pub async fn stop_all(&self, reason: StopReason) -> usize {
+        let ids: Vec<String> = self.active().keys().cloned().collect();
+        let stops = ids.iter().map(|id| self.stop(id, reason.clone()));
+        futures_util::future::join_all(stops)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentd_engine::tools::process_is_alive;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        store::TaskStatus,
+        tasks::{
+            RunnerSettings,
+            testkit::{GatedLlm, Harness, tool_call},
+        },
+    };
+
+    #[test]
+    fn the_first_reason_is_kept() {
+        let cancel = Cancellation::default();
+        assert_eq!(cancel.reason(), None);
+        cancel.stop(StopReason::TimedOut(Duration::from_secs(3)));
+        cancel.stop(StopReason::Requested);
+        assert!(cancel.token().is_cancelled());
+        assert_eq!(
+            cancel.reason(),
+            Some(StopReason::TimedOut(Duration::from_secs(3)))
+        );
+    }
+
+    /// A stop of a run whose command is running returns once that
+    /// command's processes are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_ends_the_processes_of_a_running_command() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        let pid_file = h.dir().join("sleep.pid");
+        let command = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+        let llm = GatedLlm::new(vec![tool_call("bash", json!({ "command": command }))]);
+        h.start_run("t", llm.clone(), &["bash"]).await;
+        llm.called().await;
+        llm.release();
+        let pid = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let written = tokio::fs::read_to_string(&pid_file).await;
+                if let Some(pid) = written.ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the command started");
+        assert!(process_is_alive(pid));
+        assert!(h.runner.stop("t", StopReason::Requested).await.unwrap());
+        assert!(!process_is_alive(pid), "the command's process survived");
+        let (task, _) = h.ended_once("t").await;
+        assert_eq!(task.status, TaskStatus::Stopped);
+    }
+}
