@@ -31,7 +31,7 @@ use crate::{
         trae::trae_service_server::TraeServiceServer,
     },
     store::{SqliteStore, TaskStatus},
-    tasks::{Containment, RunnerSettings, TaskManager, TaskSettings, workspace::Workspaces},
+    tasks::{Containment, RunnerSettings, TaskManager, TaskSettings, Workspaces},
 };
 
 /// How long open streams may take to finish after SIGTERM/SIGINT.

@@ -14,7 +14,7 @@ use crate::{
     error::Error,
     proto::{TaskEvent, agentd::v1::Sandbox},
     store::Event,
-    tasks::{EventKind, TaskManager, containment::SandboxStatus},
+    tasks::{EventKind, SandboxStatus, TaskManager},
 };
 
 /// A server-streaming response of either dialect.

@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     proto::ap::{UploadArtifactRequest, UploadArtifactRequest as Msg},
     store::Artifact,
-    tasks::{MAX_UPLOAD_BYTES, TaskManager, Upload, workspace::sanitize_relative_path},
+    tasks::{MAX_UPLOAD_BYTES, TaskManager, Upload, sanitize_relative_path},
 };
 
 /// Form fields other than the file are small; this bounds what we buffer.

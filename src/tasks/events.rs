@@ -34,10 +34,6 @@ pub fn is_end(e: &Event) -> bool {
     e.kind == EventKind::End.as_str()
 }
 
-/// Whether `e` is a heartbeat (sent to idle live readers, never stored).
-pub fn is_heartbeat(e: &Event) -> bool {
-    e.kind == EventKind::Heartbeat.as_str()
-}
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// Events read from the store per query while replaying. Each reader that
 /// fell behind holds one batch: 1,000 lagging readers of a busy task hold
@@ -269,7 +265,7 @@ mod tests {
         let stream = log.follow(task_id, after_seq).unwrap();
         let read = stream
             .map(|e| e.unwrap())
-            .filter(|e| std::future::ready(!is_heartbeat(e)))
+            .filter(|e| std::future::ready(EventKind::of(e) != Some(EventKind::Heartbeat)))
             .map(|e| (*e).clone())
             .collect::<Vec<_>>();
         tokio::time::timeout(Duration::from_secs(60), read)

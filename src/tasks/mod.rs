@@ -19,11 +19,11 @@
 mod admission;
 mod agent_step;
 mod artifacts;
-pub mod containment;
-pub mod events;
+mod containment;
+mod events;
 mod forward;
 mod lifecycle;
-pub mod processes;
+mod processes;
 mod recovery;
 mod run_config;
 mod session;
@@ -33,7 +33,7 @@ pub mod task_event;
 #[cfg(test)]
 mod testkit;
 mod trae_run;
-pub mod workspace;
+mod workspace;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
@@ -46,16 +46,16 @@ use crate::{
     store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals},
 };
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
+use containment::AllowedRoots;
 pub use containment::Containment;
-use containment::{AllowedRoots, SandboxStatus};
+pub use containment::SandboxStatus;
 use events::EventLog;
 use lifecycle::Runner;
 pub use lifecycle::RunnerSettings;
 use processes::ProcessRecords;
 pub use stop::StopReason;
 pub use task_event::{EventKind, TaskEvent};
-use workspace::Workspaces;
-pub use workspace::{MAX_UPLOAD_BYTES, Upload};
+pub use workspace::{MAX_UPLOAD_BYTES, Upload, Workspaces, sanitize_relative_path};
 
 /// A task together with its artifacts, as both dialects show it.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use agentd_engine::{
 };
 
 use super::TaskManager;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The environment variable naming the default Trae config file.
 const CONFIG_FILE_ENV: &str = "TRAE_CONFIG_FILE";
@@ -48,13 +48,14 @@ impl TaskManager {
             request_timeout: self.settings.runner.llm_request_timeout,
             ..llm::ClientOptions::default()
         };
-        llm::client_with_options(cfg, &options).map_err(|e| Error::invalid(e.to_string()))
+        Ok(llm::client_with_options(cfg, &options)?)
     }
 
     /// Resolves the configuration of a run (a named file must exist).
     pub(super) fn run_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
-        config::resolve(&self.absolute_config_file(req), &|k| self.config_env(k))
-            .map_err(|e| Error::invalid(e.to_string()))
+        Ok(config::resolve(&self.absolute_config_file(req), &|k| {
+            self.config_env(k)
+        })?)
     }
 
     /// The Trae configuration a run would use, for `/api/config`. A named
@@ -81,7 +82,7 @@ impl TaskManager {
             }
             other => other,
         };
-        let mut cfg = resolved.map_err(|e| Error::invalid(e.to_string()))?;
+        let mut cfg = resolved?;
         let named_relatively = req
             .config_file
             .as_ref()

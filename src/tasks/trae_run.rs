@@ -38,7 +38,7 @@ impl TaskManager {
             )));
         }
         // Everything that can be refused is checked before anything is created.
-        config::validate_agent_type(&req.agent_type).map_err(|e| Error::invalid(e.to_string()))?;
+        config::validate_agent_type(&req.agent_type)?;
         let cfg = self.run_config(&ConfigRequest {
             config_file: req.config_file.clone(),
             provider: req.provider.clone(),
