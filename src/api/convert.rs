@@ -87,7 +87,6 @@ pub const STREAM_FAILED: &str = "the event stream failed; resume with after_seq"
 /// A task's event log as a gRPC stream (and so, through Envoy, SSE).
 /// Storage errors end the stream with an in-band `error` event: a gRPC error
 /// after the first message would be invisible to SSE clients.
-
 pub fn event_stream(
     events: impl futures_util::Stream<Item = crate::error::Result<Arc<Event>>> + Send + 'static,
     task_id: String,
