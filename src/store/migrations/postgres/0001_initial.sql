@@ -111,7 +111,7 @@ DECLARE
     -- A backend runs one transaction at a time: concurrent writers rarely share a slot.
     my_slot SMALLINT := pg_backend_pid() % 16;
 BEGIN
-    IF TG_OP = 'INSERT' OR TG_OP = 'UPDATE' AND OLD.status IS DISTINCT FROM NEW.status THEN
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND OLD.status IS DISTINCT FROM NEW.status) THEN
         IF TG_OP = 'UPDATE' THEN
             -- Lock both rows in status order: two transactions moving tasks between the
             -- same two statuses in opposite directions must not deadlock.
