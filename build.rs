@@ -15,6 +15,8 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=third_party/googleapis");
+    // sqlx::migrate! embeds these; a new migration must rebuild the crate.
+    println!("cargo:rerun-if-changed=src/store/migrations");
 
     let mut compiler = protox::Compiler::new(["proto", "third_party/googleapis"])?;
     compiler.include_imports(true).include_source_info(true);

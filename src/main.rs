@@ -89,6 +89,11 @@ enum Command {
         /// lists, event logs), in MiB; 0 turns it off.
         #[arg(long, env = "AGENTD_READ_CACHE_MB", default_value_t = 32)]
         read_cache_mb: u64,
+        /// Keep tasks, steps, artifact records and event logs in PostgreSQL
+        /// (postgres://user:password@host:port/database) instead of SQLite in
+        /// the data directory. Task workspaces stay in the data directory.
+        #[arg(long, env = "AGENTD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Write the protobuf descriptor set (with HTTP annotations) that Envoy's
     /// transcoder loads, to a file or standard output.
@@ -141,6 +146,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             api_keys_file,
             rate_limit,
             read_cache_mb,
+            database_url,
         } => {
             // Logs; spans to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
             let telemetry = telemetry::init()?;
@@ -172,6 +178,12 @@ async fn run() -> anyhow::Result<ExitCode> {
                 })?;
                 api_keys.extend(text.lines().map(str::to_string));
             }
+            // Parsed here, not by clap: clap's error would print the URL,
+            // password and all.
+            let database_url = database_url
+                .filter(|u| !u.is_empty())
+                .map(|u| agentd::store::DatabaseUrl::parse(&u))
+                .transpose()?;
             let served = agentd::server::serve(agentd::server::ServeOptions {
                 listen,
                 data_dir,
@@ -186,6 +198,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                 api_keys: agentd::api::auth::ApiKeys::new(api_keys),
                 rate_limit_per_minute: rate_limit,
                 read_cache_bytes: read_cache_mb.saturating_mul(1 << 20),
+                database_url,
             })
             .await;
             telemetry.shutdown().await;

@@ -30,7 +30,7 @@ use crate::{
         self, ap::agent_service_server::AgentServiceServer,
         trae::trae_service_server::TraeServiceServer,
     },
-    store::{SqliteStore, TaskStatus},
+    store::{self, DatabaseUrl, TaskStatus},
     tasks::{Containment, RunnerSettings, TaskManager, TaskSettings, Workspaces},
 };
 
@@ -56,6 +56,8 @@ pub struct ServeOptions {
     pub rate_limit_per_minute: u32,
     /// Size of the store's read cache of hot tasks, in bytes; 0 turns it off.
     pub read_cache_bytes: u64,
+    /// PostgreSQL holds the store; None: SQLite in the data directory.
+    pub database_url: Option<DatabaseUrl>,
 }
 
 pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
@@ -69,10 +71,12 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
     // canonical paths of workspaces, uploads and the sandbox's hidden list.
     opts.data_dir = std::fs::canonicalize(&opts.data_dir)
         .with_context(|| format!("resolving data directory {}", opts.data_dir.display()))?;
-    let store = Arc::new(
-        SqliteStore::open_with_cache(&opts.data_dir.join("agentd.db"), opts.read_cache_bytes)
-            .await?,
-    );
+    let (store, database) = store::open(
+        opts.database_url.as_ref(),
+        &opts.data_dir,
+        opts.read_cache_bytes,
+    )
+    .await?;
     let workspaces = Workspaces::open(&opts.data_dir)?;
     let metrics = Metrics::new();
     let tasks = Arc::new(
@@ -145,7 +149,7 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %opts.data_dir.display(), "agentd serving");
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %opts.data_dir.display(), %database, "agentd serving");
 
     let stop = CancellationToken::new();
     let server = axum::serve(

@@ -1,5 +1,6 @@
 //! A bounded read cache in front of SQLite: task rows, each task's artifact
-//! list and its event log, by task id.
+//! list and its event log, by task id. (The PostgreSQL store uses it only for
+//! finished tasks' logs, which never change: see `postgres.rs`.)
 //!
 //! Clients poll the tasks they started far more often than those tasks
 //! change, and every SQLite read costs round trips to a connection's worker

@@ -1,23 +1,55 @@
 //! Durable state: tasks, steps, artifact metadata and the per-task event logs.
 //!
-//! [`Store`] is the seam: SQLite ([`SqliteStore`]) is the embedded default, and
-//! a PostgreSQL implementation for several replicas would implement the same
-//! trait. Artifact bytes are not here: they live in each task's workspace
-//! directory (see `tasks::workspace`).
+//! [`Store`] is the seam: SQLite ([`SqliteStore`]) is the embedded default;
+//! PostgreSQL ([`PgStore`], `--database-url`) is the database several nodes
+//! can share. Both keep the same rows and pass the same contract tests
+//! (`contract_tests.rs`). Artifact bytes are not here: they live in each
+//! task's workspace directory (see `tasks::workspace`).
 
 mod cache;
+mod database_url;
+mod decode;
 mod model;
+mod postgres;
 mod sqlite;
 mod writer;
 
-use std::sync::Arc;
+#[cfg(test)]
+mod contract_tests;
+#[cfg(test)]
+mod test_cluster;
+
+use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
+pub use database_url::DatabaseUrl;
 pub use model::*;
+pub use postgres::PgStore;
 pub use sqlite::{DEFAULT_READ_CACHE_BYTES, SqliteStore};
 
 use crate::error::Result;
+
+/// The store agentd serves from: PostgreSQL at `database_url`, else SQLite's
+/// `agentd.db` in the data directory. Returns it with where it is, for logs
+/// (never a password). Fails, with the reason, when it cannot be opened.
+pub async fn open(
+    database_url: Option<&DatabaseUrl>,
+    data_dir: &Path,
+    read_cache_bytes: u64,
+) -> anyhow::Result<(Arc<dyn Store>, String)> {
+    Ok(match database_url {
+        Some(url) => (
+            Arc::new(PgStore::connect(url, read_cache_bytes).await?),
+            url.to_string(),
+        ),
+        None => {
+            let path = data_dir.join("agentd.db");
+            let store = SqliteStore::open_with_cache(&path, read_cache_bytes).await?;
+            (Arc::new(store), format!("sqlite:{}", path.display()))
+        }
+    })
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -11,16 +11,16 @@ use std::{
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::{
     Row, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
-    Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals, cache::ReadCache,
+    Artifact, Event, Step, Store, Task, TaskQuery, TaskStatus, Totals,
+    cache::ReadCache,
+    decode::{self, json_text},
     writer::Writer,
 };
 use crate::error::Result;
@@ -59,7 +59,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
-        sqlx::migrate!("src/store/migrations")
+        sqlx::migrate!("src/store/migrations/sqlite")
             .run(&pool)
             .await
             .context("applying database migrations")?;
@@ -72,73 +72,6 @@ impl SqliteStore {
             cache: ReadCache::new(cache_bytes),
         })
     }
-}
-
-fn json_text(map: &Map<String, Value>) -> String {
-    // Serializing a map of `Value`s cannot fail.
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
-}
-
-fn json_map(text: &str) -> Map<String, Value> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    }
-}
-
-fn task_from_row(r: &SqliteRow) -> Result<Task> {
-    let status: String = r.try_get("status")?;
-    Ok(Task {
-        task_id: r.try_get("task_id")?,
-        input: r.try_get("input")?,
-        additional_input: json_map(&r.try_get::<String, _>("additional_input")?),
-        status: TaskStatus::parse(&status)
-            .with_context(|| format!("unknown task status {status:?} in database"))?,
-        origin: Origin::parse(&r.try_get::<String, _>("origin")?),
-        run_spec: r
-            .try_get::<Option<String>, _>("run_spec")?
-            .and_then(|s| serde_json::from_str(&s).ok()),
-        created_at: r.try_get("created_at")?,
-        modified_at: r.try_get("modified_at")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-        result: r.try_get("result")?,
-        error: r.try_get("error")?,
-        input_tokens: r.try_get("input_tokens")?,
-        output_tokens: r.try_get("output_tokens")?,
-        cost_usd: r.try_get("cost_usd")?,
-    })
-}
-
-fn step_from_row(r: &SqliteRow) -> Result<Step> {
-    Ok(Step {
-        step_id: r.try_get("step_id")?,
-        task_id: r.try_get("task_id")?,
-        number: r.try_get("number")?,
-        name: r.try_get("name")?,
-        status: r.try_get("status")?,
-        state: r.try_get("state")?,
-        input: r.try_get("input")?,
-        additional_input: json_map(&r.try_get::<String, _>("additional_input")?),
-        output: r.try_get("output")?,
-        additional_output: json_map(&r.try_get::<String, _>("additional_output")?),
-        is_last: r.try_get("is_last")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn artifact_from_row(r: &SqliteRow) -> Result<Artifact> {
-    Ok(Artifact {
-        artifact_id: r.try_get("artifact_id")?,
-        task_id: r.try_get("task_id")?,
-        step_id: r.try_get("step_id")?,
-        file_name: r.try_get("file_name")?,
-        relative_path: r.try_get("relative_path")?,
-        location: r.try_get("location")?,
-        file_size: r.try_get("file_size")?,
-        agent_created: r.try_get("agent_created")?,
-        created_at: r.try_get("created_at")?,
-    })
 }
 
 async fn update_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<()> {
@@ -211,7 +144,7 @@ async fn upsert_artifact_in(
     .bind(a.created_at)
     .fetch_one(&mut *conn)
     .await?;
-    let stored = artifact_from_row(&row)?;
+    let stored = decode::artifact(&row)?;
     if let Some(step_id) = step_id {
         sqlx::query("INSERT OR IGNORE INTO step_artifacts (step_id, artifact_id) VALUES (?, ?)")
             .bind(step_id)
@@ -285,7 +218,7 @@ impl Store for SqliteStore {
             .bind(task_id)
             .fetch_optional(&self.pool)
             .await?;
-        let task = row.as_ref().map(task_from_row).transpose()?;
+        let task = row.as_ref().map(decode::task).transpose()?;
         if let Some(t) = &task {
             self.cache.fill_task(stamp, Arc::new(t.clone()));
         }
@@ -398,7 +331,7 @@ impl Store for SqliteStore {
                 .await?,
             ),
         };
-        let tasks = rows.iter().map(task_from_row).collect::<Result<_>>()?;
+        let tasks = rows.iter().map(decode::task).collect::<Result<_>>()?;
         Ok((tasks, total))
     }
 
@@ -439,24 +372,31 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
-            "INSERT OR REPLACE INTO steps (step_id, task_id, number, name, status, state, input, \
+                        // An upsert, not INSERT OR REPLACE: a replace deletes the row
+                        // first, and the delete would cascade to the step's artifact links.
+                        "INSERT INTO steps (step_id, task_id, number, name, status, state, input, \
              additional_input, output, additional_output, is_last, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&s.step_id)
-        .bind(&s.task_id)
-        .bind(s.number)
-        .bind(&s.name)
-        .bind(&s.status)
-        .bind(&s.state)
-        .bind(&s.input)
-        .bind(json_text(&s.additional_input))
-        .bind(&s.output)
-        .bind(json_text(&s.additional_output))
-        .bind(s.is_last)
-        .bind(s.created_at)
-        .execute(conn)
-        .await?;
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (step_id) DO UPDATE SET \
+             number = excluded.number, name = excluded.name, status = excluded.status, \
+             state = excluded.state, input = excluded.input, \
+             additional_input = excluded.additional_input, output = excluded.output, \
+             additional_output = excluded.additional_output, is_last = excluded.is_last, \
+             created_at = excluded.created_at",
+                    )
+                    .bind(&s.step_id)
+                    .bind(&s.task_id)
+                    .bind(s.number)
+                    .bind(&s.name)
+                    .bind(&s.status)
+                    .bind(&s.state)
+                    .bind(&s.input)
+                    .bind(json_text(&s.additional_input))
+                    .bind(&s.output)
+                    .bind(json_text(&s.additional_output))
+                    .bind(s.is_last)
+                    .bind(s.created_at)
+                    .execute(conn)
+                    .await?;
                     Ok(())
                 })
             })
@@ -469,7 +409,7 @@ impl Store for SqliteStore {
             .bind(step_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(step_from_row).transpose()
+        row.as_ref().map(decode::step).transpose()
     }
 
     async fn list_steps(&self, task_id: &str, offset: i64, limit: i64) -> Result<(Vec<Step>, i64)> {
@@ -484,10 +424,7 @@ impl Store for SqliteStore {
                 .bind(offset)
                 .fetch_all(&self.pool)
                 .await?;
-        Ok((
-            rows.iter().map(step_from_row).collect::<Result<_>>()?,
-            total,
-        ))
+        Ok((rows.iter().map(decode::step).collect::<Result<_>>()?, total))
     }
 
     async fn upsert_artifact(&self, a: &Artifact, step_id: Option<&str>) -> Result<Artifact> {
@@ -513,7 +450,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("linked_step")?, artifact_from_row(r)?)))
+            .map(|r| Ok((r.try_get("linked_step")?, decode::artifact(r)?)))
             .collect()
     }
 
@@ -523,7 +460,7 @@ impl Store for SqliteStore {
             .bind(artifact_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(artifact_from_row).transpose()
+        row.as_ref().map(decode::artifact).transpose()
     }
 
     async fn list_artifacts(
@@ -545,7 +482,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok((
-            rows.iter().map(artifact_from_row).collect::<Result<_>>()?,
+            rows.iter().map(decode::artifact).collect::<Result<_>>()?,
             total,
         ))
     }
@@ -571,7 +508,7 @@ impl Store for SqliteStore {
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
-        let artifacts: Vec<Artifact> = rows.iter().map(artifact_from_row).collect::<Result<_>>()?;
+        let artifacts: Vec<Artifact> = rows.iter().map(decode::artifact).collect::<Result<_>>()?;
         if let Some(stamp) = stamp {
             self.cache
                 .fill_artifacts(&task_ids[0], stamp, Arc::new(artifacts.clone()));
@@ -672,193 +609,6 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Event {
-                    task_id: r.try_get("task_id")?,
-                    seq: r.try_get("seq")?,
-                    kind: r.try_get("type")?,
-                    timestamp: r.try_get("timestamp")?,
-                    body: json_map(&r.try_get::<String, _>("body")?),
-                })
-            })
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::Map;
-
-    use super::*;
-
-    fn task(id: &str, now: i64) -> Task {
-        Task::new(
-            id.into(),
-            "input".into(),
-            Map::new(),
-            Origin::AgentProtocol,
-            now,
-        )
-    }
-
-    /// Concurrent writes share transactions (group commit); one failing write
-    /// (a duplicate id) fails alone, and everything acknowledged is stored,
-    /// counted by the trigger-kept totals, and still there after reopening.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn group_commit_isolates_failures_and_keeps_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agentd.db");
-        let store = Arc::new(SqliteStore::open(&path).await.unwrap());
-        let mut writes = Vec::new();
-        for i in 0..200 {
-            let store = store.clone();
-            writes.push(tokio::spawn(async move {
-                store.insert_task(&task(&format!("t{i:03}"), i)).await
-            }));
-        }
-        let duplicate = {
-            let store = store.clone();
-            tokio::spawn(async move { store.insert_task(&task("t007", 1000)).await })
-        };
-        let mut ok = 0;
-        for w in writes {
-            ok += usize::from(w.await.unwrap().is_ok());
-        }
-        let dup_ok = duplicate.await.unwrap().is_ok();
-        // Exactly one of the two t007 writes wins; every other write commits.
-        assert_eq!(ok + usize::from(dup_ok), 200);
-        let query = TaskQuery {
-            limit: 1000,
-            ..TaskQuery::default()
-        };
-        let (all, total) = store.list_tasks(&query).await.unwrap();
-        assert_eq!((total, all.len()), (200, 200));
-        let stored = store.get_task("t007").await.unwrap().unwrap();
-        assert_eq!(stored.created_at, if dup_ok { 1000 } else { 7 });
-
-        let mut done = store.get_task("t010").await.unwrap().unwrap();
-        done.status = TaskStatus::Completed;
-        done.input_tokens = 40;
-        store.update_task(&done).await.unwrap();
-        store.set_usage("t011", 5, 6, 0.5, 99).await.unwrap();
-        assert!(store.delete_task("t012").await.unwrap());
-        let totals = store.totals().await.unwrap();
-        let count = |s| {
-            totals
-                .by_status
-                .iter()
-                .find(|(st, _)| *st == s)
-                .map_or(0, |(_, n)| *n)
-        };
-        assert_eq!(count(TaskStatus::Created), 198);
-        assert_eq!(count(TaskStatus::Completed), 1);
-        assert_eq!((totals.input_tokens, totals.output_tokens), (45, 6));
-        let (failed, n) = store
-            .list_tasks(&TaskQuery {
-                status: Some(TaskStatus::Completed),
-                limit: 10,
-                ..TaskQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!((n, failed[0].task_id.as_str()), (1, "t010"));
-
-        drop(store);
-        let reopened = SqliteStore::open(&path).await.unwrap();
-        let (_, total) = reopened
-            .list_tasks(&TaskQuery {
-                limit: 1,
-                ..TaskQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(total, 199);
-        let deep = reopened
-            .list_tasks(&TaskQuery {
-                offset: 198,
-                limit: 5,
-                created_after: Some(-1),
-                ..TaskQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!((deep.0.len(), deep.1), (1, 199));
-    }
-
-    /// Reads after each kind of write see the write, although the first
-    /// read of each put the task, its artifacts and its log in the cache.
-    #[tokio::test]
-    async fn cached_reads_see_every_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("agentd.db"))
-            .await
-            .unwrap();
-        store.insert_task(&task("t1", 1)).await.unwrap();
-        let ids = ["t1".to_string()];
-        let event = |seq| {
-            Arc::new(Event {
-                task_id: "t1".into(),
-                seq,
-                kind: "step".into(),
-                timestamp: seq,
-                body: Map::new(),
-            })
-        };
-        // Fill all three entries.
-        assert_eq!(
-            store.get_task("t1").await.unwrap().unwrap().status,
-            TaskStatus::Created
-        );
-        assert!(store.artifacts_of(&ids).await.unwrap().is_empty());
-        assert!(store.event_log("t1").await.unwrap().is_empty());
-
-        let mut t = store.get_task("t1").await.unwrap().unwrap();
-        t.status = TaskStatus::Running;
-        store.update_task(&t).await.unwrap();
-        assert_eq!(
-            store.get_task("t1").await.unwrap().unwrap().status,
-            TaskStatus::Running
-        );
-
-        store.set_usage("t1", 7, 8, 0.25, 2).await.unwrap();
-        assert_eq!(store.get_task("t1").await.unwrap().unwrap().input_tokens, 7);
-
-        store
-            .append_events(&[event(1), event(2)], None)
-            .await
-            .unwrap();
-        assert_eq!(store.event_log("t1").await.unwrap().len(), 2);
-        // Slices of a cached log.
-        let tail = store.list_events("t1", 1, 10).await.unwrap();
-        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
-        t.status = TaskStatus::Completed;
-        store.append_events(&[event(3)], Some(&t)).await.unwrap();
-        assert_eq!(store.event_log("t1").await.unwrap().len(), 3);
-        assert_eq!(store.list_events("t1", 2, 10).await.unwrap().len(), 1);
-        assert_eq!(
-            store.get_task("t1").await.unwrap().unwrap().status,
-            TaskStatus::Completed
-        );
-
-        let artifact = Artifact {
-            artifact_id: "a1".into(),
-            task_id: "t1".into(),
-            step_id: None,
-            file_name: "f.txt".into(),
-            relative_path: "f.txt".into(),
-            location: "f.txt".into(),
-            file_size: 3,
-            agent_created: false,
-            created_at: 5,
-        };
-        store.upsert_artifact(&artifact, None).await.unwrap();
-        assert_eq!(store.artifacts_of(&ids).await.unwrap().len(), 1);
-        assert!(store.delete_artifact("t1", "a1").await.unwrap());
-        assert!(store.artifacts_of(&ids).await.unwrap().is_empty());
-
-        assert!(store.delete_task("t1").await.unwrap());
-        assert!(store.get_task("t1").await.unwrap().is_none());
-        assert!(store.event_log("t1").await.unwrap().is_empty());
+        rows.iter().map(decode::event).collect()
     }
 }
