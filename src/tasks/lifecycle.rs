@@ -300,14 +300,7 @@ mod tests {
             let llm = GatedLlm::new(vec![task_done()]);
             h.start_run(&id, llm.clone(), &[]).await;
             llm.called().await;
-            // Stopping a little later each time varies who wins.
-            let stop = async {
-                for _ in 0..(i % 4) * 10 {
-                    tokio::task::yield_now().await;
-                }
-                h.runner.stop(&id, StopReason::Requested).await.unwrap()
-            };
-            let ((), stopped) = tokio::join!(async { llm.release() }, stop);
+            let stopped = h.answer_racing_a_stop(&id, &llm, i).await;
             // Whether or not the stop still found it, the run has ended.
             assert!(!h.runner.stop(&id, StopReason::Requested).await.unwrap());
             let (task, _) = h.ended_once(&id).await;

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
 use super::{
-    RunnerSettings,
+    RunnerSettings, StopReason,
     events::EventLog,
     lifecycle::{RunPlan, Runner},
     task_event::EventKind,
@@ -198,6 +198,23 @@ impl Harness {
         let plan = self.agent(task_id, llm, tools).await;
         let slot = self.runner.admission.reserve().unwrap();
         self.runner.spawn_run(task, plan, slot);
+    }
+
+    /// Lets the model answer while a requested stop arrives a little later
+    /// each `round` (so either may win); returns whether the stop found the
+    /// task still running.
+    pub async fn answer_racing_a_stop(&self, task_id: &str, llm: &GatedLlm, round: usize) -> bool {
+        let stop = async {
+            for _ in 0..(round % 4) * 10 {
+                tokio::task::yield_now().await;
+            }
+            self.runner
+                .stop(task_id, StopReason::Requested)
+                .await
+                .unwrap()
+        };
+        let ((), stopped) = tokio::join!(async { llm.release() }, stop);
+        stopped
     }
 
     /// Waits (bounded) until the task's log has its `end` and the runner
