@@ -30,6 +30,7 @@ use super::{
     admission::{Admission, RunSlot},
     events::EventLog,
     forward::LogSink,
+    processes::ProcessRecords,
     stop::{Active, Cancellation, StopReason},
     task_event::TaskEvent,
 };
@@ -74,6 +75,8 @@ pub struct Runner {
     pub(super) metrics: Arc<Metrics>,
     pub(super) settings: RunnerSettings,
     pub(super) admission: Admission,
+    /// The tasks' process groups: a stop ends them directly.
+    pub(super) processes: ProcessRecords,
     /// Runs in progress, by task id: what a stop needs of each.
     active: Mutex<HashMap<String, Active>>,
 }
@@ -90,9 +93,11 @@ impl Runner {
         events: Arc<EventLog>,
         metrics: Arc<Metrics>,
         settings: RunnerSettings,
+        processes: ProcessRecords,
     ) -> Self {
         Self {
             admission: Admission::new(settings.max_running),
+            processes,
             store,
             events,
             metrics,

@@ -153,6 +153,7 @@ impl TaskManager {
             events.clone(),
             metrics,
             settings.runner.clone(),
+            processes.clone(),
         ));
         Ok(Self {
             store,

@@ -14,25 +14,27 @@
 //! direct child, never the commands it runs in the background.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     io::Write as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
-use agentd_engine::tools::{OrphanCleanup, ProcessGroup, ProcessObserver, end_orphaned_group};
+use agentd_engine::tools::{GroupCleanup, ProcessGroup, ProcessObserver, end_recorded_group};
 use anyhow::Context as _;
 
 /// Between SIGTERM and SIGKILL for groups found on start.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 const SUFFIX: &str = "pids";
 
-/// The record directory of one data directory.
+/// The record directory of one data directory, and the record of each
+/// task whose tools are alive in this process (what a stop ends).
 #[derive(Debug, Clone)]
 pub struct ProcessRecords {
     dir: PathBuf,
     boot_id: String,
+    live: Arc<Mutex<HashMap<String, Weak<Record>>>>,
 }
 
 /// What `end_orphans` found and did.
@@ -55,6 +57,7 @@ impl ProcessRecords {
         Ok(Self {
             dir,
             boot_id: boot_id(),
+            live: Arc::default(),
         })
     }
 
@@ -62,15 +65,54 @@ impl ProcessRecords {
         self.dir.join(format!("{task_id}.{SUFFIX}"))
     }
 
-    /// The observer for one task's tools (every run or session of the task).
+    /// The observer for one task's tools (every run or session of the task:
+    /// they share the task's one record while any of them lives).
     pub fn observer(&self, task_id: &str) -> Arc<dyn ProcessObserver> {
-        Arc::new(TaskGroups(Arc::new(Record {
-            path: self.path(task_id),
-            dir: self.dir.clone(),
-            boot_id: self.boot_id.clone(),
-            groups: Mutex::new(BTreeSet::new()),
-            write: Mutex::new(()),
-        })))
+        let mut live = self.live();
+        live.retain(|_, record| record.strong_count() > 0);
+        let record = match live.get(task_id).and_then(Weak::upgrade) {
+            Some(record) => record,
+            None => {
+                let record = Arc::new(Record {
+                    path: self.path(task_id),
+                    dir: self.dir.clone(),
+                    boot_id: self.boot_id.clone(),
+                    groups: Mutex::new(BTreeSet::new()),
+                    write: Mutex::new(()),
+                });
+                live.insert(task_id.to_string(), Arc::downgrade(&record));
+                record
+            }
+        };
+        Arc::new(TaskGroups(record))
+    }
+
+    /// Ends every process group the task's tools are running (SIGTERM,
+    /// then SIGKILL after `grace`) and returns how many still had
+    /// processes. The stop protocol calls this directly, so a stop does not
+    /// depend on the agent noticing its cancellation; the tools find their
+    /// groups gone and the agent ends the step as cancelled.
+    pub async fn end_task(&self, task_id: &str, grace: Duration) -> usize {
+        let record = self.live().get(task_id).and_then(Weak::upgrade);
+        let Some(record) = record else { return 0 };
+        let groups: Vec<ProcessGroup> = record.groups().iter().copied().collect();
+        let ends = groups.into_iter().map(|g| end_recorded_group(g, grace));
+        let mut ended = 0;
+        for outcome in futures_util::future::join_all(ends).await {
+            match outcome {
+                GroupCleanup::Ended { .. } => ended += 1,
+                GroupCleanup::Survived { pids } => {
+                    tracing::error!(%task_id, ?pids, "processes of a stopped task survived SIGKILL");
+                    ended += 1;
+                }
+                GroupCleanup::Gone | GroupCleanup::Unverifiable => {}
+            }
+        }
+        ended
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Record>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends every recorded group that is still running (SIGTERM, then
@@ -109,22 +151,22 @@ impl ProcessRecords {
             let task_id = task_of(path);
             for group in groups {
                 let task_id = task_id.clone();
-                ends.push(async move { (task_id, group, end_orphaned_group(group, grace).await) });
+                ends.push(async move { (task_id, group, end_recorded_group(group, grace).await) });
             }
         }
         for (task_id, group, outcome) in futures_util::future::join_all(ends).await {
             match outcome {
-                OrphanCleanup::Gone => {}
-                OrphanCleanup::Ended { processes } => {
+                GroupCleanup::Gone => {}
+                GroupCleanup::Ended { processes } => {
                     report.groups_ended += 1;
                     report.processes_ended += processes;
                     tracing::warn!(%task_id, pgid = group.pgid, processes, "ended processes a previous agentd left running");
                 }
-                OrphanCleanup::Survived { pids } => {
+                GroupCleanup::Survived { pids } => {
                     tracing::error!(%task_id, pgid = group.pgid, ?pids, "processes a previous agentd left running survived SIGKILL");
                     report.survivors.extend(pids);
                 }
-                OrphanCleanup::Unverifiable => {
+                GroupCleanup::Unverifiable => {
                     tracing::warn!(%task_id, pgid = group.pgid, "cannot verify a recorded process group (no /proc or no start time); left alone");
                 }
             }
@@ -324,6 +366,39 @@ mod tests {
         assert!(!path.exists(), "record left after every group ended");
     }
 
+    /// A stop ends the live groups of its task only, whichever of the
+    /// task's observers started them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn end_task_ends_the_groups_of_that_task_only() {
+        let dir = temp_dir();
+        let records = ProcessRecords::open(&dir.0).unwrap();
+        let (mut child, group) = spawn_group();
+        let (mut other, other_group) = spawn_group();
+        let first = records.observer("stopped");
+        let second = records.observer("stopped");
+        let bystander = records.observer("bystander");
+        second.group_started(group).await.unwrap();
+        bystander.group_started(other_group).await.unwrap();
+        assert_eq!(records.end_task("unknown", Duration::ZERO).await, 0);
+
+        let reaper = std::thread::spawn(move || child.wait());
+        let ended = records
+            .end_task("stopped", Duration::from_millis(500))
+            .await;
+        reaper.join().unwrap().unwrap();
+        assert_eq!(ended, 1);
+        assert!(!process_is_alive(group.pgid));
+        assert!(
+            process_is_alive(other_group.pgid),
+            "another task's group was ended"
+        );
+        drop(first);
+
+        let reaper = std::thread::spawn(move || other.wait());
+        assert_eq!(records.end_task("bystander", Duration::ZERO).await, 1);
+        reaper.join().unwrap().unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn orphans_of_this_boot_are_ended_on_start_and_records_cleared() {
         let dir = temp_dir();
@@ -376,7 +451,7 @@ mod tests {
         );
         assert_eq!(std::fs::read_dir(&run).unwrap().count(), 0);
         let reaper = std::thread::spawn(move || other.wait());
-        end_orphaned_group(other_group, Duration::ZERO).await;
+        end_recorded_group(other_group, Duration::ZERO).await;
         reaper.join().unwrap().unwrap();
     }
 }

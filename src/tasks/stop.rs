@@ -2,17 +2,19 @@
 //! restart or on shutdown, processes included.
 //!
 //! [`Runner::stop`] records the [`StopReason`] on the run (the first reason
-//! given wins: it decides the final status) and cancels the run's token.
-//! - A background run is inside `Agent::run`, which sees the token, ends
-//!   the step and, in `Agent::finish`, shuts the tools down: the bash
-//!   tool's process group gets SIGTERM, then SIGKILL after a grace
-//!   (`terminate_group` in `crates/engine/src/tools/process_group.rs`). The
-//!   run then records its end (`Runner::spawn_run` in `lifecycle`); the stop
-//!   waits for that, bounded.
+//! given wins: it decides the final status), cancels the run's token, and
+//! ends the task's process groups itself: SIGTERM, then SIGKILL after a
+//! grace (`ProcessRecords::end_task` in `processes`, which calls
+//! `end_recorded_group` in `crates/engine/src/tools/process_group.rs`).
+//! Then:
+//! - A background run is inside `Agent::run`, which sees the token (and its
+//!   command gone), ends the step and shuts the tools down. The run records
+//!   its end (`Runner::spawn_run` in `lifecycle`); the stop waits for that,
+//!   bounded.
 //! - A step-by-step task between steps has nobody watching its token: the
-//!   stop takes the session and ends it here (`Agent::stop`, the same way
-//!   down to the process groups), unless a step that was running ended the
-//!   task first (`session`).
+//!   stop takes the session and ends it here (`Agent::stop` writes the
+//!   patch and trajectory), unless a step that was running ended the task
+//!   first (`session`).
 
 use std::{
     sync::{Arc, Mutex},
@@ -27,6 +29,9 @@ use crate::error::Result;
 
 /// How long a stop waits for a background run to record its end.
 const STOP_WAIT: Duration = Duration::from_secs(30);
+/// Between SIGTERM and SIGKILL for a stopped task's processes (the bash
+/// tool's own grace).
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a run was cancelled; decides the task's final status.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +133,7 @@ impl Runner {
             return Ok(false);
         };
         cancel.stop(reason.clone());
+        self.processes.end_task(task_id, KILL_GRACE).await;
         match session {
             // A step-by-step task between steps: end its session here.
             Some(session) => {

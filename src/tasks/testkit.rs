@@ -14,6 +14,7 @@ use agentd_engine::{
     config::{Provider, ResolvedConfig},
     llm::{LlmClient, LlmError},
     messages::{LlmResponse, Message, ToolCall, ToolSpec, Usage},
+    tools::ToolSetOptions,
 };
 use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
@@ -23,6 +24,7 @@ use super::{
     RunnerSettings, StopReason,
     events::EventLog,
     lifecycle::{RunPlan, Runner},
+    processes::ProcessRecords,
     task_event::EventKind,
 };
 use crate::{
@@ -139,11 +141,13 @@ impl Harness {
         );
         let metrics = Metrics::new();
         let events = Arc::new(EventLog::new(store.clone(), metrics.clone()));
+        let processes = ProcessRecords::open(dir.path()).unwrap();
         let runner = Arc::new(Runner::new(
             store.clone(),
             events.clone(),
             metrics,
             settings,
+            processes,
         ));
         Self {
             dir,
@@ -184,7 +188,13 @@ impl Harness {
             llm,
             "a task",
             self.dir.path(),
-            AgentOptions::default(),
+            AgentOptions {
+                tools: ToolSetOptions {
+                    process_observer: Some(self.runner.processes.observer(task_id)),
+                    ..ToolSetOptions::default()
+                },
+                ..AgentOptions::default()
+            },
             Arc::new(sink.clone()),
         )
         .await

@@ -27,7 +27,7 @@ use crate::messages::{ToolCall, ToolResult, ToolSpec};
 
 pub use clip::MAX_RESPONSE_CHARS;
 pub use process_group::{
-    OrphanCleanup, ProcessGroup, ProcessObserver, end_orphaned_group, process_is_alive,
+    GroupCleanup, ProcessGroup, ProcessObserver, end_recorded_group, process_is_alive,
     process_start_time,
 };
 pub use sandbox::BashSandbox;

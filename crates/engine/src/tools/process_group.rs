@@ -130,9 +130,9 @@ pub trait ProcessObserver: Send + Sync + std::fmt::Debug {
     fn group_ended(&self, group: ProcessGroup);
 }
 
-/// What ending a recorded group found (see [`end_orphaned_group`]).
+/// What ending a recorded group found (see [`end_recorded_group`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrphanCleanup {
+pub enum GroupCleanup {
     /// Nothing of the group runs any more (or its id now names someone else's group).
     Gone,
     /// This many of its processes were running and were ended.
@@ -150,7 +150,7 @@ pub enum OrphanCleanup {
 /// and every member are gone the kernel may hand the id to a new process,
 /// which then starts later than the recorded one and has another start time.
 /// `None` when `/proc` cannot be read.
-fn orphan_members(group: ProcessGroup) -> Option<(Vec<i32>, bool)> {
+fn recorded_members(group: ProcessGroup) -> Option<(Vec<i32>, bool)> {
     let entries = std::fs::read_dir("/proc").ok()?;
     let mut members = Vec::new();
     let mut leader_matches = false;
@@ -194,19 +194,20 @@ fn signal_members(group: ProcessGroup, members: &[i32], leader_matches: bool, si
     }
 }
 
-/// Ends what is left of a group a previous agentd started and recorded:
-/// SIGTERM (and SIGCONT), then SIGKILL after `grace`, to the processes that
-/// provably belong to it (see [`ProcessGroup`]). Used on start, before
-/// anything new runs.
-pub async fn end_orphaned_group(group: ProcessGroup, grace: Duration) -> OrphanCleanup {
+/// Ends a recorded group: SIGTERM (and SIGCONT), then SIGKILL after
+/// `grace`, to the processes that provably belong to it (see
+/// [`ProcessGroup`]). A stop uses it on the groups of a running task, and
+/// the start on the groups a previous agentd left behind, before anything
+/// new runs.
+pub async fn end_recorded_group(group: ProcessGroup, grace: Duration) -> GroupCleanup {
     if group.start_time == 0 || group.pgid <= 1 {
-        return OrphanCleanup::Unverifiable;
+        return GroupCleanup::Unverifiable;
     }
-    let Some((members, leader)) = orphan_members(group) else {
-        return OrphanCleanup::Unverifiable;
+    let Some((members, leader)) = recorded_members(group) else {
+        return GroupCleanup::Unverifiable;
     };
     if members.is_empty() {
-        return OrphanCleanup::Gone;
+        return GroupCleanup::Gone;
     }
     let found = members.len();
     signal_members(group, &members, leader, Signal::SIGTERM);
@@ -216,18 +217,18 @@ pub async fn end_orphaned_group(group: ProcessGroup, grace: Duration) -> OrphanC
     let kill_deadline = term_deadline + KILL_SETTLE;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
-        let Some((left, leader)) = orphan_members(group) else {
-            return OrphanCleanup::Unverifiable;
+        let Some((left, leader)) = recorded_members(group) else {
+            return GroupCleanup::Unverifiable;
         };
         if left.is_empty() {
-            return OrphanCleanup::Ended { processes: found };
+            return GroupCleanup::Ended { processes: found };
         }
         let now = tokio::time::Instant::now();
         if !killed && now >= term_deadline {
             signal_members(group, &left, leader, Signal::SIGKILL);
             killed = true;
         } else if killed && now >= kill_deadline {
-            return OrphanCleanup::Survived { pids: left };
+            return GroupCleanup::Survived { pids: left };
         } else if killed {
             // Members forked meanwhile get the same treatment.
             signal_members(group, &left, leader, Signal::SIGKILL);
@@ -318,12 +319,12 @@ mod tests {
             start_time: start_time + 1,
         };
         assert_eq!(
-            end_orphaned_group(other, Duration::from_millis(100)).await,
-            OrphanCleanup::Gone
+            end_recorded_group(other, Duration::from_millis(100)).await,
+            GroupCleanup::Gone
         );
         assert!(process_is_alive(pid));
         assert_eq!(
-            end_orphaned_group(
+            end_recorded_group(
                 ProcessGroup {
                     pgid: pid,
                     start_time: 0
@@ -331,7 +332,7 @@ mod tests {
                 Duration::ZERO
             )
             .await,
-            OrphanCleanup::Unverifiable
+            GroupCleanup::Unverifiable
         );
         // The recorded group: its shell ignores SIGTERM, so SIGKILL ends it.
         let group = ProcessGroup {
@@ -339,15 +340,15 @@ mod tests {
             start_time,
         };
         let reaper = std::thread::spawn(move || child.wait());
-        let outcome = end_orphaned_group(group, Duration::from_millis(200)).await;
+        let outcome = end_recorded_group(group, Duration::from_millis(200)).await;
         assert!(
-            matches!(outcome, OrphanCleanup::Ended { processes } if processes >= 2),
+            matches!(outcome, GroupCleanup::Ended { processes } if processes >= 2),
             "{outcome:?}"
         );
         reaper.join().unwrap().unwrap();
         assert_eq!(
-            end_orphaned_group(group, Duration::ZERO).await,
-            OrphanCleanup::Gone
+            end_recorded_group(group, Duration::ZERO).await,
+            GroupCleanup::Gone
         );
     }
 
