@@ -20,7 +20,7 @@ use crate::{
         ap::{self, agent_service_server::AgentService},
         google::api::HttpBody,
     },
-    store::{self, TaskQuery, TaskStatus},
+    tasks::{Artifact, TaskQuery, TaskStatus},
     tasks::{StepView, TaskManager, TaskView},
 };
 
@@ -317,7 +317,7 @@ fn step(v: &StepView) -> ap::Step {
     }
 }
 
-fn artifact(a: &store::Artifact) -> ap::Artifact {
+fn artifact(a: &Artifact) -> ap::Artifact {
     ap::Artifact {
         artifact_id: a.artifact_id.clone(),
         file_name: a.file_name.clone(),

@@ -13,7 +13,7 @@ use crate::{
     clock,
     error::Error,
     proto::{TaskEvent, agentd::v1::Sandbox},
-    store::Event,
+    tasks::Event,
     tasks::{EventKind, SandboxStatus, TaskManager},
 };
 

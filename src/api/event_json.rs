@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{clock, store::Event};
+use crate::{clock, tasks::Event};
 
 /// `agentd.v1.TaskEvent`, borrowing the event.
 #[derive(Serialize)]

@@ -13,7 +13,7 @@ use crate::{
     clock,
     error::{Error, Result},
     proto::ap::Pagination,
-    store::TaskStatus,
+    tasks::TaskStatus,
 };
 
 /// Agent Protocol: items per page by default, and at most (a larger size is

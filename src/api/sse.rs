@@ -35,7 +35,7 @@ use super::{
 use crate::{
     clock,
     error::Error,
-    store::Event,
+    tasks::Event,
     tasks::{EventKind, TaskManager},
 };
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use agentd_engine::config::ConfigRequest;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -11,7 +10,7 @@ use super::{
     paging::{self, Window},
     trae_status::TraeStatus,
 };
-use crate::tasks::{RunRequest, TaskManager};
+use crate::tasks::{ConfigQuery, RunRequest, TaskManager};
 use crate::{
     clock,
     error::Error,
@@ -19,7 +18,7 @@ use crate::{
         TaskEvent,
         trae::{self, trae_service_server::TraeService},
     },
-    store::Task,
+    tasks::Task,
 };
 
 pub(super) const SUCCESS: &str = "success";
@@ -90,27 +89,26 @@ impl TraeService for TraeApi {
         req: Request<trae::GetConfigRequest>,
     ) -> Result<Response<trae::GetConfigResponse>, Status> {
         let req = req.into_inner();
-        let cfg = self.tasks.resolve_config(&ConfigRequest {
+        let cfg = self.tasks.config_report(ConfigQuery {
             config_file: non_empty(req.config_file),
             provider: non_empty(req.provider),
             model: non_empty(req.model),
-            max_steps: None,
         })?;
         Ok(Response::new(trae::GetConfigResponse {
             status: SUCCESS.into(),
             config: Some(trae::ConfigReport {
-                config_file: cfg.config_file.display().to_string(),
+                config_file: cfg.config_file,
                 config_exists: cfg.config_exists,
                 general_settings: Some(trae::GeneralSettings {
-                    default_provider: cfg.default_provider.clone(),
+                    default_provider: cfg.default_provider,
                     max_steps: i32::try_from(cfg.max_steps).unwrap_or(i32::MAX),
                 }),
                 provider_settings: Some(trae::ProviderSettings {
-                    provider: cfg.provider.clone(),
-                    model: cfg.model.clone(),
-                    base_url: cfg.base_url.clone().unwrap_or_default(),
-                    api_version: cfg.api_version.clone().unwrap_or_default(),
-                    api_key_set: cfg.api_key.is_some(),
+                    provider: cfg.provider,
+                    model: cfg.model,
+                    base_url: cfg.base_url.unwrap_or_default(),
+                    api_version: cfg.api_version.unwrap_or_default(),
+                    api_key_set: cfg.api_key_set,
                     max_tokens: i32::try_from(cfg.max_tokens).unwrap_or(i32::MAX),
                     temperature: cfg.temperature,
                     top_p: cfg.top_p,
@@ -124,12 +122,14 @@ impl TraeService for TraeApi {
         &self,
         _req: Request<trae::ListToolsRequest>,
     ) -> Result<Response<trae::ListToolsResponse>, Status> {
-        let tools: Vec<trae::Tool> = agentd_engine::tools::builtin_tool_specs()
+        let tools: Vec<trae::Tool> = self
+            .tasks
+            .tools()
             .into_iter()
-            .map(|spec| trae::Tool {
-                name: spec.name,
-                description: spec.description,
-                parameters: spec.parameters.as_object().map(to_struct),
+            .map(|tool| trae::Tool {
+                name: tool.name,
+                description: tool.description,
+                parameters: tool.parameters.as_object().map(to_struct),
             })
             .collect();
         Ok(Response::new(trae::ListToolsResponse {

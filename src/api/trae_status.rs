@@ -26,7 +26,7 @@ use crate::{
     clock,
     error::Result,
     proto::trae::{GetTaskStatusResponse, TaskSummary},
-    store::Event,
+    tasks::Event,
     tasks::TaskManager,
 };
 

@@ -14,7 +14,7 @@ use tonic::{Status, Streaming};
 use crate::{
     error::{Error, Result},
     proto::ap::{UploadArtifactRequest, UploadArtifactRequest as Msg},
-    store::Artifact,
+    tasks::Artifact,
     tasks::{MAX_UPLOAD_BYTES, TaskManager, Upload, sanitize_relative_path},
 };
 

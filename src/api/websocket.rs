@@ -24,7 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     clock,
-    store::{Event, TaskStatus},
+    tasks::{Event, TaskStatus},
     tasks::{EventKind, TaskManager},
 };
 

@@ -188,9 +188,13 @@ impl TaskManager {
             artifacts.push(
                 self.store
                     .upsert_artifact(&artifact, Some(&step_id))
-                    .await?,
+                    .await?
+                    .into(),
             );
         }
-        Ok(StepView { step, artifacts })
+        Ok(StepView {
+            step: step.into(),
+            artifacts,
+        })
     }
 }

@@ -2,13 +2,14 @@
 //! the agent wrote there), with their records in the store.
 
 use super::{
-    TaskManager, Upload,
+    TaskManager, Upload, views,
+    views::Artifact,
     workspace::{location, sanitize_file_name, sanitize_relative_path},
 };
 use crate::{
     clock,
     error::{Error, Resource, Result},
-    store::Artifact,
+    store,
 };
 
 impl TaskManager {
@@ -33,7 +34,7 @@ impl TaskManager {
         self.task(task_id).await?;
         let file_size = upload.len() as i64;
         self.workspaces.place(task_id, upload, &location).await?;
-        let artifact = Artifact {
+        let artifact = store::Artifact {
             artifact_id: uuid::Uuid::new_v4().to_string(),
             task_id: task_id.to_string(),
             step_id: None,
@@ -44,7 +45,7 @@ impl TaskManager {
             agent_created: false,
             created_at: clock::now_ms(),
         };
-        self.store.upsert_artifact(&artifact, None).await
+        Ok(self.store.upsert_artifact(&artifact, None).await?.into())
     }
 
     pub async fn list_artifacts(
@@ -54,10 +55,11 @@ impl TaskManager {
         limit: i64,
     ) -> Result<(Vec<Artifact>, i64)> {
         self.task(task_id).await?;
-        self.store.list_artifacts(task_id, offset, limit).await
+        let (artifacts, total) = self.store.list_artifacts(task_id, offset, limit).await?;
+        Ok((views::all(artifacts), total))
     }
 
-    async fn artifact(&self, task_id: &str, artifact_id: &str) -> Result<Artifact> {
+    async fn artifact(&self, task_id: &str, artifact_id: &str) -> Result<store::Artifact> {
         self.task(task_id).await?;
         self.store
             .get_artifact(task_id, artifact_id)
@@ -74,7 +76,7 @@ impl TaskManager {
         let artifact = self.artifact(task_id, artifact_id).await?;
         let path = self.workspaces.dir(task_id).join(&artifact.location);
         match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok((artifact, file)),
+            Ok(file) => Ok((artifact.into(), file)),
             // The agent (or a person) removed the file: the artifact is gone.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(Error::not_found(Resource::Artifact, artifact_id))

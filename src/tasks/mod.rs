@@ -33,6 +33,7 @@ pub mod task_event;
 #[cfg(test)]
 mod testkit;
 mod trae_run;
+mod views;
 mod workspace;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
@@ -43,7 +44,7 @@ use crate::{
     clock,
     error::{Error, Resource, Result},
     metrics::Metrics,
-    store::{Artifact, Event, Origin, Step, Store, Task, TaskQuery, TaskStatus, Totals},
+    store::{self, Origin, Store, Totals},
 };
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
 use containment::AllowedRoots;
@@ -53,8 +54,10 @@ use events::EventLog;
 use lifecycle::Runner;
 pub use lifecycle::RunnerSettings;
 use processes::ProcessRecords;
+pub use run_config::{ConfigQuery, ConfigReport, ToolInfo};
 pub use stop::StopReason;
 pub use task_event::{EventKind, TaskEvent};
+pub use views::{Artifact, Event, Step, Task, TaskQuery, TaskStatus};
 pub use workspace::{MAX_UPLOAD_BYTES, Upload, Workspaces, sanitize_relative_path};
 
 /// A task together with its artifacts, as both dialects show it.
@@ -190,7 +193,7 @@ impl TaskManager {
         additional_input: Map<String, Value>,
     ) -> Result<TaskView> {
         let task_id = uuid::Uuid::new_v4().to_string();
-        let task = Task::new(
+        let task = store::Task::new(
             task_id,
             input,
             additional_input,
@@ -199,12 +202,12 @@ impl TaskManager {
         );
         self.store.insert_task(&task).await?;
         Ok(TaskView {
-            task,
+            task: task.into(),
             artifacts: Vec::new(),
         })
     }
 
-    async fn task(&self, task_id: &str) -> Result<Task> {
+    async fn task(&self, task_id: &str) -> Result<store::Task> {
         self.store
             .get_task(task_id)
             .await?
@@ -217,22 +220,28 @@ impl TaskManager {
             .store
             .artifacts_of(std::slice::from_ref(&task.task_id))
             .await?;
-        Ok(TaskView { task, artifacts })
+        Ok(TaskView {
+            task: task.into(),
+            artifacts: views::all(artifacts),
+        })
     }
 
     /// One page of tasks with their artifacts, and the number matching in all.
     pub async fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<TaskView>, i64)> {
-        let (tasks, total) = self.store.list_tasks(query).await?;
+        let (tasks, total) = self.store.list_tasks(&query.into()).await?;
         let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
         let mut by_task: HashMap<String, Vec<Artifact>> = HashMap::new();
         for a in self.store.artifacts_of(&ids).await? {
-            by_task.entry(a.task_id.clone()).or_default().push(a);
+            by_task.entry(a.task_id.clone()).or_default().push(a.into());
         }
         let views = tasks
             .into_iter()
             .map(|task| {
                 let artifacts = by_task.remove(&task.task_id).unwrap_or_default();
-                TaskView { task, artifacts }
+                TaskView {
+                    task: task.into(),
+                    artifacts,
+                }
             })
             .collect();
         Ok((views, total))
@@ -246,7 +255,7 @@ impl TaskManager {
         limit: i64,
         offset: Option<i64>,
     ) -> Result<(Vec<Task>, i64)> {
-        let mut query = TaskQuery {
+        let mut query = store::TaskQuery {
             status,
             created_after: None,
             offset: offset.unwrap_or(0),
@@ -256,11 +265,12 @@ impl TaskManager {
             // Count first (no rows), then read the last page.
             let (_, total) = self
                 .store
-                .list_tasks(&TaskQuery { limit: 0, ..query })
+                .list_tasks(&store::TaskQuery { limit: 0, ..query })
                 .await?;
             query.offset = (total - limit).max(0);
         }
-        self.store.list_tasks(&query).await
+        let (tasks, total) = self.store.list_tasks(&query).await?;
+        Ok((views::all(tasks), total))
     }
 
     /// Removes the task, its steps, events, artifact records and workspace
@@ -278,7 +288,7 @@ impl TaskManager {
     pub async fn task_messages(&self, task_id: &str) -> Result<(Task, Arc<Vec<Event>>)> {
         let task = self.task(task_id).await?;
         let events = self.store.event_log(task_id).await?;
-        Ok((task, events))
+        Ok((task.into(), events))
     }
 
     /// The task's event log after `after_seq`, then live events until `end`.
@@ -323,17 +333,20 @@ impl TaskManager {
     }
 
     /// Each step with the artifacts it created or changed.
-    async fn with_artifacts(&self, steps: Vec<Step>) -> Result<Vec<StepView>> {
+    async fn with_artifacts(&self, steps: Vec<store::Step>) -> Result<Vec<StepView>> {
         let ids: Vec<String> = steps.iter().map(|s| s.step_id.clone()).collect();
         let mut by_step: HashMap<String, Vec<Artifact>> = HashMap::new();
         for (step_id, artifact) in self.store.artifacts_of_steps(&ids).await? {
-            by_step.entry(step_id).or_default().push(artifact);
+            by_step.entry(step_id).or_default().push(artifact.into());
         }
         Ok(steps
             .into_iter()
             .map(|step| {
                 let artifacts = by_step.remove(&step.step_id).unwrap_or_default();
-                StepView { step, artifacts }
+                StepView {
+                    step: step.into(),
+                    artifacts,
+                }
             })
             .collect())
     }

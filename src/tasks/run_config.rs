@@ -12,6 +12,42 @@ use agentd_engine::{
 use super::TaskManager;
 use crate::error::Result;
 
+/// What `/api/config` asks about: a config file and overrides.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigQuery {
+    pub config_file: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+/// The configuration a run would use, as `/api/config` reports it: never
+/// the API key itself, only whether one is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigReport {
+    /// As the request named it (relative names stay relative).
+    pub config_file: String,
+    pub config_exists: bool,
+    pub default_provider: String,
+    pub max_steps: u32,
+    pub provider: String,
+    pub model: String,
+    pub base_url: Option<String>,
+    pub api_version: Option<String>,
+    pub api_key_set: bool,
+    pub max_tokens: u32,
+    pub temperature: f64,
+    pub top_p: f64,
+}
+
+/// A tool a run can be given (`/api/tools`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolInfo {
+    pub name: String,
+    pub description: String,
+    /// Its parameters' JSON schema.
+    pub parameters: serde_json::Value,
+}
+
 /// The environment variable naming the default Trae config file.
 const CONFIG_FILE_ENV: &str = "TRAE_CONFIG_FILE";
 
@@ -62,7 +98,42 @@ impl TaskManager {
     /// file that does not exist is reported (`config_exists: false`, with
     /// defaults) rather than refused: this is a report, not a run. A file
     /// the request named relatively is reported by that name, as asked.
-    pub fn resolve_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
+    pub fn config_report(&self, query: ConfigQuery) -> Result<ConfigReport> {
+        let cfg = self.resolve_config(&ConfigRequest {
+            config_file: query.config_file,
+            provider: query.provider,
+            model: query.model,
+            max_steps: None,
+        })?;
+        Ok(ConfigReport {
+            config_file: cfg.config_file.display().to_string(),
+            config_exists: cfg.config_exists,
+            default_provider: cfg.default_provider,
+            max_steps: cfg.max_steps,
+            provider: cfg.provider,
+            model: cfg.model,
+            base_url: cfg.base_url,
+            api_version: cfg.api_version,
+            api_key_set: cfg.api_key.is_some(),
+            max_tokens: cfg.max_tokens,
+            temperature: cfg.temperature,
+            top_p: cfg.top_p,
+        })
+    }
+
+    /// The built-in tools, as a run's configuration can name them.
+    pub fn tools(&self) -> Vec<ToolInfo> {
+        agentd_engine::tools::builtin_tool_specs()
+            .into_iter()
+            .map(|spec| ToolInfo {
+                name: spec.name,
+                description: spec.description,
+                parameters: spec.parameters,
+            })
+            .collect()
+    }
+
+    fn resolve_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
         let absolute = self.absolute_config_file(req);
         let resolved = match config::resolve(&absolute, &|k| self.config_env(k)) {
             Err(ConfigError::NotFound { path }) => {
