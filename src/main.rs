@@ -71,6 +71,23 @@ enum Command {
         /// With --sandbox: let sandboxed commands use the network.
         #[arg(long, env = "AGENTD_SANDBOX_NETWORK", value_parser = clap::builder::FalseyValueParser::new())]
         sandbox_network: bool,
+        /// Run each task's processes in a control group of its own when this
+        /// machine allows it (root or a delegated cgroup): a stop then ends
+        /// what left the process group too, and the limits below apply.
+        /// auto (v2 where mounted, v1 for the controllers v2 lacks), v2, v1 or off.
+        #[arg(long, env = "AGENTD_TASK_CGROUPS", default_value = "auto", value_parser = agentd::tasks::CgroupMode::parse)]
+        task_cgroups: agentd::tasks::CgroupMode,
+        /// Memory one task's processes may use together (512M, 2G; "max":
+        /// none). Default: half of this machine's memory.
+        #[arg(long, env = "AGENTD_TASK_MEMORY_MAX")]
+        task_memory_max: Option<String>,
+        /// Processes and threads one task may run at once (0: no limit).
+        #[arg(long, env = "AGENTD_TASK_PIDS_MAX", default_value_t = 4096)]
+        task_pids_max: u64,
+        /// CPUs' worth of time one task may use (1.5 = one and a half cores;
+        /// 0: no limit, the scheduler shares the CPUs fairly).
+        #[arg(long, env = "AGENTD_TASK_CPU_MAX", default_value_t = 0.0)]
+        task_cpu_max: f64,
         /// API keys callers must present (comma-separated); none: no authentication.
         #[arg(
             long = "api-key",
@@ -142,6 +159,10 @@ async fn run() -> anyhow::Result<ExitCode> {
             allowed_roots,
             sandbox,
             sandbox_network,
+            task_cgroups,
+            task_memory_max,
+            task_pids_max,
+            task_cpu_max,
             mut api_keys,
             api_keys_file,
             rate_limit,
@@ -178,6 +199,15 @@ async fn run() -> anyhow::Result<ExitCode> {
                 })?;
                 api_keys.extend(text.lines().map(str::to_string));
             }
+            let task_limits = agentd::tasks::CgroupLimits {
+                memory_max: match task_memory_max.as_deref() {
+                    Some(text) => agentd::tasks::parse_bytes(text)
+                        .map_err(|e| anyhow::anyhow!("--task-memory-max {e}"))?,
+                    None => Some(agentd::host::machine_memory_bytes().0 / 2).filter(|b| *b > 0),
+                },
+                pids_max: Some(task_pids_max).filter(|n| *n > 0),
+                cpu_max: Some(task_cpu_max).filter(|c| *c > 0.0),
+            };
             // Parsed here, not by clap: clap's error would print the URL,
             // password and all.
             let database_url = database_url
@@ -194,6 +224,8 @@ async fn run() -> anyhow::Result<ExitCode> {
                     allowed_roots,
                     sandbox,
                     sandbox_network,
+                    cgroups: task_cgroups,
+                    task_limits,
                 },
                 api_keys: agentd::api::auth::ApiKeys::new(api_keys),
                 rate_limit_per_minute: rate_limit,

@@ -258,7 +258,10 @@ impl AgentService for AgentApi {
                 failed: count(TaskStatus::Failed),
                 stopped: count(TaskStatus::Stopped),
             }),
-            sandbox: Some(sandbox(self.tasks.sandbox_status())),
+            sandbox: Some(sandbox(
+                self.tasks.sandbox_status(),
+                self.tasks.cgroup_status(),
+            )),
         }))
     }
 

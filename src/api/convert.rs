@@ -14,7 +14,7 @@ use crate::{
     error::Error,
     proto::{TaskEvent, agentd::v1::Sandbox},
     tasks::Event,
-    tasks::{EventKind, SandboxStatus, TaskManager},
+    tasks::{CgroupStatus, EventKind, SandboxStatus, TaskManager},
 };
 
 /// A server-streaming response of either dialect.
@@ -132,8 +132,8 @@ fn event_stream(
     }))
 }
 
-/// What became of `--sandbox`, as both dialects report it.
-pub fn sandbox(status: &SandboxStatus) -> Sandbox {
+/// What became of `--sandbox` and `--task-cgroups`, as both dialects report it.
+pub fn sandbox(status: &SandboxStatus, cgroups: &CgroupStatus) -> Sandbox {
     let (network, detail) = match status {
         SandboxStatus::On { version, network } => (*network, version.clone()),
         SandboxStatus::Off { available: true } => {
@@ -142,11 +142,34 @@ pub fn sandbox(status: &SandboxStatus) -> Sandbox {
         SandboxStatus::Off { available: false } => (true, "bubblewrap not found".into()),
         SandboxStatus::Unavailable { reason } => (true, reason.clone()),
     };
+    let (cgroups, kill, task_limits, unenforced_limits) = match cgroups {
+        CgroupStatus::On {
+            layout,
+            kill,
+            limits,
+            missing,
+        } => (
+            layout.clone(),
+            kill.clone(),
+            limits.clone(),
+            missing.clone(),
+        ),
+        CgroupStatus::Off { reason } => (
+            format!("off: {reason}"),
+            "process group".into(),
+            Vec::new(),
+            Vec::new(),
+        ),
+    };
     Sandbox {
         available: status.available(),
         enabled: status.enabled(),
         network,
         detail,
+        cgroups,
+        kill,
+        task_limits,
+        unenforced_limits,
     }
 }
 

@@ -113,7 +113,10 @@ impl TraeService for TraeApi {
                     temperature: cfg.temperature,
                     top_p: cfg.top_p,
                 }),
-                sandbox: Some(sandbox(self.tasks.sandbox_status())),
+                sandbox: Some(sandbox(
+                    self.tasks.sandbox_status(),
+                    self.tasks.cgroup_status(),
+                )),
             }),
         }))
     }

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use agentd_engine::tools::BashSandbox;
 use anyhow::Context as _;
 
+use super::cgroups::{CgroupLimits, CgroupMode};
 use crate::error::{Error, Result};
 
 /// `agentd serve` containment options.
@@ -20,6 +21,10 @@ pub struct Containment {
     pub sandbox: bool,
     /// `--sandbox-network`: sandboxed commands keep the host network.
     pub sandbox_network: bool,
+    /// `--task-cgroups`: which control groups tasks run in.
+    pub cgroups: CgroupMode,
+    /// Limits of each task's control group.
+    pub task_limits: CgroupLimits,
 }
 
 /// The allowed roots, resolved once at start.

@@ -19,6 +19,7 @@
 mod admission;
 mod agent_step;
 mod artifacts;
+mod cgroups;
 mod containment;
 mod events;
 mod forward;
@@ -47,6 +48,8 @@ use crate::{
     store::{self, Origin, Store, Totals},
 };
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
+use cgroups::Cgroups;
+pub use cgroups::{CgroupLimits, CgroupMode, CgroupStatus, parse_bytes};
 use containment::AllowedRoots;
 pub use containment::Containment;
 pub use containment::SandboxStatus;
@@ -126,6 +129,7 @@ pub struct TaskManager {
     allowed_roots: AllowedRoots,
     sandbox: Option<BashSandbox>,
     sandbox_status: SandboxStatus,
+    cgroups: Cgroups,
 }
 
 impl TaskManager {
@@ -142,8 +146,27 @@ impl TaskManager {
         if allowed_roots.is_restricted() {
             tracing::info!(roots = ?allowed_roots.roots(), "working_dir of /api/run must lie inside an allowed root");
         }
-        let processes = ProcessRecords::open(workspaces.data_dir())?;
-        recovery::end_orphaned_processes(&processes).await?;
+        let cgroups = Cgroups::probe(
+            settings.containment.cgroups,
+            &cgroups::id_for(workspaces.data_dir()),
+            settings.containment.task_limits,
+        );
+        match cgroups.status() {
+            CgroupStatus::On {
+                layout,
+                kill,
+                limits,
+                missing,
+            } => {
+                tracing::info!(%layout, %kill, ?limits, ?missing, "each task runs in its own control group")
+            }
+            CgroupStatus::Off { reason } => tracing::warn!(
+                %reason,
+                "no control groups: a task's processes that leave its process group (setsid) survive a stop, and tasks have no memory or process limits"
+            ),
+        }
+        let processes = ProcessRecords::open(workspaces.data_dir(), cgroups.clone())?;
+        recovery::end_orphaned_processes(&processes, &cgroups).await?;
         let events = Arc::new(EventLog::new(store.clone(), metrics.clone()));
         recovery::fail_interrupted_runs(store.as_ref(), &events).await?;
         let (sandbox, sandbox_status) = containment::prepare_sandbox(
@@ -169,7 +192,13 @@ impl TaskManager {
             allowed_roots,
             sandbox,
             sandbox_status,
+            cgroups,
         })
+    }
+
+    /// Whether tasks run in control groups, with which limits (`/api/config`, `/ap/v1/agent/status`).
+    pub fn cgroup_status(&self) -> &CgroupStatus {
+        self.cgroups.status()
     }
 
     /// Whether the bash sandbox is available and on (`/api/config`, `/ap/v1/agent/status`).

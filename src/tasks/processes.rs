@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::cgroups::{Cgroups, TaskCgroup};
 use agentd_engine::tools::{GroupCleanup, ProcessGroup, ProcessObserver, end_recorded_group};
 use anyhow::Context as _;
 
@@ -35,6 +36,7 @@ pub struct ProcessRecords {
     dir: PathBuf,
     boot_id: String,
     live: Arc<Mutex<HashMap<String, Weak<Record>>>>,
+    cgroups: Cgroups,
 }
 
 /// What `end_orphans` found and did.
@@ -51,13 +53,14 @@ pub struct OrphanReport {
 }
 
 impl ProcessRecords {
-    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+    pub fn open(data_dir: &Path, cgroups: Cgroups) -> anyhow::Result<Self> {
         let dir = data_dir.join("run");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
             dir,
             boot_id: boot_id(),
             live: Arc::default(),
+            cgroups,
         })
     }
 
@@ -79,6 +82,8 @@ impl ProcessRecords {
                     boot_id: self.boot_id.clone(),
                     groups: Mutex::new(BTreeSet::new()),
                     write: Mutex::new(()),
+                    cgroup: self.cgroups.create(task_id),
+                    oom_told: Default::default(),
                 });
                 live.insert(task_id.to_string(), Arc::downgrade(&record));
                 record
@@ -98,7 +103,12 @@ impl ProcessRecords {
         let groups: Vec<ProcessGroup> = record.groups().iter().copied().collect();
         let ends = groups.into_iter().map(|g| end_recorded_group(g, grace));
         let mut ended = 0;
-        for outcome in futures_util::future::join_all(ends).await {
+        let ends = futures_util::future::join_all(ends).await;
+        // Then whatever left its process group (setsid, daemons).
+        if let Some(cgroup) = record.cgroup.clone() {
+            let _ = tokio::task::spawn_blocking(move || cgroup.kill()).await;
+        }
+        for outcome in ends {
             match outcome {
                 GroupCleanup::Ended { .. } => ended += 1,
                 GroupCleanup::Survived { pids } => {
@@ -197,6 +207,25 @@ struct Record {
     /// Held while the file is rewritten: each rewrite snapshots the set
     /// under it, so the last rewrite always carries the latest state.
     write: Mutex<()>,
+    /// The task's control group: every process its tools start joins it.
+    cgroup: Option<TaskCgroup>,
+    /// OOM kills in the group the model has been told of.
+    oom_told: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Record {
+    /// The task's tools are gone: so must be anything they left running.
+    fn drop(&mut self) {
+        let Some(cgroup) = self.cgroup.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || cgroup.remove());
+            }
+            Err(_) => cgroup.remove(),
+        }
+    }
 }
 
 impl Record {
@@ -238,6 +267,31 @@ impl Record {
 
 #[async_trait::async_trait]
 impl ProcessObserver for TaskGroups {
+    fn cgroup_procs(&self) -> Vec<std::ffi::CString> {
+        self.0
+            .cgroup
+            .as_ref()
+            .map(TaskCgroup::procs_files)
+            .unwrap_or_default()
+    }
+
+    fn limit_notice(&self) -> Option<String> {
+        let cgroup = self.0.cgroup.as_ref()?;
+        let kills = cgroup.oom_kills();
+        let told = self
+            .0
+            .oom_told
+            .swap(kills, std::sync::atomic::Ordering::Relaxed);
+        (kills > told).then(|| {
+            let limit = cgroup
+                .memory_max
+                .map_or_else(|| "its".into(), |b| format!("its {} MiB", b >> 20));
+            format!(
+                "The task reached {limit} memory limit: the kernel killed a process of the command (out of memory)."
+            )
+        })
+    }
+
     async fn group_started(&self, group: ProcessGroup) -> std::io::Result<()> {
         self.0.groups().insert(group);
         let record = self.0.clone();
@@ -339,7 +393,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_follow_groups_and_are_removed_when_none_are_left() {
         let dir = temp_dir();
-        let records = ProcessRecords::open(&dir.0).unwrap();
+        let records = ProcessRecords::open(&dir.0, Cgroups::off("test")).unwrap();
         let obs = records.observer("task-1");
         let a = ProcessGroup {
             pgid: 100,
@@ -371,7 +425,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn end_task_ends_the_groups_of_that_task_only() {
         let dir = temp_dir();
-        let records = ProcessRecords::open(&dir.0).unwrap();
+        let records = ProcessRecords::open(&dir.0, Cgroups::off("test")).unwrap();
         let (mut child, group) = spawn_group();
         let (mut other, other_group) = spawn_group();
         let first = records.observer("stopped");
@@ -402,7 +456,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn orphans_of_this_boot_are_ended_on_start_and_records_cleared() {
         let dir = temp_dir();
-        let records = ProcessRecords::open(&dir.0).unwrap();
+        let records = ProcessRecords::open(&dir.0, Cgroups::off("test")).unwrap();
         let (mut child, group) = spawn_group();
         let (mut other, other_group) = spawn_group();
         tokio::time::sleep(Duration::from_millis(100)).await;

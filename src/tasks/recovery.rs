@@ -4,6 +4,7 @@
 //! and they are marked failed). Idempotent, so a crash during recovery is
 //! harmless.
 
+use super::cgroups::Cgroups;
 use super::events::EventLog;
 use super::processes::{ORPHAN_GRACE, ProcessRecords};
 use super::task_event::TaskEvent;
@@ -15,9 +16,20 @@ use crate::{
 
 pub const INTERRUPTED: &str = "interrupted: agentd stopped while the task was running";
 
-/// Ends every recorded process group still running (see `processes`).
-pub async fn end_orphaned_processes(records: &ProcessRecords) -> Result<()> {
+/// Ends every recorded process group still running (see `processes`),
+/// then whatever is left in the tasks' control groups (see `cgroups`).
+pub async fn end_orphaned_processes(records: &ProcessRecords, cgroups: &Cgroups) -> Result<()> {
     let report = records.end_orphans(ORPHAN_GRACE).await?;
+    let cgroups = cgroups.clone();
+    let groups = tokio::task::spawn_blocking(move || cgroups.end_leftovers())
+        .await
+        .unwrap_or(0);
+    if groups > 0 {
+        tracing::warn!(
+            groups,
+            "ended the control groups of tasks a previous agentd left running"
+        );
+    }
     if report.records > 0 {
         tracing::warn!(
             records = report.records,
@@ -72,14 +84,24 @@ mod tests {
     use crate::{
         metrics::Metrics,
         store::{Origin, SqliteStore, Task},
-        tasks::{TaskManager, TaskSettings, task_event::EventKind, workspace::Workspaces},
+        tasks::{
+            CgroupMode, Containment, TaskManager, TaskSettings, task_event::EventKind,
+            workspace::Workspaces,
+        },
     };
 
     /// agentd as it starts: the task layer over the database file.
     async fn start(db: &Path, data: &Path) -> TaskManager {
         let store = Arc::new(SqliteStore::open(db).await.unwrap());
         let workspaces = Workspaces::open(data).unwrap();
-        TaskManager::start(store, workspaces, TaskSettings::default(), Metrics::new())
+        let settings = TaskSettings {
+            containment: Containment {
+                cgroups: CgroupMode::Off,
+                ..Containment::default()
+            },
+            ..TaskSettings::default()
+        };
+        TaskManager::start(store, workspaces, settings, Metrics::new())
             .await
             .unwrap()
     }

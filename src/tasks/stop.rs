@@ -117,7 +117,9 @@ impl TaskManager {
 
     /// Ends every run (their processes too) before the process exits.
     pub async fn shutdown(&self) -> usize {
-        self.runner.stop_all(StopReason::Shutdown).await
+        let stopped = self.runner.stop_all(StopReason::Shutdown).await;
+        self.cgroups.close();
+        stopped
     }
 }
 

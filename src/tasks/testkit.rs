@@ -141,7 +141,8 @@ impl Harness {
         );
         let metrics = Metrics::new();
         let events = Arc::new(EventLog::new(store.clone(), metrics.clone()));
-        let processes = ProcessRecords::open(dir.path()).unwrap();
+        let processes =
+            ProcessRecords::open(dir.path(), super::cgroups::Cgroups::off("tests")).unwrap();
         let runner = Arc::new(Runner::new(
             store.clone(),
             events.clone(),

@@ -75,6 +75,52 @@ def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeo
         return proc.wait(timeout=10)
 
 
+def cgroup_id(data_dir: Path) -> str:
+    """The name agentd gives its control groups for `data_dir` (FNV-1a of
+    the real path, as `src/tasks/cgroups.rs` computes it)."""
+    h = 0xCBF29CE484222325
+    for b in os.fsencode(os.path.realpath(data_dir)):
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"agentd-{h:016x}"
+
+
+def remove_task_cgroups(data_dir: Path) -> None:
+    """Removes what a stopped (or killed) agentd of `data_dir` left of its
+    control groups: empty directories only, so nothing running is touched."""
+    name = cgroup_id(data_dir)
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        for mount in _cgroup_mount_points(names):
+            base = Path(mount + path.rstrip("/")) / name
+            if not base.is_dir():
+                continue
+            for child in base.iterdir():
+                if child.is_dir():
+                    try:
+                        child.rmdir()
+                    except OSError:
+                        pass
+            try:
+                base.rmdir()
+            except OSError:
+                pass
+
+
+def _cgroup_mount_points(names: str) -> list[str]:
+    """Mount points of the hierarchy `names` ("" is v2) whose root is /."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(" "), right.split(" ")
+        if fields[3] != "/":
+            continue
+        if (not names and rfields[0] == "cgroup2") or (
+            names and rfields[0] == "cgroup" and set(names.split(",")) <= set(rfields[2].split(","))
+        ):
+            points.append(fields[4])
+    return points
+
+
 def clean_env() -> dict[str, str]:
     """The test process's environment without anything that would change
     agentd's configuration behind the tests' back."""
@@ -333,6 +379,8 @@ class Stack:
     def stop(self) -> None:
         stop_process(self.envoy)
         stop_process(self.agentd)
+        if self.agentd is not None and self.agentd.poll() is not None:
+            remove_task_cgroups(self.data_dir)
 
     def logs(self) -> str:
         return (

@@ -25,7 +25,9 @@ def get_config(base: str, query: str = "") -> dict:
     cfg = body["config"]
     # The document's keys, plus the sandbox report issue 5 asks for.
     assert set(cfg) == {"config_file", "config_exists", "general_settings", "provider_settings", "sandbox"}, cfg
-    assert set(cfg["sandbox"]) == {"available", "enabled", "network", "detail"}, cfg["sandbox"]
+    assert set(cfg["sandbox"]) == {
+        "available", "enabled", "network", "detail", "cgroups", "kill", "task_limits", "unenforced_limits",
+    }, cfg["sandbox"]
     assert cfg["sandbox"]["enabled"] is False, "the sandbox is off unless --sandbox is given"
     assert isinstance(cfg["config_file"], str)
     assert type(cfg["config_exists"]) is bool

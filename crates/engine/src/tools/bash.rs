@@ -22,7 +22,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use super::args::{Args, optional_bool, required_str};
 use super::clip::{MAX_RESPONSE_CHARS, clip_middle};
 use super::process_group::{
-    ProcessGroup, ProcessObserver, process_start_time, signal_group, terminate_group,
+    ProcessGroup, ProcessObserver, join_cgroups_on_spawn, process_start_time, signal_group,
+    terminate_group,
 };
 use super::sandbox::BashSandbox;
 use super::{Tool, ToolOutput};
@@ -131,6 +132,55 @@ impl BashTool {
         Ok(session)
     }
 
+    /// The model's view of how a command ended.
+    async fn command_output(
+        &self,
+        mut slot: tokio::sync::MutexGuard<'_, Option<BashSession>>,
+        end: RunEnd,
+        note: String,
+    ) -> ToolOutput {
+        match end {
+            RunEnd::Finished { output, exit_code } => {
+                let output = format!("{note}{output}");
+                if exit_code == 0 {
+                    ToolOutput::ok(output)
+                } else {
+                    ToolOutput::partial(
+                        output,
+                        format!("The command exited with code {exit_code}."),
+                    )
+                }
+            }
+            RunEnd::TimedOut { output } => {
+                // Keep Trae's contract (restart required) but free the machine now.
+                if let Some(session) = slot.as_mut() {
+                    session.timed_out = true;
+                    terminate_group(session.pgid, self.kill_grace, || {}).await;
+                }
+                ToolOutput::partial(format!("{note}{output}"), self.timeout_message())
+            }
+            RunEnd::ShellExited { output, exit_code } => {
+                if let Some(old) = slot.take() {
+                    self.end_session(old).await;
+                }
+                let code = exit_code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+                ToolOutput::partial(
+                    format!("{note}{output}"),
+                    format!(
+                        "bash has exited with returncode {code}. A new session starts with the next command; \
+                         shell state (current directory, variables) was lost."
+                    ),
+                )
+            }
+            RunEnd::Io(e) => {
+                if let Some(old) = slot.take() {
+                    self.end_session(old).await;
+                }
+                ToolOutput::error(format!("Error running bash command: {e}"))
+            }
+        }
+    }
+
     fn timeout_message(&self) -> String {
         format!(
             "timed out: bash has not returned in {} seconds and must be restarted (call bash with `restart: true`)",
@@ -201,47 +251,13 @@ impl Tool for BashTool {
             return ToolOutput::error("Error starting bash session");
         };
 
-        match session.run(command, self.timeout).await {
-            RunEnd::Finished { output, exit_code } => {
-                let output = format!("{note}{output}");
-                if exit_code == 0 {
-                    ToolOutput::ok(output)
-                } else {
-                    ToolOutput::partial(
-                        output,
-                        format!("The command exited with code {exit_code}."),
-                    )
-                }
-            }
-            RunEnd::TimedOut { output } => {
-                // Keep Trae's contract (restart required) but free the machine now.
-                session.timed_out = true;
-                let pgid = session.pgid;
-                terminate_group(pgid, self.kill_grace, || {}).await;
-                ToolOutput::partial(format!("{note}{output}"), self.timeout_message())
-            }
-            RunEnd::ShellExited { output, exit_code } => {
-                if let Some(old) = slot.take() {
-                    self.end_session(old).await;
-                }
-                let code = exit_code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
-                ToolOutput::partial(
-                    format!("{note}{output}"),
-                    format!(
-                        "bash has exited with returncode {code}. A new session starts with the next command; \
-                         shell state (current directory, variables) was lost."
-                    ),
-                )
-            }
-            RunEnd::Io(e) => {
-                if let Some(old) = slot.take() {
-                    self.end_session(old).await;
-                }
-                ToolOutput::error(format!("Error running bash command: {e}"))
-            }
+        let end = session.run(command, self.timeout).await;
+        let output = self.command_output(slot, end, note).await;
+        match self.observer.as_ref().and_then(|o| o.limit_notice()) {
+            Some(notice) => output.with_error_note(&notice),
+            None => output,
         }
     }
-
     async fn shutdown(&self) {
         // A command in progress holds the session lock: signal its group first
         // so that it ends and lets go.
@@ -364,6 +380,9 @@ impl BashSession {
             if key.to_str().is_some_and(is_secret_env) {
                 cmd.env_remove(key);
             }
+        }
+        if let Some(observer) = &observer {
+            join_cgroups_on_spawn(&mut cmd, observer.cgroup_procs());
         }
         let mut child = cmd.spawn()?;
         let pid = child

@@ -27,8 +27,8 @@ use crate::messages::{ToolCall, ToolResult, ToolSpec};
 
 pub use clip::MAX_RESPONSE_CHARS;
 pub use process_group::{
-    GroupCleanup, ProcessGroup, ProcessObserver, end_recorded_group, process_is_alive,
-    process_start_time,
+    GroupCleanup, ProcessGroup, ProcessObserver, end_recorded_group, join_cgroups_on_spawn,
+    process_is_alive, process_start_time,
 };
 pub use sandbox::BashSandbox;
 pub use task_done::NAME as TASK_DONE;
@@ -117,6 +117,17 @@ impl ToolOutput {
         Self {
             output: output.into(),
             error: Some(error.into()),
+        }
+    }
+    /// The same, failed, with `note` before any error it had.
+    pub(crate) fn with_error_note(self, note: &str) -> Self {
+        let error = match self.error {
+            Some(e) => format!("{note} {e}"),
+            None => note.to_string(),
+        };
+        Self {
+            output: self.output,
+            error: Some(error),
         }
     }
 }

@@ -128,6 +128,47 @@ pub trait ProcessObserver: Send + Sync + std::fmt::Debug {
     async fn group_started(&self, group: ProcessGroup) -> std::io::Result<()>;
     /// Every process of the group was ended (or sent SIGKILL).
     fn group_ended(&self, group: ProcessGroup);
+    /// `cgroup.procs` files (one per hierarchy) that a group's first
+    /// process joins between fork and exec, so that everything it starts,
+    /// including what leaves the process group (`setsid`, daemons), is
+    /// accounted to the task and killed with it. Empty: no control group.
+    fn cgroup_procs(&self) -> Vec<std::ffi::CString> {
+        Vec::new()
+    }
+    /// A resource limit the task's processes hit since the last call (an
+    /// OOM kill), in words for the model; asked after every command.
+    fn limit_notice(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Makes the child of `cmd` join each of `procs` (`cgroup.procs` files)
+/// before it execs; a failed join fails the spawn, so nothing runs outside
+/// its task's group.
+pub fn join_cgroups_on_spawn(cmd: &mut tokio::process::Command, procs: Vec<std::ffi::CString>) {
+    if procs.is_empty() {
+        return;
+    }
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (open, write, close on paths allocated before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for path in &procs {
+                let fd = nix::libc::open(path.as_ptr(), nix::libc::O_WRONLY | nix::libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" names the writing process itself.
+                let written = nix::libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                nix::libc::close(fd);
+                if written != 1 {
+                    return Err(err);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// What ending a recorded group found (see [`end_recorded_group`]).

@@ -117,6 +117,13 @@ export interface Sandbox extends Raw {
   enabled: boolean;
   network: boolean;
   detail: string;
+  /** "cgroup v2", "cgroup v1 + v2 (hybrid)", "cgroup v1", or "off: <why>". */
+  cgroups?: string;
+  /** How a stopped task's processes are killed: "cgroup.kill", "signal" or "process group". */
+  kill?: string;
+  /** Limits each task's control group enforces, e.g. "memory=1073741824". */
+  taskLimits?: string[];
+  unenforcedLimits?: string[];
 }
 
 /** One entry of a task's event log (README "Tasks, events and streams"). */
