@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -26,7 +26,7 @@ use crate::{
     clock,
     error::{Error, Result},
     metrics::Metrics,
-    store::{Event, Store, Task},
+    store::{Event, Fence, Store, Task},
 };
 
 /// Whether `e` is the `end` that closes every finished task's log.
@@ -35,6 +35,10 @@ pub fn is_end(e: &Event) -> bool {
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// A log shared with other nodes: how often an idle follower reads the store
+/// anyway, in case a doorbell ring was lost (the last resort; rings are the
+/// fast path).
+const SHARED_POLL_EVERY: Duration = Duration::from_secs(5);
 /// Events read from the store per query while replaying. Each reader that
 /// fell behind holds one batch: 1,000 lagging readers of a busy task hold
 /// 1,000 batches.
@@ -52,6 +56,13 @@ pub struct EventLog {
     topics: Mutex<HashMap<String, Arc<Topic>>>,
     /// Every task's events, live only (the logs WebSocket).
     all: broadcast::Sender<Arc<Event>>,
+    /// Other nodes write to the same logs (a shared database): followers
+    /// also wake on rings and poll, and a log's last seq is only trusted
+    /// while this node holds the task's run.
+    shared: bool,
+    /// The runs this node holds, by task: every append of such a task is
+    /// fenced by it, and its `end` finishes the run.
+    fences: Mutex<HashMap<String, Fence>>,
 }
 
 struct Topic {
@@ -59,6 +70,11 @@ struct Topic {
     last_seq: tokio::sync::Mutex<Option<i64>>,
     live: broadcast::Sender<Arc<Event>>,
     followers: AtomicUsize,
+    /// Rung when another node committed events of the task: followers read
+    /// the store again (a version counter, so a ring is never missed).
+    doorbell: tokio::sync::watch::Sender<u64>,
+    /// The highest seq this node wrote (rings for it are its own).
+    written: AtomicI64,
 }
 
 /// Counts one follower of a topic for as long as its stream lives.
@@ -78,6 +94,71 @@ impl EventLog {
             metrics,
             topics: Mutex::new(HashMap::new()),
             all: broadcast::channel(LIVE_BUFFER).0,
+            shared: false,
+            fences: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A log other nodes write to as well (PostgreSQL shared by a cluster).
+    pub fn shared(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            shared: true,
+            ..Self::new(store, metrics)
+        }
+    }
+
+    /// From now on, appends to the task's log are fenced by `fence`, and
+    /// its `end` finishes the run (see `store::runs`).
+    pub fn hold(&self, task_id: &str, fence: Fence) {
+        self.fences_mut().insert(task_id.to_string(), fence);
+    }
+
+    /// The fence of the task's run this node holds, if any.
+    pub fn fence(&self, task_id: &str) -> Option<Fence> {
+        self.fences_mut().get(task_id).cloned()
+    }
+
+    /// The fences of every run this node holds, by task.
+    pub fn fences(&self) -> Vec<(String, Fence)> {
+        let fences = self.fences_mut();
+        fences.iter().map(|(t, f)| (t.clone(), f.clone())).collect()
+    }
+
+    pub fn release(&self, task_id: &str) {
+        self.fences_mut().remove(task_id);
+    }
+
+    fn fences_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fence>> {
+        self.fences.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Another node committed events of the task up to `seq`: its followers
+    /// here read them from the store. Nothing to do without followers.
+    pub fn ring(&self, task_id: &str, seq: i64) {
+        let topic = self
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task_id)
+            .cloned();
+        if let Some(topic) = topic
+            && seq > topic.written.load(Ordering::Relaxed)
+        {
+            topic.doorbell.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Rings may have been lost: every follower reads the store again.
+    pub fn ring_all(&self) {
+        let topics: Vec<Arc<Topic>> = self
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for topic in topics {
+            topic.doorbell.send_modify(|v| *v += 1);
         }
     }
 
@@ -90,6 +171,8 @@ impl EventLog {
                     last_seq: tokio::sync::Mutex::new(None),
                     live: broadcast::channel(LIVE_BUFFER).0,
                     followers: AtomicUsize::new(0),
+                    doorbell: tokio::sync::watch::channel(0).0,
+                    written: AtomicI64::new(0),
                 })
             })
             .clone()
@@ -122,7 +205,11 @@ impl EventLog {
     ) -> Result<Vec<Arc<Event>>> {
         let topic = self.topic(task_id);
         let mut last = topic.last_seq.lock().await;
-        let mut seq = match *last {
+        let fence = self.fence(task_id);
+        // Shared: another node may have written since, unless this one
+        // holds the run (then nobody else can).
+        let cached = (!self.shared || fence.is_some()).then_some(*last).flatten();
+        let mut seq = match cached {
             Some(seq) => seq,
             None => self.store.last_event_seq(task_id).await?,
         };
@@ -142,9 +229,26 @@ impl EventLog {
                 })
             })
             .collect();
-        self.store.append_events(&events, task).await?;
+        let ends = events.iter().any(|e| is_end(e));
+        match &fence {
+            None => self.store.append_events(&events, task).await?,
+            Some(fence) => {
+                if !self.store.append_fenced(&events, task, fence, ends).await? {
+                    *last = None;
+                    return Err(anyhow::anyhow!(
+                        "task {task_id}: this node no longer holds the task's run (its lease \
+                         was taken over); the write was refused"
+                    )
+                    .into());
+                }
+                if ends {
+                    self.release(task_id);
+                }
+            }
+        }
         self.metrics.events_written.inc_by(events.len() as u64);
         *last = Some(seq);
+        topic.written.fetch_max(seq, Ordering::Relaxed);
         // No receivers is fine: readers that come later replay from the store.
         for event in &events {
             let _ = topic.live.send(event.clone());
@@ -184,7 +288,13 @@ impl EventLog {
         }
         // Subscribe before reading history, so nothing falls in between.
         let mut live = topic.live.subscribe();
+        let mut doorbell = topic.doorbell.subscribe();
         drop(topic);
+        let wake_every = if self.shared {
+            SHARED_POLL_EVERY
+        } else {
+            HEARTBEAT_EVERY
+        };
         let log = self.clone();
         let task_id = task_id.to_string();
         Ok(async_stream::try_stream! {
@@ -193,7 +303,10 @@ impl EventLog {
             // Resuming after the `end` itself: there is nothing more to come.
             let mut closed = after_seq > 0
                 && log.store.list_events(&task_id, after_seq - 1, 1).await?.first().is_some_and(is_end);
+            let mut last_sent = tokio::time::Instant::now();
             'replay: loop {
+                // Rings from now on are news: mark the older ones seen first.
+                doorbell.borrow_and_update();
                 // Replay what the store has after `last`.
                 loop {
                     let batch = log.store.list_events(&task_id, last, REPLAY_BATCH).await?;
@@ -201,27 +314,44 @@ impl EventLog {
                     for event in batch {
                         last = event.seq;
                         let ended = is_end(&event);
+                        last_sent = tokio::time::Instant::now();
                         yield Arc::new(event);
                         if ended { break 'replay; }
                     }
                     if !full { break; }
                 }
                 if closed { break; }
-                // Follow live events until a gap sends us back to the store.
+                // Follow live events until a gap, a ring from another node or
+                // (shared logs) the poll sends us back to the store.
                 loop {
-                    match tokio::time::timeout(HEARTBEAT_EVERY, live.recv()).await {
-                        Err(_) => yield Arc::new(heartbeat(&task_id, last)),
-                        Ok(Ok(event)) if event.seq <= last => {}
-                        Ok(Ok(event)) if event.seq == last + 1 => {
+                    let next = tokio::select! {
+                        got = live.recv() => Some(got),
+                        rung = doorbell.changed() => match rung {
+                            Ok(()) => continue 'replay,
+                            Err(_) => std::future::pending().await,
+                        },
+                        () = tokio::time::sleep(wake_every) => None,
+                    };
+                    match next {
+                        None => {
+                            if last_sent.elapsed() >= HEARTBEAT_EVERY - Duration::from_millis(50) {
+                                last_sent = tokio::time::Instant::now();
+                                yield Arc::new(heartbeat(&task_id, last));
+                            }
+                            if log.shared { continue 'replay; }
+                        }
+                        Some(Ok(event)) if event.seq <= last => {}
+                        Some(Ok(event)) if event.seq == last + 1 => {
                             last = event.seq;
                             let ended = is_end(&event);
+                            last_sent = tokio::time::Instant::now();
                             yield event;
                             if ended { break 'replay; }
                         }
                         // A gap or a lagging reader: catch up from the store.
-                        Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue 'replay,
+                        Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => continue 'replay,
                         // The task ended or was deleted: what is stored now is all there is.
-                        Ok(Err(broadcast::error::RecvError::Closed)) => {
+                        Some(Err(broadcast::error::RecvError::Closed)) => {
                             closed = true;
                             continue 'replay;
                         }

@@ -27,4 +27,4 @@ CREATE TABLE runs (
 CREATE INDEX runs_queued ON runs (created_at, run_id) WHERE status = 'queued';
 CREATE INDEX runs_running_by_node ON runs (node_id) WHERE status = 'running';
 CREATE INDEX runs_running_by_lease ON runs (lease_until) WHERE status = 'running';
-CREATE INDEX runs_active_by_task ON runs (task_id) WHERE status <> 'done';
+CREATE UNIQUE INDEX runs_active_by_task ON runs (task_id) WHERE status <> 'done';  -- one unfinished run per task
