@@ -195,6 +195,8 @@ class Stack:
     # Trae config the default `trae_config.yaml` there); only the port comes
     # from AGENTD_LISTEN, which scripts/run honours too.
     as_scripts_run: bool = False
+    # Envoy in front of several agentd nodes (AGENTD_UPSTREAMS), not this one.
+    upstreams: list[str] = field(default_factory=list)
 
     @property
     def trae_url(self) -> str:
@@ -285,6 +287,8 @@ class Stack:
             "AP_PORT": str(self.ap_port),
             "ENVOY_ADMIN_PORT": str(self.admin_port),
         }
+        if self.upstreams:
+            env["AGENTD_UPSTREAMS"] = ",".join(self.upstreams)
         out = subprocess.run(
             [str(ENVOY_CONFIG_SCRIPT), str(cfg_dir), AGENTD_BIN],
             env=env,
