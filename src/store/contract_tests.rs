@@ -1322,6 +1322,7 @@ async fn rings_follow_commits_of_other_connections(db: &dyn TestDb) {
         vec![
             Ring::Events {
                 task_id: "t".into(),
+                first: 1,
                 seq: 3
             },
             Ring::RunQueued,

@@ -585,7 +585,7 @@ impl PgStore {
         }
         let payloads: Vec<String> = ranges
             .iter()
-            .map(|(task_id, (_, last))| format!("{last} {task_id}"))
+            .map(|(task_id, (first, last))| format!("{first} {last} {task_id}"))
             .collect();
         if payloads.is_empty() {
             return;

@@ -142,8 +142,12 @@ pub struct Fence {
 /// always read back from the tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ring {
-    /// Events up to `seq` were committed to the task's log.
-    Events { task_id: String, seq: i64 },
+    /// Events `first..=seq` were committed to the task's log.
+    Events {
+        task_id: String,
+        first: i64,
+        seq: i64,
+    },
     /// A run was queued: a node with a free slot may claim it.
     RunQueued,
     /// A stop was requested for the task's run.

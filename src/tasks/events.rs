@@ -132,20 +132,55 @@ impl EventLog {
         self.fences.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Another node committed events of the task up to `seq`: its followers
-    /// here read them from the store. Nothing to do without followers.
-    pub fn ring(&self, task_id: &str, seq: i64) {
+    /// Another node committed events `first..=seq` of the task: its
+    /// followers here read them from the store, and readers of every task's
+    /// live events (the logs WebSocket) get them too.
+    pub async fn ring(&self, task_id: &str, first: i64, seq: i64) {
         let topic = self
             .topics
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(task_id)
             .cloned();
-        if let Some(topic) = topic
-            && seq > topic.written.load(Ordering::Relaxed)
-        {
+        let written = topic
+            .as_ref()
+            .map_or(0, |t| t.written.load(Ordering::Relaxed));
+        if seq <= written {
+            return; // this node's own write
+        }
+        if let Some(topic) = topic {
             topic.doorbell.send_modify(|v| *v += 1);
         }
+        if self.all.receiver_count() > 0 {
+            let from = (first - 1).max(written);
+            match self.store.list_events(task_id, from, seq - from).await {
+                Ok(events) => {
+                    for e in events {
+                        let _ = self.all.send(Arc::new(e));
+                    }
+                }
+                Err(e) => tracing::debug!(%task_id, error = %e, "cannot read rung events"),
+            }
+        }
+    }
+
+    /// Forgets the live state of tasks nobody here follows or writes (a
+    /// shared log's followers of other nodes' runs leave topics behind).
+    pub fn forget_idle(&self) {
+        if !self.shared {
+            return;
+        }
+        let fences = self.fences_mut().clone();
+        self.topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|task_id, topic| {
+                // A writer holds `last_seq` while appending; a follower counts.
+                fences.contains_key(task_id)
+                    || topic.followers.load(Ordering::Relaxed) > 0
+                    || topic.last_seq.try_lock().is_err()
+                    || Arc::strong_count(topic) > 1
+            });
     }
 
     /// Rings may have been lost: every follower reads the store again.
@@ -501,6 +536,40 @@ mod tests {
                 .await
                 .is_empty()
         );
+    }
+
+    /// A log shared with another node: events that node commits reach a
+    /// follower here through the doorbell alone (nothing is broadcast in
+    /// this process), in order, with no gap, until `end`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ring_brings_another_nodes_events_to_followers() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        h.running_task("t").await;
+        let here = Arc::new(EventLog::shared(h.store.clone(), Metrics::new()));
+        let other_node = EventLog::new(h.store.clone(), Metrics::new());
+        let mut reader = std::pin::pin!(here.follow("t", 0).unwrap());
+        for i in 0..3 {
+            let e = other_node.append("t", nudge(1, i)).await.unwrap();
+            here.ring("t", e.seq, e.seq).await;
+            let got = tokio::time::timeout(Duration::from_secs(4), reader.next()).await;
+            assert_eq!(got.expect("rung, not polled").unwrap().unwrap().seq, e.seq);
+        }
+        // A batch, rung once.
+        let batch = vec![
+            nudge(1, 7),
+            TaskEvent::End {
+                status: crate::store::TaskStatus::Completed,
+            },
+        ];
+        let written = other_node.append_all("t", batch, None).await.unwrap();
+        here.ring("t", written[0].seq, written[1].seq).await;
+        let rest: Vec<i64> = tokio::time::timeout(
+            Duration::from_secs(4),
+            reader.map(|e| e.unwrap().seq).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the stream ends after `end`");
+        assert_eq!(rest, vec![4, 5]);
     }
 
     /// The switch from replay to live: a reader that has everything stored

@@ -186,11 +186,19 @@ def test_readers_on_one_node_get_every_event_of_a_run_on_another(cluster, tmp_pa
                     return out
         return out
 
+    from websockets.sync.client import connect
+
     sse = Reader(timed_sse)
     ws = Reader(lambda: ws_from(reader_node, task_id))
-    sse.start()
-    ws.start()
-    got_sse, got_ws = sse.result(), ws.result()
+    with connect(ws_url(f"http://{reader_node.grpc_target}", f"{AP}/logs/ws"), open_timeout=10,
+                 close_timeout=5, proxy=None) as logs_socket:
+        logs = Reader(lambda: read_ws(logs_socket, until=lambda m: m.get("task_id") == task_id
+                                      and m.get("event") == "end")[0])
+        logs.start()
+        sse.start()
+        ws.start()
+        got_sse, got_ws = sse.result(), ws.result()
+        got_logs = [m for m in logs.result() if m.get("task_id") == task_id]
 
     full = sse_from(owner, task_id)
     assert_well_formed_log(full, task_id)
@@ -202,6 +210,8 @@ def test_readers_on_one_node_get_every_event_of_a_run_on_another(cluster, tmp_pa
     assert seqs == list(range(seqs[0], len(full) + 1)), seqs
     assert [m["event"] for m in updates] == [e["type"] for e in full[seqs[0] - 1:]]
     assert updates[-1]["status"] == "completed"
+    # The logs WebSocket (every task's live events) of the reader's node too.
+    assert [m["event"] for m in got_logs][-2:] == ["complete", "end"], got_logs[-3:]
     # Live events (after the first second) crossed nodes through the doorbell.
     live = [lat for seq, lat in arrivals if seq > 2]
     print(f"cross-node delivery latency (event timestamp to SSE arrival): max {max(live) * 1000:.0f} ms, "

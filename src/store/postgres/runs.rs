@@ -364,9 +364,11 @@ async fn follow(
 fn parse(channel: &str, payload: &str) -> Option<Ring> {
     match channel {
         EVENTS => {
-            let (seq, task_id) = payload.split_once(' ')?;
+            let (first, rest) = payload.split_once(' ')?;
+            let (seq, task_id) = rest.split_once(' ')?;
             Some(Ring::Events {
                 task_id: task_id.to_string(),
+                first: first.parse().ok()?,
                 seq: seq.parse().ok()?,
             })
         }

@@ -12,7 +12,11 @@ pub(super) async fn run(tasks: Weak<TaskManager>, mut rings: tokio::sync::mpsc::
     while let Some(ring) = rings.recv().await {
         let Some(tasks) = tasks.upgrade() else { return };
         match ring {
-            Ring::Events { task_id, seq } => tasks.events.ring(&task_id, seq),
+            Ring::Events {
+                task_id,
+                first,
+                seq,
+            } => tasks.events.ring(&task_id, first, seq).await,
             Ring::Cancel { task_id, reason } => {
                 tasks.stop_in_background(&task_id, reason_of(&reason));
             }

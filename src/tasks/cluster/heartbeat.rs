@@ -58,6 +58,7 @@ impl TaskManager {
             self.end_taken_over(run, NODE_LOST).await?;
         }
         self.claim_queued().await;
+        self.events.forget_idle();
         Ok(())
     }
 
