@@ -13,6 +13,7 @@ mod model;
 mod postgres;
 mod runs;
 mod sqlite;
+mod transient;
 mod writer;
 
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub use model::*;
 pub use postgres::PgStore;
 pub use runs::{Fence, NewRun, Node, Ring, Run, RunKind, RunStatus, RunStore};
 pub use sqlite::{DEFAULT_READ_CACHE_BYTES, SqliteStore};
+pub use transient::is_transient;
 
 use crate::error::Result;
 

@@ -26,7 +26,7 @@ use crate::{
     clock,
     error::{Error, Result},
     metrics::Metrics,
-    store::{Event, Fence, Store, Task},
+    store::{Event, Fence, Store, Task, is_transient},
 };
 
 /// Whether `e` is the `end` that closes every finished task's log.
@@ -39,6 +39,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// anyway, in case a doorbell ring was lost (the last resort; rings are the
 /// fast path).
 const SHARED_POLL_EVERY: Duration = Duration::from_secs(5);
+/// A shared database that is away (restarting, unreachable): how long reads
+/// and writes of the log wait for it to come back before they fail.
+const OUTAGE_WAIT: Duration = Duration::from_secs(60);
 /// Events read from the store per query while replaying. Each reader that
 /// fell behind holds one batch: 1,000 lagging readers of a busy task hold
 /// 1,000 batches.
@@ -266,9 +269,9 @@ impl EventLog {
             .collect();
         let ends = events.iter().any(|e| is_end(e));
         match &fence {
-            None => self.store.append_events(&events, task).await?,
+            None => _ = self.write(&events, task, None, false).await?,
             Some(fence) => {
-                if !self.store.append_fenced(&events, task, fence, ends).await? {
+                if !self.write(&events, task, Some(fence), ends).await? {
                     *last = None;
                     return Err(anyhow::anyhow!(
                         "task {task_id}: this node no longer holds the task's run (its lease \
@@ -294,6 +297,79 @@ impl EventLog {
             self.close(task_id);
         }
         Ok(events)
+    }
+
+    /// Stores a batch (fenced when this node holds the task's run); false
+    /// when the fence no longer holds. A shared database that is away is
+    /// waited for, bounded; a retry after a commit whose answer was lost
+    /// finds the batch stored and does not write it twice.
+    async fn write(
+        &self,
+        events: &[Arc<Event>],
+        task: Option<&Task>,
+        fence: Option<&Fence>,
+        ends: bool,
+    ) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + OUTAGE_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let written = match fence {
+                None => self.store.append_events(events, task).await.map(|()| true),
+                Some(f) => self.store.append_fenced(events, task, f, ends).await,
+            };
+            match written {
+                Err(e)
+                    if self.shared
+                        && is_transient(&e)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "the database is away; the event log write waits for it");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    if let Some(first) = events.first() {
+                        let stored = self
+                            .store
+                            .list_events(&first.task_id, first.seq - 1, 1)
+                            .await;
+                        if let Ok(stored) = stored
+                            && stored.first().is_some_and(|s| {
+                                (&s.kind, s.timestamp, &s.body)
+                                    == (&first.kind, first.timestamp, &first.body)
+                            })
+                        {
+                            return Ok(true);
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs a read of the store; with a shared database that is away, again
+    /// until it is back (bounded), so readers and a run's end outlive a
+    /// database restart.
+    pub async fn retrying<T, F, Fut>(&self, read: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + OUTAGE_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match read().await {
+                Err(e)
+                    if self.shared
+                        && is_transient(&e)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(error = %e, "the database is away; a read waits for it");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Live events of every task, from now on. A reader that falls more than
@@ -337,14 +413,14 @@ impl EventLog {
             let mut last = after_seq;
             // Resuming after the `end` itself: there is nothing more to come.
             let mut closed = after_seq > 0
-                && log.store.list_events(&task_id, after_seq - 1, 1).await?.first().is_some_and(is_end);
+                && log.retrying(|| log.store.list_events(&task_id, after_seq - 1, 1)).await?.first().is_some_and(is_end);
             let mut last_sent = tokio::time::Instant::now();
             'replay: loop {
                 // Rings from now on are news: mark the older ones seen first.
                 doorbell.borrow_and_update();
                 // Replay what the store has after `last`.
                 loop {
-                    let batch = log.store.list_events(&task_id, last, REPLAY_BATCH).await?;
+                    let batch = log.retrying(|| log.store.list_events(&task_id, last, REPLAY_BATCH)).await?;
                     let full = batch.len() as i64 == REPLAY_BATCH;
                     for event in batch {
                         last = event.seq;

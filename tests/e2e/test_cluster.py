@@ -332,6 +332,28 @@ def test_a_killed_nodes_run_ends_failed_on_the_survivors(cluster, tmp_path):
             victim.start_agentd()
 
 
+def test_readers_on_other_nodes_outlive_a_postgresql_restart(cluster, tmp_path):
+    runs = cluster.runs
+    replies = [delayed(openai_tool_call("bash", {"command": f"echo {i}"}, text=f"step {i}"), 0.3) for i in range(8)]
+    route = runs.llm.route().script(*replies, delayed(openai_tool_call("task_done", {}, text="done"), 0.3))
+    owner = cluster.nodes[2]
+    task_id = run_on(owner, runs, "through a database restart", tmp_path / "wd", route)
+    readers = [Reader(lambda: sse_from(cluster.nodes[0], task_id, timeout=RUN_WAIT)),
+               Reader(lambda: ws_from(cluster.nodes[1], task_id))]
+    for r in readers:
+        r.start()
+    runs.wait_event(task_id, lambda m: m["type"] == "tool_result", "a first tool result")
+    cluster.pg.restart(down_for=1.0)  # mid-run: every connection of every node is cut
+    sse, ws = (r.result() for r in readers)
+    stored = sse_from(cluster.nodes[1], task_id)
+    assert_well_formed_log(stored, task_id)
+    assert stored[-2]["type"] == "complete" and stored[-2]["result"] == "done", [e["type"] for e in stored]
+    assert key(sse) == key(stored), "a reader lost or repeated events across the restart"
+    updates = [m for m in ws if m["seq"] > 0]
+    assert [m["seq"] for m in updates] == list(range(updates[0]["seq"], len(stored) + 1))
+    assert [e["type"] for e in stored].count("tool_result") == 9  # 8 bash calls and task_done
+
+
 def test_the_trae_documents_python_example_through_the_cluster(cluster, git_repo):
     trae_flows.test_document_python_example_runs_a_task_in_a_git_repo(cluster.runs, git_repo)
 

@@ -17,17 +17,26 @@ pub const NODE_LOST: &str = "interrupted: the agentd node running the task stopp
 pub(super) async fn run(tasks: Weak<TaskManager>, cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(cluster.beat());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed_at: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         let Some(tasks) = tasks.upgrade() else { return };
-        if let Err(e) = tasks.beat(&cluster).await {
-            tracing::warn!(error = %e, "cluster heartbeat failed; retrying at the next beat");
+        // After this node could not reach the database, neither could the
+        // others, most likely: their leases ran out while they were alive.
+        // Give them a lease to renew before taking anything over.
+        let take_over = failed_at.is_none_or(|t| t.elapsed() > cluster.settings.lease);
+        match tasks.beat(&cluster, take_over).await {
+            Ok(()) => {}
+            Err(e) => {
+                failed_at = Some(tokio::time::Instant::now());
+                tracing::warn!(error = %e, "cluster heartbeat failed; retrying at the next beat");
+            }
         }
     }
 }
 
 impl TaskManager {
-    async fn beat(self: &Arc<Self>, cluster: &Cluster) -> Result<()> {
+    async fn beat(self: &Arc<Self>, cluster: &Cluster, take_over: bool) -> Result<()> {
         let held = self.events.fences();
         let leases = self
             .store
@@ -45,17 +54,19 @@ impl TaskManager {
                 self.stop_in_background(&task_id, StopReason::LeaseLost);
             }
         }
-        let taken = self
-            .store
-            .take_over_runs(
-                cluster.node_id(),
-                clock::now_ms(),
-                cluster.lease_until(),
-                None,
-            )
-            .await?;
-        for run in taken {
-            self.end_taken_over(run, NODE_LOST).await?;
+        if take_over {
+            let taken = self
+                .store
+                .take_over_runs(
+                    cluster.node_id(),
+                    clock::now_ms(),
+                    cluster.lease_until(),
+                    None,
+                )
+                .await?;
+            for run in taken {
+                self.end_taken_over(run, NODE_LOST).await?;
+            }
         }
         self.claim_queued().await;
         self.events.forget_idle();
