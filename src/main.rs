@@ -111,6 +111,16 @@ enum Command {
         /// the data directory. Task workspaces stay in the data directory.
         #[arg(long, env = "AGENTD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
+        /// With --database-url: this node's name among the nodes sharing the
+        /// database (default: host name and port). Its own parts of a shared
+        /// data directory are kept under run/<node id>/ and tmp/<node id>/.
+        #[arg(long, env = "AGENTD_NODE_ID")]
+        node_id: Option<String>,
+        /// With --database-url: seconds a run stays this node's without a
+        /// heartbeat (three beats per lease); after that another node ends
+        /// it as failed (interrupted).
+        #[arg(long, env = "AGENTD_LEASE_SECS", default_value_t = 10)]
+        lease_secs: u64,
     },
     /// Write the protobuf descriptor set (with HTTP annotations) that Envoy's
     /// transcoder loads, to a file or standard output.
@@ -168,6 +178,8 @@ async fn run() -> anyhow::Result<ExitCode> {
             rate_limit,
             read_cache_mb,
             database_url,
+            node_id,
+            lease_secs,
         } => {
             // Logs; spans to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
             let telemetry = telemetry::init()?;
@@ -231,6 +243,8 @@ async fn run() -> anyhow::Result<ExitCode> {
                 rate_limit_per_minute: rate_limit,
                 read_cache_bytes: read_cache_mb.saturating_mul(1 << 20),
                 database_url,
+                node_id: node_id.filter(|n| !n.is_empty()),
+                lease: secs(lease_secs),
             })
             .await;
             telemetry.shutdown().await;

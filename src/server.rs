@@ -31,7 +31,10 @@ use crate::{
         trae::trae_service_server::TraeServiceServer,
     },
     store::{self, DatabaseUrl, TaskStatus},
-    tasks::{Containment, RunnerSettings, TaskManager, TaskSettings, Workspaces},
+    tasks::{
+        ClusterSettings, Containment, RunnerSettings, TaskManager, TaskSettings, Workspaces,
+        node_id,
+    },
 };
 
 /// How long open streams may take to finish after SIGTERM/SIGINT.
@@ -58,6 +61,11 @@ pub struct ServeOptions {
     pub read_cache_bytes: u64,
     /// PostgreSQL holds the store; None: SQLite in the data directory.
     pub database_url: Option<DatabaseUrl>,
+    /// With a database URL: this node's name among the nodes sharing it
+    /// (None: host name + port).
+    pub node_id: Option<String>,
+    /// With a database URL: how long a run stays a node's without its heartbeat.
+    pub lease: Duration,
 }
 
 pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
@@ -77,7 +85,12 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
         opts.read_cache_bytes,
     )
     .await?;
-    let workspaces = Workspaces::open(&opts.data_dir)?;
+    let cluster = cluster_settings(&opts)?;
+    let workspaces =
+        Workspaces::open_for_node(&opts.data_dir, cluster.as_ref().map(|c| c.node_id.as_str()))?;
+    if let Some(c) = &cluster {
+        tracing::info!(node_id = %c.node_id, address = %c.address, lease = ?c.lease, "one node of a cluster");
+    }
     let metrics = Metrics::new();
     let tasks = Arc::new(
         TaskManager::start(
@@ -88,11 +101,13 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
                 config_dir: opts.config_dir.clone(),
                 runner: opts.runner.clone(),
                 containment: opts.containment.clone(),
+                cluster,
             },
             metrics.clone(),
         )
         .await?,
     );
+    tasks.start_cluster_work().await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TraeServiceServer<TraeApi>>().await;
@@ -174,6 +189,32 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
         } => tracing::warn!("streams still open after the grace period; exiting"),
     }
     Ok(())
+}
+
+/// A node sharing PostgreSQL is one of a cluster; SQLite serves one node.
+fn cluster_settings(opts: &ServeOptions) -> anyhow::Result<Option<ClusterSettings>> {
+    if opts.database_url.is_none() {
+        if opts.node_id.is_some() {
+            tracing::warn!("--node-id is only used with --database-url (SQLite serves one node)");
+        }
+        return Ok(None);
+    }
+    let node_id = match &opts.node_id {
+        Some(id) => id.clone(),
+        None => node_id::default_node_id(opts.listen),
+    };
+    node_id::validate(&node_id).map_err(anyhow::Error::msg)?;
+    // Other nodes dial this address: a wildcard listen address is not one.
+    let address = if opts.listen.ip().is_unspecified() {
+        node_id::default_node_id(opts.listen)
+    } else {
+        opts.listen.to_string()
+    };
+    Ok(Some(ClusterSettings {
+        node_id,
+        address,
+        lease: opts.lease,
+    }))
 }
 
 /// Unknown paths: gRPC callers get UNIMPLEMENTED, as gRPC expects; anything

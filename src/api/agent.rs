@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{
     convert::{ApiStream, follow_events, from_struct, sandbox, to_struct},
     paging::{self, Page},
-    upload,
+    step_forward, upload,
 };
 use crate::{
     clock, host,
@@ -21,7 +21,7 @@ use crate::{
         google::api::HttpBody,
     },
     tasks::{Artifact, TaskQuery, TaskStatus},
-    tasks::{StepView, TaskManager, TaskView},
+    tasks::{StepRoute, StepView, TaskManager, TaskView},
 };
 
 /// Download chunk size: large enough for throughput, small enough that
@@ -97,6 +97,13 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::ExecuteStepRequest>,
     ) -> Result<Response<ap::Step>, Status> {
+        // In a cluster the step runs where the task's agent session lives.
+        if !step_forward::is_forwarded(&req)
+            && let StepRoute::Node { address, .. } =
+                self.tasks.step_route(&req.get_ref().task_id).await?
+        {
+            return step_forward::execute_step(self.tasks.node_name(), &address, req).await;
+        }
         let req = req.into_inner();
         let view = self
             .tasks

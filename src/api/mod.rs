@@ -11,6 +11,7 @@ mod paging;
 pub mod rate_limit;
 pub mod sse;
 pub mod status;
+mod step_forward;
 pub mod trae;
 pub mod trae_status;
 mod upload;

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Artifact, DEFAULT_READ_CACHE_BYTES, DatabaseUrl, Event, Origin, PgStore, SqliteStore, Step,
-    Store, Task, TaskQuery, TaskStatus, test_cluster,
+    Artifact, DEFAULT_READ_CACHE_BYTES, DatabaseUrl, Event, Fence, NewRun, Node, Origin, PgStore,
+    Ring, RunKind, RunStatus, SqliteStore, Step, Store, Task, TaskQuery, TaskStatus, test_cluster,
 };
 
 /// One database of a backend; `open` may be called again (after the last
@@ -102,6 +102,13 @@ contract!(
     a_large_batch_of_events_is_one_append,
     reads_see_every_write,
     concurrent_writes_are_all_committed_and_fail_alone,
+    nodes_register_and_heartbeat,
+    concurrent_claimers_never_claim_a_run_twice,
+    a_holder_that_lost_its_lease_writes_nothing,
+    leases_are_renewed_by_heartbeat_and_expire_without_it,
+    cancel_requests_are_durable_and_reach_the_holder,
+    queueing_counts_the_slots_of_live_nodes,
+    rings_follow_commits_of_other_connections,
 );
 
 // ---- fixtures ----------------------------------------------------------
@@ -907,4 +914,422 @@ async fn concurrent_writes_are_all_committed_and_fail_alone(db: &dyn TestDb) {
     let totals = store.totals().await.unwrap();
     assert_eq!(count(&totals, TaskStatus::Created), 200);
     assert_eq!(totals.input_tokens, 20 * 9);
+}
+
+// ---- nodes and runs ----------------------------------------------------
+
+fn node(id: &str, slots: i64, heartbeat_at: i64) -> Node {
+    Node {
+        node_id: id.into(),
+        address: format!("127.0.0.1:{}", 50_000 + slots),
+        slots,
+        started_at: 1,
+        heartbeat_at,
+    }
+}
+
+/// A run of `task_id` (whose id is `r-<task_id>`), claimed by `by` until
+/// `lease_until`, or queued.
+fn new_run(task_id: &str, by: Option<(&str, i64)>, created_at: i64) -> NewRun {
+    NewRun {
+        run_id: format!("r-{task_id}"),
+        task_id: task_id.into(),
+        kind: RunKind::Trae,
+        claimed_by: by.map(|(n, l)| (n.to_string(), l)),
+        busy: true,
+        spec: Some(json!({"task": task_id, "working_dir": "/w"})),
+        created_at,
+    }
+}
+
+async fn nodes_register_and_heartbeat(db: &dyn TestDb) {
+    let store = db.open().await;
+    store.register_node(&node("a", 2, 100)).await.unwrap();
+    store.register_node(&node("b", 3, 50)).await.unwrap();
+    assert_eq!(store.live_nodes(0).await.unwrap().len(), 2);
+    assert_eq!(store.live_nodes(60).await.unwrap(), vec![node("a", 2, 100)]);
+    // A restarted node registers again: one row, its new settings.
+    store.register_node(&node("b", 4, 200)).await.unwrap();
+    store.renew_leases("a", 300, 1300).await.unwrap();
+    let live = store.live_nodes(150).await.unwrap();
+    assert_eq!(
+        live.iter()
+            .map(|n| (n.node_id.as_str(), n.slots, n.heartbeat_at))
+            .collect::<Vec<_>>(),
+        vec![("a", 2, 300), ("b", 4, 200)]
+    );
+}
+
+/// Eight claimers race for 60 queued runs: each run is claimed exactly once,
+/// oldest first per claimer, at attempt 1, held by its claimer.
+async fn concurrent_claimers_never_claim_a_run_twice(db: &dyn TestDb) {
+    let store = db.open().await;
+    for i in 0..60 {
+        let id = format!("t{i:02}");
+        store
+            .insert_run(&new_run(&id, None, i), Some(&task(&id, i)))
+            .await
+            .unwrap();
+    }
+    let mut claimers = Vec::new();
+    for c in 0..8 {
+        let store = store.clone();
+        claimers.push(tokio::spawn(async move {
+            let me = format!("n{c}");
+            let mut got = Vec::new();
+            while let Some(run) = store.claim_queued_run(&me, 10_000, None).await.unwrap() {
+                assert_eq!(
+                    (run.status, run.node_id.as_deref(), run.attempt, run.busy),
+                    (RunStatus::Running, Some(me.as_str()), 1, true)
+                );
+                got.push(run.run_id);
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for c in claimers {
+        let got = c.await.unwrap();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(
+            got, sorted,
+            "a claimer took a newer run before an older one"
+        );
+        claimed.extend(got);
+    }
+    claimed.sort();
+    let all: Vec<String> = (0..60).map(|i| format!("r-t{i:02}")).collect();
+    assert_eq!(claimed, all, "every run claimed exactly once");
+    assert!(
+        store
+            .claim_queued_run("late", 1, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A claim for one task takes only that task's run.
+    store
+        .insert_run(&new_run("x", None, 99), Some(&task("x", 99)))
+        .await
+        .unwrap();
+    store
+        .insert_run(&new_run("y", None, 98), Some(&task("y", 98)))
+        .await
+        .unwrap();
+    let x = store.claim_queued_run("n0", 1, Some("x")).await.unwrap();
+    assert_eq!(x.unwrap().task_id, "x");
+    assert_eq!(
+        store.active_run("y").await.unwrap().unwrap().status,
+        RunStatus::Queued
+    );
+}
+
+/// A node whose lease ran out is taken over (attempt 2); from then on its
+/// writes (events, the task row, the busy flag) are refused and write
+/// nothing, while the new holder's are accepted and can finish the run once.
+async fn a_holder_that_lost_its_lease_writes_nothing(db: &dyn TestDb) {
+    let store = db.open().await;
+    store
+        .insert_run(&new_run("t", Some(("a", 1_000)), 1), Some(&task("t", 1)))
+        .await
+        .unwrap();
+    let old = store
+        .active_run("t")
+        .await
+        .unwrap()
+        .unwrap()
+        .fence()
+        .unwrap();
+    assert_eq!(
+        old,
+        Fence {
+            run_id: "r-t".into(),
+            node_id: "a".into(),
+            attempt: 1
+        }
+    );
+    assert!(
+        store
+            .append_fenced(&events("t", 1..=2), None, &old, false)
+            .await
+            .unwrap()
+    );
+
+    let taken = store
+        .take_over_runs("b", 2_000, 12_000, None)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let new = taken[0].fence().unwrap();
+    assert_eq!((new.node_id.as_str(), new.attempt), ("b", 2));
+
+    let mut failed = task("t", 1);
+    failed.status = TaskStatus::Failed;
+    assert!(
+        !store
+            .append_fenced(&events("t", 3..=3), Some(&failed), &old, true)
+            .await
+            .unwrap()
+    );
+    assert!(!store.set_run_busy(&old, false).await.unwrap());
+    assert_eq!(
+        seqs(&store.list_events("t", 0, 10).await.unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        store.get_task("t").await.unwrap().unwrap().status,
+        TaskStatus::Created
+    );
+    // The old holder's heartbeat no longer renews it.
+    assert!(
+        store
+            .renew_leases("a", 2_500, 3_500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(store.set_run_busy(&new, true).await.unwrap());
+    let last = [event("t", 3), end("t", 4)];
+    assert!(
+        store
+            .append_fenced(&last, Some(&failed), &new, true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        seqs(&store.list_events("t", 0, 10).await.unwrap()),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        store.get_task("t").await.unwrap().unwrap().status,
+        TaskStatus::Failed
+    );
+    assert!(
+        store.active_run("t").await.unwrap().is_none(),
+        "the run is done"
+    );
+    // Done: nobody takes it over again, and a second finish writes nothing.
+    assert!(
+        store
+            .take_over_runs("c", i64::MAX, i64::MAX, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .append_fenced(&[end("t", 5)], None, &new, true)
+            .await
+            .unwrap()
+    );
+}
+
+async fn leases_are_renewed_by_heartbeat_and_expire_without_it(db: &dyn TestDb) {
+    let store = db.open().await;
+    for (id, holder) in [("t1", "a"), ("t2", "a"), ("t3", "b")] {
+        store
+            .insert_run(&new_run(id, Some((holder, 1_000)), 1), Some(&task(id, 1)))
+            .await
+            .unwrap();
+    }
+    let renewed = store.renew_leases("a", 900, 1_900).await.unwrap();
+    let mut ids: Vec<&str> = renewed.iter().map(|r| r.task_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["t1", "t2"]);
+    assert!(renewed.iter().all(|r| r.lease_until == 1_900));
+    // At 1,500 only b's lease (1,000) has run out.
+    let taken = store.take_over_runs("c", 1_500, 2_500, None).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|r| r.task_id.as_str()).collect::<Vec<_>>(),
+        ["t3"]
+    );
+    assert!(
+        store
+            .take_over_runs("c", 1_500, 2_500, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A node that restarts takes over its own runs at once, leases or not.
+    let own = store
+        .take_over_runs("a", 1_000, 5_000, Some("a"))
+        .await
+        .unwrap();
+    assert_eq!(own.len(), 2);
+    assert!(
+        own.iter()
+            .all(|r| r.attempt == 2 && r.node_id.as_deref() == Some("a"))
+    );
+}
+
+async fn cancel_requests_are_durable_and_reach_the_holder(db: &dyn TestDb) {
+    let store = db.open().await;
+    for id in ["t1", "t2"] {
+        store
+            .insert_run(&new_run(id, Some(("a", 1_000)), 1), Some(&task(id, 1)))
+            .await
+            .unwrap();
+    }
+    store
+        .insert_run(&new_run("q", None, 2), Some(&task("q", 2)))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .request_cancel(Some("none"), "requested")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let asked = store.request_cancel(Some("t1"), "requested").await.unwrap();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].cancel_reason.as_deref(), Some("requested"));
+    // A restart asks every unfinished run; t1 keeps its first reason.
+    let all = store.request_cancel(None, "restart").await.unwrap();
+    assert_eq!(all.len(), 3);
+    let leases = store.renew_leases("a", 500, 1_500).await.unwrap();
+    let mut reasons: Vec<(String, Option<String>)> = leases
+        .into_iter()
+        .map(|r| (r.task_id, r.cancel_reason))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("t1".into(), Some("requested".into())),
+            ("t2".into(), Some("restart".into()))
+        ]
+    );
+    // A queued run's request is there for whoever claims it.
+    let q = store
+        .claim_queued_run("b", 1_000, Some("q"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.cancel_reason.as_deref(), Some("restart"));
+    // Finished runs are not asked again.
+    let f = q.fence().unwrap();
+    assert!(
+        store
+            .append_fenced(&[end("q", 1)], None, &f, true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.request_cancel(None, "restart").await.unwrap().len(),
+        2
+    );
+}
+
+/// The cluster-wide 429: a run is queued only while the live nodes have a
+/// slot no busy (or queued) run holds; stale nodes and their runs count for
+/// nothing, and a session between steps frees its slot.
+async fn queueing_counts_the_slots_of_live_nodes(db: &dyn TestDb) {
+    let store = db.open().await;
+    store.register_node(&node("a", 2, 1_000)).await.unwrap();
+    store.register_node(&node("dead", 5, 10)).await.unwrap();
+    let live_since = 500;
+    store
+        .insert_run(
+            &new_run("busy", Some(("a", 2_000)), 1),
+            Some(&task("busy", 1)),
+        )
+        .await
+        .unwrap();
+    store
+        .insert_run(
+            &new_run("ghost", Some(("dead", 2_000)), 1),
+            Some(&task("ghost", 1)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .queue_run(&new_run("q1", None, 2), &task("q1", 2), live_since)
+            .await
+            .unwrap()
+    );
+    // a's two slots: one busy run, one queued run.
+    assert!(
+        !store
+            .queue_run(&new_run("q2", None, 3), &task("q2", 3), live_since)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.get_task("q2").await.unwrap().is_none(),
+        "a refused run writes nothing"
+    );
+    let busy = store
+        .active_run("busy")
+        .await
+        .unwrap()
+        .unwrap()
+        .fence()
+        .unwrap();
+    assert!(store.set_run_busy(&busy, false).await.unwrap());
+    assert!(
+        store
+            .queue_run(&new_run("q2", None, 3), &task("q2", 3), live_since)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.active_run("q2").await.unwrap().unwrap().status,
+        RunStatus::Queued
+    );
+    assert!(
+        !store
+            .queue_run(&new_run("q3", None, 4), &task("q3", 4), live_since)
+            .await
+            .unwrap()
+    );
+}
+
+/// PostgreSQL rings the listeners of every node after a commit (SQLite has
+/// nobody to ring): events with the task's last seq, queued runs and stop
+/// requests.
+async fn rings_follow_commits_of_other_connections(db: &dyn TestDb) {
+    let store = db.open().await;
+    let Some(mut rings) = store.listen().await.unwrap() else {
+        return;
+    };
+    let writer = db.open().await;
+    writer.insert_task(&task("t", 1)).await.unwrap();
+    writer
+        .append_events(&events("t", 1..=3), None)
+        .await
+        .unwrap();
+    writer
+        .insert_run(&new_run("q", None, 2), Some(&task("q", 2)))
+        .await
+        .unwrap();
+    writer.request_cancel(Some("q"), "requested").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let ring = tokio::time::timeout(std::time::Duration::from_secs(30), rings.recv())
+            .await
+            .expect("a ring")
+            .expect("the listener is running");
+        if ring != Ring::Reconnected {
+            got.push(ring);
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            Ring::Events {
+                task_id: "t".into(),
+                first: 1,
+                seq: 3
+            },
+            Ring::RunQueued,
+            Ring::Cancel {
+                task_id: "q".into(),
+                reason: "requested".into()
+            },
+        ]
+    );
 }

@@ -11,7 +11,9 @@ mod database_url;
 mod decode;
 mod model;
 mod postgres;
+mod runs;
 mod sqlite;
+mod transient;
 mod writer;
 
 #[cfg(test)]
@@ -26,7 +28,9 @@ use async_trait::async_trait;
 pub use database_url::DatabaseUrl;
 pub use model::*;
 pub use postgres::PgStore;
+pub use runs::{Fence, NewRun, Node, Ring, Run, RunKind, RunStatus, RunStore};
 pub use sqlite::{DEFAULT_READ_CACHE_BYTES, SqliteStore};
+pub use transient::is_transient;
 
 use crate::error::Result;
 
@@ -52,7 +56,7 @@ pub async fn open(
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: RunStore + Send + Sync + 'static {
     async fn insert_task(&self, task: &Task) -> Result<()>;
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>>;
     /// Writes every mutable field of the task (status, times, result, usage).

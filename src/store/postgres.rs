@@ -39,8 +39,12 @@ const MAX_CONNECTIONS: u32 = 10;
 /// How long the first connection may take before start-up gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+mod runs;
+
 pub struct PgStore {
     pool: PgPool,
+    /// For the one listening connection (`runs::listen`), outside the pool.
+    options: sqlx::postgres::PgConnectOptions,
     /// Finished tasks' event logs only (see the module comment).
     finished_logs: ReadCache,
 }
@@ -74,7 +78,7 @@ impl PgStore {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
         sqlx::migrate!("src/store/migrations/postgres")
@@ -83,6 +87,7 @@ impl PgStore {
             .with_context(|| format!("applying database migrations to {url}"))?;
         Ok(Self {
             pool,
+            options,
             finished_logs: ReadCache::new(cache_bytes),
         })
     }
@@ -147,6 +152,62 @@ fn seq_ranges(events: &[Arc<Event>]) -> Result<BTreeMap<&str, (i64, i64)>> {
         }
     }
     Ok(ranges)
+}
+
+/// The events (and the task row) in the caller's transaction. Each log's
+/// counter on the task row is advanced, checking the events follow what is
+/// stored: the row lock makes a concurrent writer of the same task wait for
+/// this commit, and a writer whose seqs are stale (another node wrote
+/// meanwhile) fails instead of leaving a gap or a fork.
+pub(super) async fn append_in(
+    conn: &mut PgConnection,
+    events: &[Arc<Event>],
+    task: Option<&Task>,
+) -> Result<()> {
+    let ranges = seq_ranges(events)?;
+    for (task_id, (first, last)) in &ranges {
+        let moved =
+            sqlx::query("UPDATE tasks SET last_seq = $3 WHERE task_id = $1 AND last_seq = $2")
+                .bind(task_id)
+                .bind(first - 1)
+                .bind(last)
+                .execute(&mut *conn)
+                .await?;
+        if moved.rows_affected() == 0 {
+            let stored: Option<i64> =
+                sqlx::query_scalar("SELECT last_seq FROM tasks WHERE task_id = $1")
+                    .bind(task_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            return Err(match stored {
+                None => Error::not_found(Resource::Task, *task_id),
+                Some(stored) => anyhow::anyhow!(
+                    "events {first}..={last} of task {task_id} do not follow its log \
+                     (last seq {stored})"
+                )
+                .into(),
+            });
+        }
+    }
+    if !events.is_empty() {
+        // One statement for the whole batch, whatever its size.
+        let column = |f: fn(&Event) -> String| events.iter().map(|e| f(e)).collect::<Vec<_>>();
+        sqlx::query(
+            "INSERT INTO events (task_id, seq, type, timestamp, body) \
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[])",
+        )
+        .bind(column(|e| e.task_id.clone()))
+        .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .bind(column(|e| e.kind.clone()))
+        .bind(events.iter().map(|e| e.timestamp).collect::<Vec<_>>())
+        .bind(column(|e| json_text(&e.body)))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(t) = task {
+        update_task_in(conn, t).await?;
+    }
+    Ok(())
 }
 
 /// One page of tasks: the ids from the listing index, then their rows.
@@ -465,60 +526,16 @@ impl Store for PgStore {
     }
 
     async fn append_events(&self, events: &[Arc<Event>], task: Option<&Task>) -> Result<()> {
-        let ranges = seq_ranges(events)?;
         let mut tx = self.pool.begin().await?;
-        // Advance each log's counter, checking the events follow what is
-        // stored: the row lock makes a concurrent writer of the same task
-        // wait for this commit, and a writer whose seqs are stale (another
-        // node wrote meanwhile) fails instead of leaving a gap or a fork.
-        for (task_id, (first, last)) in &ranges {
-            let moved =
-                sqlx::query("UPDATE tasks SET last_seq = $3 WHERE task_id = $1 AND last_seq = $2")
-                    .bind(task_id)
-                    .bind(first - 1)
-                    .bind(last)
-                    .execute(&mut *tx)
-                    .await?;
-            if moved.rows_affected() == 0 {
-                let stored: Option<i64> =
-                    sqlx::query_scalar("SELECT last_seq FROM tasks WHERE task_id = $1")
-                        .bind(task_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                return Err(match stored {
-                    None => Error::not_found(Resource::Task, *task_id),
-                    Some(stored) => anyhow::anyhow!(
-                        "events {first}..={last} of task {task_id} do not follow its log \
-                         (last seq {stored})"
-                    )
-                    .into(),
-                });
-            }
+        let appended = append_in(&mut tx, events, task).await;
+        let committed = match appended {
+            Ok(()) => tx.commit().await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if committed.is_ok() {
+            self.after_append(events).await;
         }
-        if !events.is_empty() {
-            // One statement for the whole batch, whatever its size.
-            let column = |f: fn(&Event) -> String| events.iter().map(|e| f(e)).collect::<Vec<_>>();
-            sqlx::query(
-                "INSERT INTO events (task_id, seq, type, timestamp, body) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[])",
-            )
-            .bind(column(|e| e.task_id.clone()))
-            .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
-            .bind(column(|e| e.kind.clone()))
-            .bind(events.iter().map(|e| e.timestamp).collect::<Vec<_>>())
-            .bind(column(|e| json_text(&e.body)))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(t) = task {
-            update_task_in(&mut tx, t).await?;
-        }
-        let committed = tx.commit().await;
-        // Nothing appends after `end`; dropping is only for safety.
-        for task_id in ranges.keys() {
-            self.finished_logs.invalidate(task_id);
-        }
-        Ok(committed?)
+        committed
     }
 
     async fn last_event_seq(&self, task_id: &str) -> Result<i64> {
@@ -555,6 +572,34 @@ impl Store for PgStore {
 }
 
 impl PgStore {
+    /// After an append, committed or not: cached finished logs of its tasks
+    /// are dropped (nothing appends after `end`; this is only for safety),
+    /// and other nodes' followers are rung, once per task and batch, after
+    /// the commit (a NOTIFY inside the transaction would serialise commits).
+    pub(super) async fn after_append(&self, events: &[Arc<Event>]) {
+        let Ok(ranges) = seq_ranges(events) else {
+            return;
+        };
+        for task_id in ranges.keys() {
+            self.finished_logs.invalidate(task_id);
+        }
+        let payloads: Vec<String> = ranges
+            .iter()
+            .map(|(task_id, (first, last))| format!("{first} {last} {task_id}"))
+            .collect();
+        if payloads.is_empty() {
+            return;
+        }
+        let rung = sqlx::query("SELECT pg_notify('agentd_events', p) FROM UNNEST($1::TEXT[]) p")
+            .bind(payloads)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = rung {
+            // A lost ring costs latency only: followers poll as a last resort.
+            tracing::debug!(error = %e, "could not ring the event doorbell");
+        }
+    }
+
     async fn read_events(&self, task_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
         let rows = sqlx::query(
             "SELECT task_id, seq, type, timestamp, body FROM events \

@@ -25,6 +25,8 @@ use super::{
 };
 use crate::error::Result;
 
+mod runs;
+
 pub struct SqliteStore {
     /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,

@@ -14,7 +14,7 @@ use super::{StepView, TaskManager, lifecycle::final_status, session::Session, sn
 use crate::{
     clock,
     error::{Error, Result},
-    store::{Artifact, Step, TaskStatus},
+    store::{Artifact, RunKind, Step, TaskStatus},
 };
 
 impl TaskManager {
@@ -93,6 +93,19 @@ impl TaskManager {
             running.status = TaskStatus::Running;
             running.started_at = Some(now);
             running.modified_at = now;
+            if let Some(cluster) = &self.cluster {
+                // The session's run row: where its steps must run, held here.
+                let fence = match cluster.claim_new(task_id, RunKind::Session, None).await {
+                    Ok(fence) => fence,
+                    // Another node started the task's session meanwhile (one
+                    // unfinished run per task).
+                    Err(_) if self.store.active_run(task_id).await?.is_some() => {
+                        return Err(Error::TaskAlreadyRunning(task_id.to_string()));
+                    }
+                    Err(e) => return Err(e),
+                };
+                self.events.hold(task_id, fence);
+            }
             self.store.update_task(&running).await?;
             self.runner
                 .record_start(task_id, &task.input, &cfg, &ws)

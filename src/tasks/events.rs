@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -26,7 +26,7 @@ use crate::{
     clock,
     error::{Error, Result},
     metrics::Metrics,
-    store::{Event, Store, Task},
+    store::{Event, Fence, Store, Task, is_transient},
 };
 
 /// Whether `e` is the `end` that closes every finished task's log.
@@ -35,6 +35,13 @@ pub fn is_end(e: &Event) -> bool {
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// A log shared with other nodes: how often an idle follower reads the store
+/// anyway, in case a doorbell ring was lost (the last resort; rings are the
+/// fast path).
+const SHARED_POLL_EVERY: Duration = Duration::from_secs(5);
+/// A shared database that is away (restarting, unreachable): how long reads
+/// and writes of the log wait for it to come back before they fail.
+const OUTAGE_WAIT: Duration = Duration::from_secs(60);
 /// Events read from the store per query while replaying. Each reader that
 /// fell behind holds one batch: 1,000 lagging readers of a busy task hold
 /// 1,000 batches.
@@ -52,6 +59,13 @@ pub struct EventLog {
     topics: Mutex<HashMap<String, Arc<Topic>>>,
     /// Every task's events, live only (the logs WebSocket).
     all: broadcast::Sender<Arc<Event>>,
+    /// Other nodes write to the same logs (a shared database): followers
+    /// also wake on rings and poll, and a log's last seq is only trusted
+    /// while this node holds the task's run.
+    shared: bool,
+    /// The runs this node holds, by task: every append of such a task is
+    /// fenced by it, and its `end` finishes the run.
+    fences: Mutex<HashMap<String, Fence>>,
 }
 
 struct Topic {
@@ -59,6 +73,11 @@ struct Topic {
     last_seq: tokio::sync::Mutex<Option<i64>>,
     live: broadcast::Sender<Arc<Event>>,
     followers: AtomicUsize,
+    /// Rung when another node committed events of the task: followers read
+    /// the store again (a version counter, so a ring is never missed).
+    doorbell: tokio::sync::watch::Sender<u64>,
+    /// The highest seq this node wrote (rings for it are its own).
+    written: AtomicI64,
 }
 
 /// Counts one follower of a topic for as long as its stream lives.
@@ -78,6 +97,106 @@ impl EventLog {
             metrics,
             topics: Mutex::new(HashMap::new()),
             all: broadcast::channel(LIVE_BUFFER).0,
+            shared: false,
+            fences: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A log other nodes write to as well (PostgreSQL shared by a cluster).
+    pub fn shared(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            shared: true,
+            ..Self::new(store, metrics)
+        }
+    }
+
+    /// From now on, appends to the task's log are fenced by `fence`, and
+    /// its `end` finishes the run (see `store::runs`).
+    pub fn hold(&self, task_id: &str, fence: Fence) {
+        self.fences_mut().insert(task_id.to_string(), fence);
+    }
+
+    /// The fence of the task's run this node holds, if any.
+    pub fn fence(&self, task_id: &str) -> Option<Fence> {
+        self.fences_mut().get(task_id).cloned()
+    }
+
+    /// The fences of every run this node holds, by task.
+    pub fn fences(&self) -> Vec<(String, Fence)> {
+        let fences = self.fences_mut();
+        fences.iter().map(|(t, f)| (t.clone(), f.clone())).collect()
+    }
+
+    pub fn release(&self, task_id: &str) {
+        self.fences_mut().remove(task_id);
+    }
+
+    fn fences_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fence>> {
+        self.fences.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Another node committed events `first..=seq` of the task: its
+    /// followers here read them from the store, and readers of every task's
+    /// live events (the logs WebSocket) get them too.
+    pub async fn ring(&self, task_id: &str, first: i64, seq: i64) {
+        let topic = self
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task_id)
+            .cloned();
+        let written = topic
+            .as_ref()
+            .map_or(0, |t| t.written.load(Ordering::Relaxed));
+        if seq <= written {
+            return; // this node's own write
+        }
+        if let Some(topic) = topic {
+            topic.doorbell.send_modify(|v| *v += 1);
+        }
+        if self.all.receiver_count() > 0 {
+            let from = (first - 1).max(written);
+            match self.store.list_events(task_id, from, seq - from).await {
+                Ok(events) => {
+                    for e in events {
+                        let _ = self.all.send(Arc::new(e));
+                    }
+                }
+                Err(e) => tracing::debug!(%task_id, error = %e, "cannot read rung events"),
+            }
+        }
+    }
+
+    /// Forgets the live state of tasks nobody here follows or writes (a
+    /// shared log's followers of other nodes' runs leave topics behind).
+    pub fn forget_idle(&self) {
+        if !self.shared {
+            return;
+        }
+        let fences = self.fences_mut().clone();
+        self.topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|task_id, topic| {
+                // A writer holds `last_seq` while appending; a follower counts.
+                fences.contains_key(task_id)
+                    || topic.followers.load(Ordering::Relaxed) > 0
+                    || topic.last_seq.try_lock().is_err()
+                    || Arc::strong_count(topic) > 1
+            });
+    }
+
+    /// Rings may have been lost: every follower reads the store again.
+    pub fn ring_all(&self) {
+        let topics: Vec<Arc<Topic>> = self
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for topic in topics {
+            topic.doorbell.send_modify(|v| *v += 1);
         }
     }
 
@@ -90,6 +209,8 @@ impl EventLog {
                     last_seq: tokio::sync::Mutex::new(None),
                     live: broadcast::channel(LIVE_BUFFER).0,
                     followers: AtomicUsize::new(0),
+                    doorbell: tokio::sync::watch::channel(0).0,
+                    written: AtomicI64::new(0),
                 })
             })
             .clone()
@@ -122,7 +243,11 @@ impl EventLog {
     ) -> Result<Vec<Arc<Event>>> {
         let topic = self.topic(task_id);
         let mut last = topic.last_seq.lock().await;
-        let mut seq = match *last {
+        let fence = self.fence(task_id);
+        // Shared: another node may have written since, unless this one
+        // holds the run (then nobody else can).
+        let cached = (!self.shared || fence.is_some()).then_some(*last).flatten();
+        let mut seq = match cached {
             Some(seq) => seq,
             None => self.store.last_event_seq(task_id).await?,
         };
@@ -142,9 +267,26 @@ impl EventLog {
                 })
             })
             .collect();
-        self.store.append_events(&events, task).await?;
+        let ends = events.iter().any(|e| is_end(e));
+        match &fence {
+            None => _ = self.write(&events, task, None, false).await?,
+            Some(fence) => {
+                if !self.write(&events, task, Some(fence), ends).await? {
+                    *last = None;
+                    return Err(anyhow::anyhow!(
+                        "task {task_id}: this node no longer holds the task's run (its lease \
+                         was taken over); the write was refused"
+                    )
+                    .into());
+                }
+                if ends {
+                    self.release(task_id);
+                }
+            }
+        }
         self.metrics.events_written.inc_by(events.len() as u64);
         *last = Some(seq);
+        topic.written.fetch_max(seq, Ordering::Relaxed);
         // No receivers is fine: readers that come later replay from the store.
         for event in &events {
             let _ = topic.live.send(event.clone());
@@ -155,6 +297,79 @@ impl EventLog {
             self.close(task_id);
         }
         Ok(events)
+    }
+
+    /// Stores a batch (fenced when this node holds the task's run); false
+    /// when the fence no longer holds. A shared database that is away is
+    /// waited for, bounded; a retry after a commit whose answer was lost
+    /// finds the batch stored and does not write it twice.
+    async fn write(
+        &self,
+        events: &[Arc<Event>],
+        task: Option<&Task>,
+        fence: Option<&Fence>,
+        ends: bool,
+    ) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + OUTAGE_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let written = match fence {
+                None => self.store.append_events(events, task).await.map(|()| true),
+                Some(f) => self.store.append_fenced(events, task, f, ends).await,
+            };
+            match written {
+                Err(e)
+                    if self.shared
+                        && is_transient(&e)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "the database is away; the event log write waits for it");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    if let Some(first) = events.first() {
+                        let stored = self
+                            .store
+                            .list_events(&first.task_id, first.seq - 1, 1)
+                            .await;
+                        if let Ok(stored) = stored
+                            && stored.first().is_some_and(|s| {
+                                (&s.kind, s.timestamp, &s.body)
+                                    == (&first.kind, first.timestamp, &first.body)
+                            })
+                        {
+                            return Ok(true);
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs a read of the store; with a shared database that is away, again
+    /// until it is back (bounded), so readers and a run's end outlive a
+    /// database restart.
+    pub async fn retrying<T, F, Fut>(&self, read: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + OUTAGE_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match read().await {
+                Err(e)
+                    if self.shared
+                        && is_transient(&e)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(error = %e, "the database is away; a read waits for it");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Live events of every task, from now on. A reader that falls more than
@@ -184,7 +399,13 @@ impl EventLog {
         }
         // Subscribe before reading history, so nothing falls in between.
         let mut live = topic.live.subscribe();
+        let mut doorbell = topic.doorbell.subscribe();
         drop(topic);
+        let wake_every = if self.shared {
+            SHARED_POLL_EVERY
+        } else {
+            HEARTBEAT_EVERY
+        };
         let log = self.clone();
         let task_id = task_id.to_string();
         Ok(async_stream::try_stream! {
@@ -192,36 +413,56 @@ impl EventLog {
             let mut last = after_seq;
             // Resuming after the `end` itself: there is nothing more to come.
             let mut closed = after_seq > 0
-                && log.store.list_events(&task_id, after_seq - 1, 1).await?.first().is_some_and(is_end);
+                && log.retrying(|| log.store.list_events(&task_id, after_seq - 1, 1)).await?.first().is_some_and(is_end);
+            let mut last_sent = tokio::time::Instant::now();
             'replay: loop {
+                // Rings from now on are news: mark the older ones seen first.
+                doorbell.borrow_and_update();
                 // Replay what the store has after `last`.
                 loop {
-                    let batch = log.store.list_events(&task_id, last, REPLAY_BATCH).await?;
+                    let batch = log.retrying(|| log.store.list_events(&task_id, last, REPLAY_BATCH)).await?;
                     let full = batch.len() as i64 == REPLAY_BATCH;
                     for event in batch {
                         last = event.seq;
                         let ended = is_end(&event);
+                        last_sent = tokio::time::Instant::now();
                         yield Arc::new(event);
                         if ended { break 'replay; }
                     }
                     if !full { break; }
                 }
                 if closed { break; }
-                // Follow live events until a gap sends us back to the store.
+                // Follow live events until a gap, a ring from another node or
+                // (shared logs) the poll sends us back to the store.
                 loop {
-                    match tokio::time::timeout(HEARTBEAT_EVERY, live.recv()).await {
-                        Err(_) => yield Arc::new(heartbeat(&task_id, last)),
-                        Ok(Ok(event)) if event.seq <= last => {}
-                        Ok(Ok(event)) if event.seq == last + 1 => {
+                    let next = tokio::select! {
+                        got = live.recv() => Some(got),
+                        rung = doorbell.changed() => match rung {
+                            Ok(()) => continue 'replay,
+                            Err(_) => std::future::pending().await,
+                        },
+                        () = tokio::time::sleep(wake_every) => None,
+                    };
+                    match next {
+                        None => {
+                            if last_sent.elapsed() >= HEARTBEAT_EVERY - Duration::from_millis(50) {
+                                last_sent = tokio::time::Instant::now();
+                                yield Arc::new(heartbeat(&task_id, last));
+                            }
+                            if log.shared { continue 'replay; }
+                        }
+                        Some(Ok(event)) if event.seq <= last => {}
+                        Some(Ok(event)) if event.seq == last + 1 => {
                             last = event.seq;
                             let ended = is_end(&event);
+                            last_sent = tokio::time::Instant::now();
                             yield event;
                             if ended { break 'replay; }
                         }
                         // A gap or a lagging reader: catch up from the store.
-                        Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue 'replay,
+                        Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => continue 'replay,
                         // The task ended or was deleted: what is stored now is all there is.
-                        Ok(Err(broadcast::error::RecvError::Closed)) => {
+                        Some(Err(broadcast::error::RecvError::Closed)) => {
                             closed = true;
                             continue 'replay;
                         }
@@ -371,6 +612,40 @@ mod tests {
                 .await
                 .is_empty()
         );
+    }
+
+    /// A log shared with another node: events that node commits reach a
+    /// follower here through the doorbell alone (nothing is broadcast in
+    /// this process), in order, with no gap, until `end`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ring_brings_another_nodes_events_to_followers() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        h.running_task("t").await;
+        let here = Arc::new(EventLog::shared(h.store.clone(), Metrics::new()));
+        let other_node = EventLog::new(h.store.clone(), Metrics::new());
+        let mut reader = std::pin::pin!(here.follow("t", 0).unwrap());
+        for i in 0..3 {
+            let e = other_node.append("t", nudge(1, i)).await.unwrap();
+            here.ring("t", e.seq, e.seq).await;
+            let got = tokio::time::timeout(Duration::from_secs(4), reader.next()).await;
+            assert_eq!(got.expect("rung, not polled").unwrap().unwrap().seq, e.seq);
+        }
+        // A batch, rung once.
+        let batch = vec![
+            nudge(1, 7),
+            TaskEvent::End {
+                status: crate::store::TaskStatus::Completed,
+            },
+        ];
+        let written = other_node.append_all("t", batch, None).await.unwrap();
+        here.ring("t", written[0].seq, written[1].seq).await;
+        let rest: Vec<i64> = tokio::time::timeout(
+            Duration::from_secs(4),
+            reader.map(|e| e.unwrap().seq).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the stream ends after `end`");
+        assert_eq!(rest, vec![4, 5]);
     }
 
     /// The switch from replay to live: a reader that has everything stored

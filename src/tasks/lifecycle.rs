@@ -193,7 +193,8 @@ impl Runner {
         outcome: &RunOutcome,
         stop: Option<&StopReason>,
     ) -> Result<()> {
-        let Some(mut task) = self.store.get_task(task_id).await? else {
+        let read = || self.store.get_task(task_id);
+        let Some(mut task) = self.events.retrying(read).await? else {
             return Ok(()); // deleted meanwhile
         };
         let status = final_status(outcome, stop);

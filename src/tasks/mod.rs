@@ -20,6 +20,7 @@ mod admission;
 mod agent_step;
 mod artifacts;
 mod cgroups;
+mod cluster;
 mod containment;
 mod events;
 mod forward;
@@ -50,6 +51,7 @@ use crate::{
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
 use cgroups::Cgroups;
 pub use cgroups::{CgroupLimits, CgroupMode, CgroupStatus, parse_bytes};
+pub use cluster::{ClusterSettings, StepRoute, node_id};
 use containment::AllowedRoots;
 pub use containment::Containment;
 pub use containment::SandboxStatus;
@@ -82,6 +84,8 @@ pub struct TaskSettings {
     pub runner: RunnerSettings,
     /// Allowed roots of `working_dir` and the bash sandbox.
     pub containment: Containment,
+    /// One node of several sharing the store (PostgreSQL); None: the only one.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// A Trae `POST /api/run` request, in domain terms.
@@ -130,6 +134,8 @@ pub struct TaskManager {
     sandbox: Option<BashSandbox>,
     sandbox_status: SandboxStatus,
     cgroups: Cgroups,
+    /// This node's part in a cluster (None on a single node).
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl TaskManager {
@@ -146,9 +152,15 @@ impl TaskManager {
         if allowed_roots.is_restricted() {
             tracing::info!(roots = ?allowed_roots.roots(), "working_dir of /api/run must lie inside an allowed root");
         }
+        let node_id = settings.cluster.as_ref().map(|c| c.node_id.as_str());
+        // Each agentd (each node of a shared data directory) its own groups.
+        let cgroups_of = match node_id {
+            Some(node) => workspaces.data_dir().join("nodes").join(node),
+            None => workspaces.data_dir().to_path_buf(),
+        };
         let cgroups = Cgroups::probe(
             settings.containment.cgroups,
-            &cgroups::id_for(workspaces.data_dir()),
+            &cgroups::id_for(&cgroups_of),
             settings.containment.task_limits,
         );
         match cgroups.status() {
@@ -165,10 +177,24 @@ impl TaskManager {
                 "no control groups: a task's processes that leave its process group (setsid) survive a stop, and tasks have no memory or process limits"
             ),
         }
-        let processes = ProcessRecords::open(workspaces.data_dir(), cgroups.clone())?;
+        let processes =
+            ProcessRecords::open_for_node(workspaces.data_dir(), node_id, cgroups.clone())?;
         recovery::end_orphaned_processes(&processes, &cgroups).await?;
-        let events = Arc::new(EventLog::new(store.clone(), metrics.clone()));
-        recovery::fail_interrupted_runs(store.as_ref(), &events).await?;
+        let started_at = clock::now_ms();
+        let cluster = settings.cluster.clone().map(|c| {
+            Arc::new(cluster::Cluster::new(
+                store.clone(),
+                c,
+                settings.runner.max_running.max(1),
+            ))
+        });
+        let events = Arc::new(match &cluster {
+            Some(_) => EventLog::shared(store.clone(), metrics.clone()),
+            None => EventLog::new(store.clone(), metrics.clone()),
+        });
+        if cluster.is_none() {
+            recovery::fail_interrupted_runs(store.as_ref(), &events).await?;
+        }
         let (sandbox, sandbox_status) = containment::prepare_sandbox(
             &settings.containment,
             sandbox_hidden(&workspaces, &settings),
@@ -181,19 +207,46 @@ impl TaskManager {
             settings.runner.clone(),
             processes.clone(),
         ));
-        Ok(Self {
+        let tasks = Self {
             store,
             events,
             runner,
             workspaces,
             settings,
-            started_at: clock::now_ms(),
+            started_at,
             processes,
             allowed_roots,
             sandbox,
             sandbox_status,
             cgroups,
-        })
+            cluster,
+        };
+        if let Some(cluster) = &tasks.cluster {
+            // Only this node's own runs: the others' may still be running.
+            cluster.register(started_at).await?;
+            let own = tasks
+                .store
+                .take_over_runs(
+                    cluster.node_id(),
+                    started_at,
+                    cluster.lease_until(),
+                    Some(cluster.node_id()),
+                )
+                .await?;
+            for run in own {
+                tasks.end_taken_over(run, recovery::INTERRUPTED).await?;
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// In a cluster: starts this node's heartbeat and its listening
+    /// connection (before anything else, so that no ring is missed).
+    pub async fn start_cluster_work(self: &Arc<Self>) -> Result<()> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Ok(());
+        };
+        cluster::start(self, cluster).await
     }
 
     /// Whether tasks run in control groups, with which limits (`/api/config`, `/ap/v1/agent/status`).
@@ -305,7 +358,7 @@ impl TaskManager {
     /// Removes the task, its steps, events, artifact records and workspace
     /// files. A Trae task's `working_dir` belongs to the user and is kept.
     pub async fn delete_task(&self, task_id: &str) -> Result<()> {
-        self.runner.stop(task_id, StopReason::Requested).await?;
+        self.stop_anywhere(task_id, StopReason::Requested).await?;
         if !self.store.delete_task(task_id).await? {
             return Err(Error::not_found(Resource::Task, task_id));
         }

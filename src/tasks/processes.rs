@@ -53,8 +53,22 @@ pub struct OrphanReport {
 }
 
 impl ProcessRecords {
+    #[cfg(test)]
     pub fn open(data_dir: &Path, cgroups: Cgroups) -> anyhow::Result<Self> {
-        let dir = data_dir.join("run");
+        Self::open_for_node(data_dir, None, cgroups)
+    }
+
+    /// The records of one node of several sharing `data_dir`
+    /// (`run/<node id>/`): a node starting up ends only its own orphans.
+    pub fn open_for_node(
+        data_dir: &Path,
+        node_id: Option<&str>,
+        cgroups: Cgroups,
+    ) -> anyhow::Result<Self> {
+        let dir = match node_id {
+            Some(node) => data_dir.join("run").join(node),
+            None => data_dir.join("run"),
+        };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
             dir,

@@ -88,6 +88,9 @@ impl Runner {
             )));
         }
         let max_steps = s.max_steps;
+        if s.agent.steps_taken() > 0 {
+            self.mark_busy(task_id, true).await;
+        }
         if s.agent.steps_taken() == 0 {
             s.sink
                 .observe_llm(self.metrics.llm(s.agent.provider(), s.agent.model()));
@@ -110,6 +113,9 @@ impl Runner {
             span.record("task.outcome", outcome_name(o));
         }
         s.sink.flush().await;
+        if !outcome.is_last {
+            self.mark_busy(task_id, false).await;
+        }
         drop(slot);
         if outcome.is_last {
             // Removed under the session lock: a concurrent stop now finds
@@ -126,6 +132,23 @@ impl Runner {
             }
         }
         Ok((outcome, max_steps, cancel.reason()))
+    }
+}
+
+impl Runner {
+    /// In a cluster, whether the task's session holds a run slot now (the
+    /// cluster-wide slot count reads it); nothing without a run row.
+    async fn mark_busy(&self, task_id: &str, busy: bool) {
+        let Some(fence) = self.events.fence(task_id) else {
+            return;
+        };
+        match self.store.set_run_busy(&fence, busy).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(%task_id, "the session's run was taken over by another node")
+            }
+            Err(e) => tracing::warn!(%task_id, error = %e, "could not record the session's slot"),
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub enum StopReason {
     Restart,
     /// agentd is shutting down.
     Shutdown,
+    /// Another node took the run over (this one missed its lease).
+    LeaseLost,
 }
 
 impl StopReason {
@@ -52,6 +54,7 @@ impl StopReason {
             StopReason::TimedOut(d) => format!("timed out after {}s", d.as_secs()),
             StopReason::Restart => "the agent runtime was restarted".into(),
             StopReason::Shutdown => "interrupted: agentd shut down".into(),
+            StopReason::LeaseLost => "interrupted: this node lost the task's lease".into(),
         }
     }
 }
@@ -99,7 +102,7 @@ impl TaskManager {
     /// no run in progress is left as it is; the message says which.
     pub async fn stop_task(&self, task_id: &str) -> Result<String> {
         let task = self.task(task_id).await?;
-        if self.runner.stop(task_id, StopReason::Requested).await? {
+        if self.stop_anywhere(task_id, StopReason::Requested).await? {
             Ok("Task stopped successfully".into())
         } else {
             Ok(format!(
@@ -112,7 +115,14 @@ impl TaskManager {
     /// Restarts the agent runtime: running tasks end as failed (with the
     /// reason), stored data stays. Configuration is read afresh by every run.
     pub async fn restart(&self) -> usize {
-        self.runner.stop_all(StopReason::Restart).await
+        let (here, elsewhere) = tokio::join!(
+            self.runner.stop_all(StopReason::Restart),
+            self.restart_elsewhere()
+        );
+        here + elsewhere.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not ask the other nodes to restart");
+            0
+        })
     }
 
     /// Ends every run (their processes too) before the process exits.

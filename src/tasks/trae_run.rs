@@ -6,22 +6,74 @@ use std::{path::PathBuf, sync::Arc};
 
 use agentd_engine::{
     agent::{Agent, AgentOptions},
-    config::{self, ConfigRequest},
+    config::{self, ConfigRequest, ResolvedConfig},
 };
-use serde_json::Map;
+use serde_json::{Map, Value};
 
-use super::{RunRequest, TaskManager, lifecycle::RunPlan};
+use super::{RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan};
 use crate::{
     clock,
     error::{Error, Result},
-    store::{Origin, Task, TaskStatus},
+    store::{Origin, RunKind, Task, TaskStatus},
 };
+
+/// A validated Trae run: its configuration and paths.
+struct PreparedRun {
+    cfg: ResolvedConfig,
+    llm: Arc<dyn agentd_engine::llm::LlmClient>,
+    working_dir: PathBuf,
+    patch_path: Option<PathBuf>,
+    trajectory_file: Option<PathBuf>,
+}
 
 impl TaskManager {
     /// Validates a Trae run (400 for a missing task, a relative working_dir,
     /// bad configuration or a missing API key; 429 when all run slots are
-    /// busy), stores the task and starts it in the background.
+    /// busy, in a cluster on every node), stores the task and starts it in
+    /// the background (in a cluster, on another node when this one is full).
     pub async fn run_trae(&self, req: RunRequest) -> Result<String> {
+        let prepared = self.prepare_trae(&req).await?;
+        let task_id = uuid::Uuid::new_v4().to_string();
+        let task = running_task(&task_id, &req, &prepared);
+        let slot = match self.runner.admission.reserve() {
+            Ok(slot) => slot,
+            Err(full) => return self.queue_trae(task, &req, full).await,
+        };
+        self.launch_trae(task, &req, prepared, slot, true).await?;
+        Ok(task_id)
+    }
+
+    /// This node is full: the run waits for a free slot on another node
+    /// (which claims it), or is refused when the cluster has none.
+    async fn queue_trae(&self, task: Task, req: &RunRequest, full: Error) -> Result<String> {
+        let Some(cluster) = &self.cluster else {
+            return Err(full);
+        };
+        if cluster.queue(&task, spec_of(req)).await? {
+            return Ok(task.task_id);
+        }
+        Err(Error::InsufficientResources {
+            message: "every run slot of every node is busy (the limit); retry when a task finishes"
+                .into(),
+            retry_after: Some(std::time::Duration::from_secs(10)),
+        })
+    }
+
+    /// Starts a queued run this node claimed (its task row is stored).
+    pub(super) async fn start_claimed_trae(
+        &self,
+        task_id: &str,
+        spec: Option<Value>,
+        slot: RunSlot,
+    ) -> Result<()> {
+        let req = request_of(spec.unwrap_or_default());
+        let prepared = self.prepare_trae(&req).await?;
+        let task = self.task(task_id).await?;
+        self.launch_trae(task, &req, prepared, slot, false).await
+    }
+
+    /// Everything that can be refused, checked before anything is created.
+    async fn prepare_trae(&self, req: &RunRequest) -> Result<PreparedRun> {
         if req.task.trim().is_empty() {
             return Err(Error::invalid("task is required"));
         }
@@ -37,7 +89,6 @@ impl TaskManager {
                 req.working_dir
             )));
         }
-        // Everything that can be refused is checked before anything is created.
         config::validate_agent_type(&req.agent_type)?;
         let cfg = self.run_config(&ConfigRequest {
             config_file: req.config_file.clone(),
@@ -71,51 +122,138 @@ impl TaskManager {
         })?;
         // Again once it exists: a symlink may have appeared meanwhile.
         self.allowed_roots.check(&working_dir)?;
-        let task_id = uuid::Uuid::new_v4().to_string();
-        let options = AgentOptions {
-            must_patch: req.must_patch,
+        Ok(PreparedRun {
+            cfg,
+            llm,
+            working_dir,
             patch_path,
             trajectory_file,
+        })
+    }
+
+    /// Builds the agent and starts the run in `slot`; with `insert`, the
+    /// task row is stored first (in a cluster, with its run claimed here).
+    async fn launch_trae(
+        &self,
+        task: Task,
+        req: &RunRequest,
+        p: PreparedRun,
+        slot: RunSlot,
+        insert: bool,
+    ) -> Result<()> {
+        let task_id = task.task_id.clone();
+        let options = AgentOptions {
+            must_patch: req.must_patch,
+            patch_path: p.patch_path,
+            trajectory_file: p.trajectory_file,
             max_steps: None,
             tools: self.tool_options(&task_id),
             // A background run has nobody to retry a step: a provider failure ends it.
             retry_failed_steps: false,
         };
-        let slot = self.runner.admission.reserve()?;
         let sink = self.runner.sink(&task_id);
         let agent = Agent::new(
-            &cfg,
-            llm,
+            &p.cfg,
+            p.llm,
             req.task.clone(),
-            &working_dir,
+            &p.working_dir,
             options,
             Arc::new(sink.clone()),
         )
         .await
         .map_err(|e| Error::invalid(e.to_string()))?;
-        let now = clock::now_ms();
-        let run_spec = serde_json::json!({
-            "working_dir": working_dir, "provider": cfg.provider, "model": cfg.model,
-            "max_steps": cfg.max_steps, "must_patch": req.must_patch,
-            "patch_path": req.patch_path, "trajectory_file": req.trajectory_file,
-        });
-        let task = Task {
-            status: TaskStatus::Running,
-            run_spec: Some(run_spec),
-            started_at: Some(now),
-            ..Task::new(
-                task_id.clone(),
-                req.task.clone(),
-                Map::new(),
-                Origin::Trae,
-                now,
-            )
-        };
-        self.store.insert_task(&task).await?;
+        if insert {
+            match &self.cluster {
+                Some(cluster) => {
+                    let fence = cluster
+                        .claim_new(&task_id, RunKind::Trae, Some(&task))
+                        .await?;
+                    self.events.hold(&task_id, fence);
+                }
+                None => self.store.insert_task(&task).await?,
+            }
+        }
         self.runner
-            .record_start(&task_id, &req.task, &cfg, &working_dir)
+            .record_start(&task_id, &req.task, &p.cfg, &p.working_dir)
             .await?;
         self.runner.spawn_run(task, RunPlan { agent, sink }, slot);
-        Ok(task_id)
+        Ok(())
+    }
+}
+
+/// The stored task of a run that starts now.
+fn running_task(task_id: &str, req: &RunRequest, p: &PreparedRun) -> Task {
+    let now = clock::now_ms();
+    let run_spec = serde_json::json!({
+        "working_dir": p.working_dir, "provider": p.cfg.provider, "model": p.cfg.model,
+        "max_steps": p.cfg.max_steps, "must_patch": req.must_patch,
+        "patch_path": req.patch_path, "trajectory_file": req.trajectory_file,
+    });
+    Task {
+        status: TaskStatus::Running,
+        run_spec: Some(run_spec),
+        started_at: Some(now),
+        ..Task::new(
+            task_id.to_string(),
+            req.task.clone(),
+            Map::new(),
+            Origin::Trae,
+            now,
+        )
+    }
+}
+
+/// The request of a queued run, as the node that claims it reads it back.
+fn spec_of(req: &RunRequest) -> Value {
+    serde_json::json!({
+        "task": req.task, "working_dir": req.working_dir, "provider": req.provider,
+        "model": req.model, "max_steps": req.max_steps, "must_patch": req.must_patch,
+        "agent_type": req.agent_type, "config_file": req.config_file,
+        "trajectory_file": req.trajectory_file, "patch_path": req.patch_path,
+    })
+}
+
+fn request_of(spec: Value) -> RunRequest {
+    let text = |k: &str| spec.get(k).and_then(Value::as_str).map(str::to_string);
+    RunRequest {
+        task: text("task").unwrap_or_default(),
+        working_dir: text("working_dir").unwrap_or_default(),
+        provider: text("provider"),
+        model: text("model"),
+        max_steps: spec
+            .get("max_steps")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok()),
+        must_patch: spec
+            .get("must_patch")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        agent_type: text("agent_type").unwrap_or_default(),
+        config_file: text("config_file"),
+        trajectory_file: text("trajectory_file"),
+        patch_path: text("patch_path"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queued_request_reads_back_as_it_was() {
+        let req = RunRequest {
+            task: "t".into(),
+            working_dir: "/w".into(),
+            provider: Some("openai".into()),
+            model: None,
+            max_steps: Some(7),
+            must_patch: true,
+            agent_type: "trae_agent".into(),
+            config_file: Some("c.yaml".into()),
+            trajectory_file: None,
+            patch_path: Some("p.diff".into()),
+        };
+        let back = request_of(spec_of(&req));
+        assert_eq!(format!("{back:?}"), format!("{req:?}"));
     }
 }

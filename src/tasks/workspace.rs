@@ -24,13 +24,23 @@ impl Workspaces {
     /// `data_dir` must be absolute: workspaces are handed to the engine as
     /// working directories.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::open_for_node(data_dir, None)
+    }
+
+    /// As [`Workspaces::open`] for one node of several sharing `data_dir`:
+    /// its half-written uploads are kept apart (`tmp/<node id>/`), so a node
+    /// starting up never removes another live node's.
+    pub fn open_for_node(data_dir: &Path, node_id: Option<&str>) -> anyhow::Result<Self> {
         anyhow::ensure!(
             data_dir.is_absolute(),
             "data directory {} is not absolute",
             data_dir.display()
         );
         let root = data_dir.join("workspaces");
-        let tmp = data_dir.join("tmp");
+        let tmp = match node_id {
+            Some(node) => data_dir.join("tmp").join(node),
+            None => data_dir.join("tmp"),
+        };
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("cleaning {}", tmp.display()))?;

@@ -75,19 +75,21 @@ def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeo
         return proc.wait(timeout=10)
 
 
-def cgroup_id(data_dir: Path) -> str:
-    """The name agentd gives its control groups for `data_dir` (FNV-1a of
-    the real path, as `src/tasks/cgroups.rs` computes it)."""
+def cgroup_id(data_dir: Path, node: str | None = None) -> str:
+    """The name agentd gives its control groups (FNV-1a of the data
+    directory's real path, `/nodes/<node id>` added for a node of a shared
+    one, as `src/tasks/cgroups.rs` and `tasks/mod.rs` compute it)."""
+    path = os.path.realpath(data_dir) + (f"/nodes/{node}" if node else "")
     h = 0xCBF29CE484222325
-    for b in os.fsencode(os.path.realpath(data_dir)):
+    for b in os.fsencode(path):
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return f"agentd-{h:016x}"
 
 
-def remove_task_cgroups(data_dir: Path) -> None:
+def remove_task_cgroups(data_dir: Path, node: str | None = None) -> None:
     """Removes what a stopped (or killed) agentd of `data_dir` left of its
     control groups: empty directories only, so nothing running is touched."""
-    name = cgroup_id(data_dir)
+    name = cgroup_id(data_dir, node)
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, names, path = line.split(":", 2)
         for mount in _cgroup_mount_points(names):
@@ -241,6 +243,8 @@ class Stack:
     # Trae config the default `trae_config.yaml` there); only the port comes
     # from AGENTD_LISTEN, which scripts/run honours too.
     as_scripts_run: bool = False
+    # Envoy in front of several agentd nodes (AGENTD_UPSTREAMS), not this one.
+    upstreams: list[str] = field(default_factory=list)
 
     @property
     def trae_url(self) -> str:
@@ -331,6 +335,8 @@ class Stack:
             "AP_PORT": str(self.ap_port),
             "ENVOY_ADMIN_PORT": str(self.admin_port),
         }
+        if self.upstreams:
+            env["AGENTD_UPSTREAMS"] = ",".join(self.upstreams)
         out = subprocess.run(
             [str(ENVOY_CONFIG_SCRIPT), str(cfg_dir), AGENTD_BIN],
             env=env,
@@ -380,7 +386,7 @@ class Stack:
         stop_process(self.envoy)
         stop_process(self.agentd)
         if self.agentd is not None and self.agentd.poll() is not None:
-            remove_task_cgroups(self.data_dir)
+            remove_task_cgroups(self.data_dir, self.env.get("AGENTD_NODE_ID"))
 
     def logs(self) -> str:
         return (

@@ -68,16 +68,29 @@ class PgCluster:
                   "-D", str(self.data))
         for _ in range(3):  # a port free a moment ago may be taken by now
             self.port = free_port()
-            opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-            out = subprocess.run(
-                self._cmd("pg_ctl", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log), "-o", opts, "start"),
-                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-            )
-            if out.returncode == 0:
+            if self._pg_ctl_start().returncode == 0:
                 self.started = True
                 return self
         raise AssertionError(f"PostgreSQL did not start:\n{tail(self.log)}")
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess:
+        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        return subprocess.run(
+            self._cmd("pg_ctl", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log), "-o", opts, "start"),
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stops the server (`-m fast`: every client is disconnected), waits
+        `down_for` seconds, and starts it again on the same port."""
+        import time
+
+        subprocess.run(self._cmd("pg_ctl", "-w", "-D", str(self.data), "-m", "fast", "stop"),
+                       capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=True)
+        time.sleep(down_for)
+        out = self._pg_ctl_start()
+        assert out.returncode == 0, f"PostgreSQL did not restart: {out.stderr}\n{tail(self.log)}"
 
     def url(self, database: str, user: str = "postgres") -> str:
         return f"postgres://{user}@127.0.0.1:{self.port}/{database}"
