@@ -96,7 +96,9 @@ enum Command {
             hide_env_values = true
         )]
         api_keys: Vec<String>,
-        /// A file with one API key per line (added to --api-key).
+        /// A file of API keys (added to --api-key): one per line, or YAML
+        /// entries with `name`, `key` (or `key_sha256`) and `role: admin|user`.
+        /// Read again on SIGHUP.
         #[arg(long, env = "AGENTD_API_KEYS_FILE")]
         api_keys_file: Option<PathBuf>,
         /// Requests per client (IP address) per minute; 0 turns the limit off.
@@ -173,7 +175,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             task_memory_max,
             task_pids_max,
             task_cpu_max,
-            mut api_keys,
+            api_keys,
             api_keys_file,
             rate_limit,
             read_cache_mb,
@@ -204,13 +206,10 @@ async fn run() -> anyhow::Result<ExitCode> {
                 .filter(|r| !r.as_os_str().is_empty())
                 .map(|r| paths.absolute("--allowed-root", r))
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Some(path) = api_keys_file {
-                let path = paths.absolute("--api-keys-file", &path)?;
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    anyhow::anyhow!("reading API keys from {}: {e}", path.display())
-                })?;
-                api_keys.extend(text.lines().map(str::to_string));
-            }
+            let api_keys_file = api_keys_file
+                .map(|p| paths.absolute("--api-keys-file", &p))
+                .transpose()?;
+            let api_keys = agentd::api::auth::ApiKeys::load(api_keys, api_keys_file)?;
             let task_limits = agentd::tasks::CgroupLimits {
                 memory_max: match task_memory_max.as_deref() {
                     Some(text) => agentd::tasks::parse_bytes(text)
@@ -239,7 +238,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                     cgroups: task_cgroups,
                     task_limits,
                 },
-                api_keys: agentd::api::auth::ApiKeys::new(api_keys),
+                api_keys,
                 rate_limit_per_minute: rate_limit,
                 read_cache_bytes: read_cache_mb.saturating_mul(1 << 20),
                 database_url,

@@ -97,6 +97,13 @@ pub struct ToolLabels {
     pub tool: &'static str,
 }
 
+/// An audited change: which key did what (`create`, `stop`, `delete`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuditLabels {
+    pub key: Arc<str>,
+    pub action: &'static str,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: &'static str,
@@ -126,6 +133,7 @@ pub struct Metrics {
     llm_tokens: Family<TokenLabels, Counter>,
     llm_cost: Family<LlmLabels, Counter<f64, AtomicU64>>,
     tool_duration: HistogramFamily<ToolLabels>,
+    audit: Family<AuditLabels, Counter>,
 }
 
 /// One run's LLM metrics, resolved once for its provider/model.
@@ -259,6 +267,12 @@ impl Metrics {
             "Tool calls' wall time by tool",
             tool_duration.clone(),
         );
+        let audit = Family::<AuditLabels, Counter>::default();
+        registry.register(
+            "audit_actions",
+            "Tasks created, stopped and deleted, by API key name and action",
+            audit.clone(),
+        );
         Arc::new(Self {
             registry,
             steps,
@@ -278,7 +292,18 @@ impl Metrics {
             llm_tokens,
             llm_cost,
             tool_duration,
+            audit,
         })
+    }
+
+    /// One audited change by the key named `key`.
+    pub fn audit(&self, key: &str, action: &'static str) {
+        self.audit
+            .get_or_create(&AuditLabels {
+                key: key.into(),
+                action,
+            })
+            .inc();
     }
 
     /// One finished request.

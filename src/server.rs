@@ -133,6 +133,7 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
     if opts.api_keys.is_enabled() {
         tracing::info!("API keys required on every call except health checks");
     }
+    reload_keys_on_sighup(opts.api_keys.clone());
     // Outermost first: rate limit (also for unauthenticated floods), then auth.
     let app: Router = grpc
         .merge(websocket::routes(tasks.clone()))
@@ -231,6 +232,26 @@ async fn unknown_route(req: axum::extract::Request) -> Response {
         Error::not_found(Resource::Route, format!("{} {path}", req.method()))
     };
     reject(&req, e)
+}
+
+/// SIGHUP reads the API keys file again; a file that no longer parses
+/// leaves the keys in force.
+fn reload_keys_on_sighup(keys: ApiKeys) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match keys.reload() {
+                Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "API keys not reloaded; the previous keys stay in force")
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,7 @@ use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
+    auth::caller,
     convert::{ApiStream, follow_events, from_struct, sandbox, to_struct},
     paging::{self, Page},
     step_forward, upload,
@@ -44,10 +45,12 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::CreateTaskRequest>,
     ) -> Result<Response<ap::Task>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let view = self
             .tasks
             .create_task(
+                &caller,
                 req.input,
                 from_struct(req.additional_input, "additional_input")?,
             )
@@ -59,6 +62,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::ListTasksRequest>,
     ) -> Result<Response<ap::ListTasksResponse>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
         let query = TaskQuery {
@@ -67,7 +71,7 @@ impl AgentService for AgentApi {
             offset: page.offset(),
             limit: page.limit(),
         };
-        let (views, total) = self.tasks.list_tasks(&query).await?;
+        let (views, total) = self.tasks.list_tasks(&caller, &query).await?;
         Ok(Response::new(ap::ListTasksResponse {
             tasks: views.iter().map(task).collect(),
             pagination: Some(page.pagination(total)),
@@ -78,7 +82,11 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::GetTaskRequest>,
     ) -> Result<Response<ap::Task>, Status> {
-        let view = self.tasks.get_task(&req.into_inner().task_id).await?;
+        let caller = caller(&req)?;
+        let view = self
+            .tasks
+            .get_task(&caller, &req.into_inner().task_id)
+            .await?;
         Ok(Response::new(task(&view)))
     }
 
@@ -86,7 +94,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::DeleteTaskRequest>,
     ) -> Result<Response<ap::DeleteTaskResponse>, Status> {
-        self.tasks.delete_task(&req.into_inner().task_id).await?;
+        let caller = caller(&req)?;
+        self.tasks
+            .delete_task(&caller, &req.into_inner().task_id)
+            .await?;
         Ok(Response::new(ap::DeleteTaskResponse {
             success: true,
             message: "Task deleted successfully".into(),
@@ -97,10 +108,13 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::ExecuteStepRequest>,
     ) -> Result<Response<ap::Step>, Status> {
+        let caller = caller(&req)?;
         // In a cluster the step runs where the task's agent session lives.
         if !step_forward::is_forwarded(&req)
-            && let StepRoute::Node { address, .. } =
-                self.tasks.step_route(&req.get_ref().task_id).await?
+            && let StepRoute::Node { address, .. } = self
+                .tasks
+                .step_route(&caller, &req.get_ref().task_id)
+                .await?
         {
             return step_forward::execute_step(self.tasks.node_name(), &address, req).await;
         }
@@ -108,6 +122,7 @@ impl AgentService for AgentApi {
         let view = self
             .tasks
             .execute_step(
+                &caller,
                 &req.task_id,
                 req.input,
                 from_struct(req.additional_input, "additional_input")?,
@@ -120,11 +135,12 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::ListStepsRequest>,
     ) -> Result<Response<ap::ListStepsResponse>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
         let (steps, total) = self
             .tasks
-            .list_steps(&req.task_id, page.offset(), page.limit())
+            .list_steps(&caller, &req.task_id, page.offset(), page.limit())
             .await?;
         Ok(Response::new(ap::ListStepsResponse {
             steps: steps.iter().map(step).collect(),
@@ -136,9 +152,13 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::GetStepRequest>,
     ) -> Result<Response<ap::Step>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         Ok(Response::new(step(
-            &self.tasks.get_step(&req.task_id, &req.step_id).await?,
+            &self
+                .tasks
+                .get_step(&caller, &req.task_id, &req.step_id)
+                .await?,
         )))
     }
 
@@ -146,7 +166,8 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<ap::UploadArtifactRequest>>,
     ) -> Result<Response<ap::Artifact>, Status> {
-        let stored = upload::receive(&self.tasks, req.into_inner()).await?;
+        let caller = caller(&req)?;
+        let stored = upload::receive(&self.tasks, &caller, req.into_inner()).await?;
         Ok(Response::new(artifact(&stored)))
     }
 
@@ -154,11 +175,12 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::ListArtifactsRequest>,
     ) -> Result<Response<ap::ListArtifactsResponse>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let page = Page::resolve(req.page, req.size, req.current_page, req.page_size)?;
         let (artifacts, total) = self
             .tasks
-            .list_artifacts(&req.task_id, page.offset(), page.limit())
+            .list_artifacts(&caller, &req.task_id, page.offset(), page.limit())
             .await?;
         Ok(Response::new(ap::ListArtifactsResponse {
             artifacts: artifacts.iter().map(artifact).collect(),
@@ -172,10 +194,11 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let (meta, file) = self
             .tasks
-            .open_artifact(&req.task_id, &req.artifact_id)
+            .open_artifact(&caller, &req.task_id, &req.artifact_id)
             .await?;
         let chunks = ReaderStream::with_capacity(file, DOWNLOAD_CHUNK).map(|chunk| {
             chunk
@@ -201,9 +224,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::DeleteArtifactRequest>,
     ) -> Result<Response<ap::DeleteArtifactResponse>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         self.tasks
-            .delete_artifact(&req.task_id, &req.artifact_id)
+            .delete_artifact(&caller, &req.task_id, &req.artifact_id)
             .await?;
         Ok(Response::new(ap::DeleteArtifactResponse {
             success: true,
@@ -213,9 +237,9 @@ impl AgentService for AgentApi {
 
     async fn get_agent_status(
         &self,
-        _req: Request<ap::GetAgentStatusRequest>,
+        req: Request<ap::GetAgentStatusRequest>,
     ) -> Result<Response<ap::GetAgentStatusResponse>, Status> {
-        let st = self.tasks.runtime_status().await?;
+        let st = self.tasks.runtime_status(&caller(&req)?).await?;
         let count = |s: TaskStatus| {
             let n = st
                 .totals
@@ -274,9 +298,9 @@ impl AgentService for AgentApi {
 
     async fn restart_agent(
         &self,
-        _req: Request<ap::RestartAgentRequest>,
+        req: Request<ap::RestartAgentRequest>,
     ) -> Result<Response<ap::RestartAgentResponse>, Status> {
-        let ended = self.tasks.restart().await;
+        let ended = self.tasks.restart(&caller(&req)?).await?;
         Ok(Response::new(ap::RestartAgentResponse {
             success: true,
             message: format!("Agent runtime restarted; {ended} running task(s) were ended"),
@@ -290,8 +314,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<ap::StreamTaskEventsRequest>,
     ) -> Result<Response<Self::StreamTaskEventsStream>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
-        let events = follow_events(&self.tasks, req.task_id, req.after_seq).await?;
+        let events = follow_events(&self.tasks, &caller, req.task_id, req.after_seq).await?;
         Ok(Response::new(events))
     }
 }

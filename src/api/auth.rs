@@ -4,8 +4,6 @@
 //! open. Browsers cannot set headers on a WebSocket, so an upgrade may send
 //! `?api_key=<key>` instead.
 
-use std::sync::Arc;
-
 use axum::{
     extract::{Request, State},
     http::{HeaderMap, header},
@@ -13,44 +11,32 @@ use axum::{
     response::Response,
 };
 
+pub use super::keys::ApiKeys;
 use super::reject;
-use crate::error::Error;
+use crate::{error::Error, tasks::Caller};
 
-#[derive(Clone, Default)]
-pub struct ApiKeys(Arc<Vec<String>>);
-
-/// Never prints a key.
-impl std::fmt::Debug for ApiKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} configured)", self.0.len())
-    }
+/// Who is calling, as the middleware found it; a request without (only a
+/// health check could be one) is refused rather than given every task.
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::unauthenticated("no caller identity on this request"))
 }
 
-impl ApiKeys {
-    pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
-        let keys: Vec<String> = keys
-            .into_iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
-        Self(Arc::new(keys))
+/// The same for the routes agentd serves itself (SSE, WebSockets, the
+/// Trae status): the refusal in the path's envelope.
+pub fn http_caller(
+    found: Option<axum::Extension<Caller>>,
+    path: &str,
+) -> Result<Caller, Box<Response>> {
+    match found {
+        Some(axum::Extension(caller)) => Ok(caller),
+        None => Err(Box::new(super::status::http_error(
+            Error::Unauthenticated("no caller identity on this request".into()),
+            path,
+        ))),
     }
-
-    pub fn is_enabled(&self) -> bool {
-        !self.0.is_empty()
-    }
-
-    fn accepts(&self, presented: &str) -> bool {
-        // Compare with every key, in constant time per key, so timing tells
-        // nothing about which key (or how much of one) matched.
-        self.0.iter().fold(false, |ok, key| {
-            ok | constant_time_eq(key.as_bytes(), presented.as_bytes())
-        })
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Paths that never need a key: the two health checks.
@@ -74,13 +60,28 @@ fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&
     bearer.or(api_key).or(from_query).map(str::trim)
 }
 
-pub async fn require_api_key(State(keys): State<ApiKeys>, req: Request, next: Next) -> Response {
-    if !keys.is_enabled() || is_health_check(req.uri().path()) {
+/// Refuses calls without a valid key (when keys are on) and tells the
+/// handlers who is calling: a [`Caller`] in the request's extensions.
+/// Handlers find none on the health checks, and refuse then (fail closed).
+pub async fn require_api_key(
+    State(keys): State<ApiKeys>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !keys.is_enabled() {
+        req.extensions_mut().insert(Caller::Anyone);
         return next.run(req).await;
     }
-    match presented_key(req.headers(), req.uri().query()) {
-        Some(key) if keys.accepts(key) => next.run(req).await,
-        Some(_) => reject(&req, Error::Unauthenticated("invalid API key".into())),
+    if is_health_check(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let caller = presented_key(req.headers(), req.uri().query()).map(|k| keys.identify(k));
+    match caller {
+        Some(Some(caller)) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Some(None) => reject(&req, Error::Unauthenticated("invalid API key".into())),
         None => reject(
             &req,
             Error::Unauthenticated(
@@ -93,15 +94,6 @@ pub async fn require_api_key(State(keys): State<ApiKeys>, req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_matched_exactly() {
-        let keys = ApiKeys::new(["alpha".to_string(), " beta ".to_string(), String::new()]);
-        assert!(keys.is_enabled());
-        assert!(keys.accepts("alpha") && keys.accepts("beta"));
-        assert!(!keys.accepts("alph") && !keys.accepts("alphaa") && !keys.accepts(""));
-        assert!(!ApiKeys::new([]).is_enabled());
-    }
 
     #[test]
     fn key_sources() {

@@ -14,7 +14,7 @@ use crate::{
     error::Error,
     proto::{TaskEvent, agentd::v1::Sandbox},
     tasks::Event,
-    tasks::{CgroupStatus, EventKind, SandboxStatus, TaskManager},
+    tasks::{Caller, CgroupStatus, EventKind, SandboxStatus, TaskManager},
 };
 
 /// A server-streaming response of either dialect.
@@ -94,11 +94,12 @@ pub const STREAM_FAILED: &str = "the event stream failed; resume with after_seq"
 /// stream (`StreamTask` and `StreamTaskEvents`).
 pub async fn follow_events(
     tasks: &TaskManager,
+    caller: &Caller,
     task_id: String,
     after_seq: Option<u32>,
 ) -> Result<ApiStream<TaskEvent>, Error> {
     let events = tasks
-        .follow_events(&task_id, resume_after(after_seq, None))
+        .follow_events(caller, &task_id, resume_after(after_seq, None))
         .await?;
     Ok(event_stream(events, task_id))
 }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod auth;
 mod convert;
 mod event_json;
+mod keys;
 pub mod observe;
 mod paging;
 pub mod rate_limit;

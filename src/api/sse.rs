@@ -29,6 +29,7 @@ use axum::{
 use tokio_stream::StreamExt as _;
 
 use super::{
+    auth::http_caller,
     event_json::Wire,
     paging::{after_seq_param, last_event_id, resume_after},
 };
@@ -36,7 +37,7 @@ use crate::{
     clock,
     error::Error,
     tasks::Event,
-    tasks::{EventKind, TaskManager},
+    tasks::{Caller, EventKind, TaskManager},
 };
 
 /// Frames kept per task, and tasks kept: enough for every reader of a busy
@@ -73,21 +74,28 @@ pub fn routes(tasks: Arc<TaskManager>) -> Router {
 /// the transcoder did.
 type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-async fn trae_stream(s: State<Sse>, id: Path<String>, h: HeaderMap, q: Params) -> Response {
-    stream(s, id, h, q, "/api/").await
+type Who = Option<axum::Extension<Caller>>;
+
+async fn trae_stream(s: State<Sse>, c: Who, id: Path<String>, h: HeaderMap, q: Params) -> Response {
+    stream(s, c, id, h, q, "/api/").await
 }
 
-async fn ap_stream(s: State<Sse>, id: Path<String>, h: HeaderMap, q: Params) -> Response {
-    stream(s, id, h, q, "/ap/").await
+async fn ap_stream(s: State<Sse>, c: Who, id: Path<String>, h: HeaderMap, q: Params) -> Response {
+    stream(s, c, id, h, q, "/ap/").await
 }
 
 async fn stream(
     State(s): State<Sse>,
+    caller: Who,
     Path(task_id): Path<String>,
     headers: HeaderMap,
     params: Params,
     dialect: &'static str,
 ) -> Response {
+    let caller = match http_caller(caller, dialect) {
+        Ok(c) => c,
+        Err(refused) => return *refused,
+    };
     let Ok(Query(params)) = params else {
         let e = Error::invalid("the query string is not valid");
         return super::status::http_error(e, dialect);
@@ -100,13 +108,13 @@ async fn stream(
     // A browser that read `end` reconnects on its own (the stream closed):
     // 204 is the one answer that makes an `EventSource` stop for good.
     if last_event_id.is_some() {
-        match ended_by(&s.tasks, &task_id, after_seq).await {
+        match ended_by(&s.tasks, &caller, &task_id, after_seq).await {
             Ok(true) => return no_more_events(),
             Ok(false) => {}
             Err(e) => return super::status::http_error(e, dialect),
         }
     }
-    let events = match s.tasks.follow_events(&task_id, after_seq).await {
+    let events = match s.tasks.follow_events(&caller, &task_id, after_seq).await {
         Ok(events) => events,
         Err(e) => return super::status::http_error(e, dialect),
     };
@@ -146,13 +154,15 @@ async fn stream(
 /// reader has caught up with the log.
 async fn ended_by(
     tasks: &TaskManager,
+    caller: &Caller,
     task_id: &str,
     after_seq: i64,
 ) -> crate::error::Result<bool> {
+    // Not ended: the caller's right to the task is checked by the follow.
     if after_seq == 0 || tasks.last_event_seq(task_id).await? > after_seq {
         return Ok(false);
     }
-    let (_, log) = tasks.task_messages(task_id).await?;
+    let (_, log) = tasks.task_messages(caller, task_id).await?;
     Ok(log
         .last()
         .is_some_and(|e| EventKind::of(e) == Some(EventKind::End) && e.seq <= after_seq))

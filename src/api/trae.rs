@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
+    auth::caller,
     convert::{ApiStream, follow_events, sandbox, to_struct},
     paging::{self, Window},
     trae_status::TraeStatus,
@@ -53,6 +54,7 @@ impl TraeService for TraeApi {
         &self,
         req: Request<trae::RunRequest>,
     ) -> Result<Response<trae::RunResponse>, Status> {
+        let caller = caller(&req)?;
         let r = req.into_inner();
         let max_steps = match r.max_steps {
             Some(n) if n < 1 => {
@@ -64,18 +66,21 @@ impl TraeService for TraeApi {
         };
         let task_id = self
             .tasks
-            .run_trae(RunRequest {
-                task: r.task,
-                working_dir: r.working_dir,
-                provider: non_empty(r.provider),
-                model: non_empty(r.model),
-                max_steps,
-                must_patch: r.must_patch,
-                agent_type: r.agent_type,
-                config_file: non_empty(r.config_file),
-                trajectory_file: non_empty(r.trajectory_file),
-                patch_path: non_empty(r.patch_path),
-            })
+            .run_trae(
+                &caller,
+                RunRequest {
+                    task: r.task,
+                    working_dir: r.working_dir,
+                    provider: non_empty(r.provider),
+                    model: non_empty(r.model),
+                    max_steps,
+                    must_patch: r.must_patch,
+                    agent_type: r.agent_type,
+                    config_file: non_empty(r.config_file),
+                    trajectory_file: non_empty(r.trajectory_file),
+                    patch_path: non_empty(r.patch_path),
+                },
+            )
             .await?;
         Ok(Response::new(trae::RunResponse {
             status: SUCCESS.into(),
@@ -146,12 +151,13 @@ impl TraeService for TraeApi {
         &self,
         req: Request<trae::ListTasksRequest>,
     ) -> Result<Response<trae::ListTasksResponse>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let status = paging::status_filter(&req.status, paging::TRAE_STATUS_HINT)?;
         let window = Window::resolve(req.limit, req.offset)?;
         let (tasks, total) = self
             .tasks
-            .list_recent_tasks(status, window.limit, window.offset)
+            .list_recent_tasks(&caller, status, window.limit, window.offset)
             .await?;
         let now = clock::now_ms();
         Ok(Response::new(trae::ListTasksResponse {
@@ -167,8 +173,9 @@ impl TraeService for TraeApi {
         &self,
         req: Request<trae::StreamTaskRequest>,
     ) -> Result<Response<Self::StreamTaskStream>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
-        let events = follow_events(&self.tasks, req.task_id, req.after_seq).await?;
+        let events = follow_events(&self.tasks, &caller, req.task_id, req.after_seq).await?;
         Ok(Response::new(events))
     }
 
@@ -176,7 +183,8 @@ impl TraeService for TraeApi {
         &self,
         req: Request<trae::GetTaskStatusRequest>,
     ) -> Result<Response<trae::GetTaskStatusResponse>, Status> {
-        let status = TraeStatus::read(&self.tasks, &req.into_inner().task_id).await?;
+        let caller = caller(&req)?;
+        let status = TraeStatus::read(&self.tasks, &caller, &req.into_inner().task_id).await?;
         Ok(Response::new(status.to_proto()))
     }
 
@@ -184,7 +192,11 @@ impl TraeService for TraeApi {
         &self,
         req: Request<trae::StopTaskRequest>,
     ) -> Result<Response<trae::StopTaskResponse>, Status> {
-        let message = self.tasks.stop_task(&req.into_inner().task_id).await?;
+        let caller = caller(&req)?;
+        let message = self
+            .tasks
+            .stop_task(&caller, &req.into_inner().task_id)
+            .await?;
         Ok(Response::new(trae::StopTaskResponse {
             status: SUCCESS.into(),
             message,

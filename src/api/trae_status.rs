@@ -27,7 +27,7 @@ use crate::{
     error::Result,
     proto::trae::{GetTaskStatusResponse, TaskSummary},
     tasks::Event,
-    tasks::TaskManager,
+    tasks::{Caller, TaskManager},
 };
 
 pub fn routes(tasks: Arc<TaskManager>) -> Router {
@@ -44,8 +44,8 @@ pub(super) struct TraeStatus {
 }
 
 impl TraeStatus {
-    pub(super) async fn read(tasks: &TaskManager, task_id: &str) -> Result<Self> {
-        let (task, log) = tasks.task_messages(task_id).await?;
+    pub(super) async fn read(tasks: &TaskManager, caller: &Caller, task_id: &str) -> Result<Self> {
+        let (task, log) = tasks.task_messages(caller, task_id).await?;
         Ok(Self {
             summary: summary(&task, clock::now_ms()),
             log,
@@ -98,8 +98,16 @@ impl Serialize for Messages<'_> {
     }
 }
 
-async fn status(State(tasks): State<Arc<TaskManager>>, Path(task_id): Path<String>) -> Response {
-    let status = match TraeStatus::read(&tasks, &task_id).await {
+async fn status(
+    State(tasks): State<Arc<TaskManager>>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(task_id): Path<String>,
+) -> Response {
+    let caller = match super::auth::http_caller(caller, "/api/") {
+        Ok(c) => c,
+        Err(refused) => return *refused,
+    };
+    let status = match TraeStatus::read(&tasks, &caller, &task_id).await {
         Ok(found) => found,
         Err(e) => return super::status::http_error(e, "/api/"),
     };

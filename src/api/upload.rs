@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     proto::ap::{UploadArtifactRequest, UploadArtifactRequest as Msg},
     tasks::Artifact,
-    tasks::{MAX_UPLOAD_BYTES, TaskManager, Upload, sanitize_relative_path},
+    tasks::{Caller, MAX_UPLOAD_BYTES, TaskManager, Upload, sanitize_relative_path},
 };
 
 /// Form fields other than the file are small; this bounds what we buffer.
@@ -23,6 +23,7 @@ const MAX_FIELD_BYTES: u64 = 64 * 1024;
 
 pub async fn receive(
     tasks: &TaskManager,
+    caller: &Caller,
     mut messages: Streaming<UploadArtifactRequest>,
 ) -> Result<Artifact> {
     let first = messages
@@ -39,7 +40,7 @@ pub async fn receive(
         .map(|f| f.content_type.clone())
         .unwrap_or_default();
     let raw_file_name = first.file_name.clone();
-    let mut upload = tasks.begin_upload(&task_id).await?;
+    let mut upload = tasks.begin_upload(caller, &task_id).await?;
 
     let body = stream::once(async move { Ok::<_, Status>(first) })
         .chain(messages)
@@ -68,7 +69,7 @@ pub async fn receive(
         }
     };
     tasks
-        .finish_upload(&task_id, upload, &file_name, &relative_path)
+        .finish_upload(caller, &task_id, upload, &file_name, &relative_path)
         .await
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Both read the same durable event log as the SSE and gRPC streams.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Router,
@@ -22,10 +22,11 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::auth::http_caller;
 use crate::{
     clock,
+    tasks::{Caller, EventKind, TaskManager},
     tasks::{Event, TaskStatus},
-    tasks::{EventKind, TaskManager},
 };
 
 pub fn routes(tasks: Arc<TaskManager>) -> Router {
@@ -35,28 +36,36 @@ pub fn routes(tasks: Arc<TaskManager>) -> Router {
         .with_state(tasks)
 }
 
+type Who = Option<axum::Extension<Caller>>;
+
 async fn task_ws(
     State(tasks): State<Arc<TaskManager>>,
+    caller: Who,
     Path(task_id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let caller = match http_caller(caller, "/ap/") {
+        Ok(c) => c,
+        Err(refused) => return *refused,
+    };
     // Refuse before upgrading, so an unknown id is a plain 404 envelope.
-    let view = match tasks.get_task(&task_id).await {
+    let view = match tasks.get_task(&caller, &task_id).await {
         Ok(v) => v,
         Err(e) => return super::status::http_error(e, "/ap/"),
     };
     let initial = Progress::of(view.task.status);
-    ws.on_upgrade(move |socket| follow_task(socket, tasks, task_id, initial))
+    ws.on_upgrade(move |socket| follow_task(socket, tasks, caller, task_id, initial))
 }
 
 async fn follow_task(
     socket: WebSocket,
     tasks: Arc<TaskManager>,
+    caller: Caller,
     task_id: String,
     mut progress: Progress,
 ) {
     let (mut tx, mut rx) = socket.split();
-    let events = match tasks.follow_events(&task_id, 0).await {
+    let events = match tasks.follow_events(&caller, &task_id, 0).await {
         Ok(s) => s,
         Err(_) => return,
     };
@@ -96,18 +105,45 @@ async fn follow_task(
     let _ = tx.send(Message::Close(None)).await;
 }
 
-async fn logs_ws(State(tasks): State<Arc<TaskManager>>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| follow_logs(socket, tasks))
+async fn logs_ws(
+    State(tasks): State<Arc<TaskManager>>,
+    caller: Who,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let caller = match http_caller(caller, "/ap/") {
+        Ok(c) => c,
+        Err(refused) => return *refused,
+    };
+    ws.on_upgrade(move |socket| follow_logs(socket, tasks, caller))
 }
 
-async fn follow_logs(socket: WebSocket, tasks: Arc<TaskManager>) {
+/// Every task's events, or with a key that is not an admin only its own
+/// tasks' (asked once per task, then remembered).
+async fn follow_logs(socket: WebSocket, tasks: Arc<TaskManager>, caller: Caller) {
     let (mut tx, mut rx) = socket.split();
     let mut live = tasks.subscribe_all_events();
+    let mut visible: HashMap<String, bool> = HashMap::new();
     loop {
         tokio::select! {
             next = live.recv() => {
                 let msg = match next {
-                    Ok(event) => log_message(&event),
+                    Ok(event) => {
+                        let seen = match visible.get(&event.task_id) {
+                            Some(seen) => *seen,
+                            None => {
+                                let seen = tasks.may_see(&caller, &event.task_id).await;
+                                if visible.len() > 10_000 {
+                                    visible.clear();
+                                }
+                                visible.insert(event.task_id.clone(), seen);
+                                seen
+                            }
+                        };
+                        if !seen {
+                            continue;
+                        }
+                        log_message(&event)
+                    }
                     Err(RecvError::Lagged(n)) => json!({
                         "type": "log", "level": "WARNING", "component": "agentd",
                         "message": format!("{n} log messages were dropped: this client reads too slowly"),

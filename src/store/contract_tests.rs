@@ -93,6 +93,7 @@ contract!(
     a_duplicate_task_id_fails_and_keeps_the_first,
     nul_characters_never_fail_a_write,
     list_tasks_filters_pages_and_counts,
+    an_owner_lists_and_counts_only_its_tasks,
     totals_follow_every_change,
     deleting_a_task_removes_everything_of_it,
     steps_are_saved_replaced_and_listed,
@@ -347,6 +348,7 @@ async fn list_tasks_filters_pages_and_counts(db: &dyn TestDb) {
             let mut got = Vec::new();
             for offset in (0..=want.len() as i64).step_by(4) {
                 let q = TaskQuery {
+                    owner: None,
                     status,
                     created_after,
                     offset,
@@ -360,6 +362,7 @@ async fn list_tasks_filters_pages_and_counts(db: &dyn TestDb) {
             assert_eq!(got, want, "{what}");
             // Past the end, and a zero limit: nothing, with the same total.
             let q = TaskQuery {
+                owner: None,
                 status,
                 created_after,
                 offset: 1_000,
@@ -370,6 +373,7 @@ async fn list_tasks_filters_pages_and_counts(db: &dyn TestDb) {
                 (vec![], want.len() as i64)
             );
             let q = TaskQuery {
+                owner: None,
                 status,
                 created_after,
                 offset: 0,
@@ -383,6 +387,77 @@ async fn list_tasks_filters_pages_and_counts(db: &dyn TestDb) {
     assert_eq!(
         page,
         [store.get_task(&expected[0].1).await.unwrap().unwrap()]
+    );
+}
+
+async fn an_owner_lists_and_counts_only_its_tasks(db: &dyn TestDb) {
+    let store = db.open().await;
+    for (i, owner) in [
+        Some("alice"),
+        Some("bob"),
+        Some("alice"),
+        None,
+        Some("alice"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut t = task(&format!("t{i}"), 100 + i as i64);
+        t.owner = owner.map(str::to_string);
+        t.input_tokens = 10;
+        if i == 2 {
+            t.status = TaskStatus::Completed;
+        }
+        store.insert_task(&t).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .get_task("t1")
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("bob")
+    );
+    let of =
+        |owner: &str, status: Option<TaskStatus>, created_after: Option<i64>, offset| TaskQuery {
+            owner: Some(owner.into()),
+            status,
+            created_after,
+            offset,
+            limit: 2,
+        };
+    let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.task_id).collect::<Vec<_>>();
+    let (page, total) = store.list_tasks(&of("alice", None, None, 0)).await.unwrap();
+    assert_eq!((ids(page), total), (vec!["t0".to_string(), "t2".into()], 3));
+    let (page, total) = store.list_tasks(&of("alice", None, None, 2)).await.unwrap();
+    assert_eq!((ids(page), total), (vec!["t4".to_string()], 3));
+    let (page, total) = store
+        .list_tasks(&of("alice", Some(TaskStatus::Completed), None, 0))
+        .await
+        .unwrap();
+    assert_eq!((ids(page), total), (vec!["t2".to_string()], 1));
+    let (page, total) = store
+        .list_tasks(&of("alice", Some(TaskStatus::Created), Some(100), 0))
+        .await
+        .unwrap();
+    assert_eq!((ids(page), total), (vec!["t4".to_string()], 1));
+    let (page, total) = store.list_tasks(&of("carol", None, None, 0)).await.unwrap();
+    assert_eq!((page.len(), total), (0, 0));
+    let alice = store.totals_of("alice").await.unwrap();
+    assert_eq!(count(&alice, TaskStatus::Created), 2);
+    assert_eq!(count(&alice, TaskStatus::Completed), 1);
+    assert_eq!(alice.input_tokens, 30);
+    assert_eq!(
+        count(&store.totals_of("bob").await.unwrap(), TaskStatus::Created),
+        1
+    );
+    assert_eq!(store.totals_of("carol").await.unwrap().by_status.len(), 0);
+    assert_eq!(
+        store.list_tasks(&all(10)).await.unwrap().1,
+        5,
+        "no owner: every task"
     );
 }
 

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use serde_json::{Map, Value};
 use sqlx::Row as _;
 
-use super::{Artifact, Event, Origin, Step, Task, TaskStatus};
+use super::{Artifact, Event, Origin, Step, Task, TaskStatus, Totals};
 use crate::error::Result;
 
 /// Typed reads of one row's columns by name.
@@ -81,7 +81,23 @@ pub(super) fn task(r: &impl Columns) -> Result<Task> {
         input_tokens: r.int("input_tokens")?,
         output_tokens: r.int("output_tokens")?,
         cost_usd: r.float("cost_usd")?,
+        owner: r.opt_text("owner")?,
     })
+}
+
+/// Per-status rows of `status, n, input_tokens, output_tokens, cost_usd`
+/// (the counters, or a GROUP BY of one owner's tasks).
+pub(super) fn totals(rows: &[impl Columns]) -> Result<Totals> {
+    let mut totals = Totals::default();
+    for r in rows {
+        if let Some(st) = TaskStatus::parse(&r.text("status")?) {
+            totals.by_status.push((st, r.int("n")?));
+        }
+        totals.input_tokens += r.int("input_tokens")?;
+        totals.output_tokens += r.int("output_tokens")?;
+        totals.cost_usd += r.float("cost_usd")?;
+    }
+    Ok(totals)
 }
 
 pub(super) fn step(r: &impl Columns) -> Result<Step> {

@@ -75,6 +75,8 @@ pub trait Store: RunStore + Send + Sync + 'static {
     /// Removes the task with its steps, artifact rows and events. False if absent.
     async fn delete_task(&self, task_id: &str) -> Result<bool>;
     async fn totals(&self) -> Result<Totals>;
+    /// The same over one owner's tasks.
+    async fn totals_of(&self, owner: &str) -> Result<Totals>;
 
     /// Inserts the step, or replaces it when its id exists.
     async fn save_step(&self, step: &Step) -> Result<()>;

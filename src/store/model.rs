@@ -85,6 +85,8 @@ pub struct Task {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: f64,
+    /// The name of the API key that created the task (None without keys).
+    pub owner: Option<String>,
 }
 
 impl Task {
@@ -112,6 +114,7 @@ impl Task {
             input_tokens: 0,
             output_tokens: 0,
             cost_usd: 0.0,
+            owner: None,
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct Event {
 /// Which tasks to list, and which slice of them.
 #[derive(Debug, Clone, Default)]
 pub struct TaskQuery {
+    /// Only the tasks of this owner (see [`Task::owner`]).
+    pub owner: Option<String>,
     pub status: Option<TaskStatus>,
     pub created_after: Option<i64>,
     pub offset: i64,

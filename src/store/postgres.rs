@@ -231,8 +231,8 @@ impl Store for PgStore {
         sqlx::query(
             "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, \
              created_at, modified_at, started_at, finished_at, result, error, input_tokens, \
-             output_tokens, cost_usd) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             output_tokens, cost_usd, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&t.task_id)
         .bind(pg_text(&t.input))
@@ -249,6 +249,7 @@ impl Store for PgStore {
         .bind(t.input_tokens)
         .bind(t.output_tokens)
         .bind(t.cost_usd)
+        .bind(&t.owner)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -295,6 +296,9 @@ impl Store for PgStore {
         // alone (task_id is in it) and only its rows are read; counts without
         // a time filter come from `task_counts`.
         let status = q.status.map(TaskStatus::as_str);
+        if let Some(owner) = &q.owner {
+            return self.list_tasks_of(owner, status, q).await;
+        }
         let (count_sql, page_sql) = match (status, q.created_after) {
             (None, None) => (
                 "SELECT COALESCE(SUM(n), 0)::BIGINT FROM task_counts",
@@ -350,16 +354,19 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut totals = Totals::default();
-        for r in &rows {
-            if let Some(st) = TaskStatus::parse(&r.try_get::<String, _>("status")?) {
-                totals.by_status.push((st, r.try_get("n")?));
-            }
-            totals.input_tokens += r.try_get::<i64, _>("input_tokens")?;
-            totals.output_tokens += r.try_get::<i64, _>("output_tokens")?;
-            totals.cost_usd += r.try_get::<f64, _>("cost_usd")?;
-        }
-        Ok(totals)
+        decode::totals(&rows)
+    }
+
+    async fn totals_of(&self, owner: &str) -> Result<Totals> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*)::BIGINT AS n, SUM(input_tokens)::BIGINT AS input_tokens, \
+             SUM(output_tokens)::BIGINT AS output_tokens, SUM(cost_usd) AS cost_usd \
+             FROM tasks WHERE owner = $1 GROUP BY status ORDER BY status",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        decode::totals(&rows)
     }
 
     async fn save_step(&self, s: &Step) -> Result<()> {
@@ -568,6 +575,55 @@ impl Store for PgStore {
             self.finished_logs.fill_events(task_id, stamp, log.clone());
         }
         Ok(log)
+    }
+}
+
+impl PgStore {
+    /// One owner's page of tasks (`list_tasks` with `owner`), counted from
+    /// the owner's index (the counters are for all tasks).
+    async fn list_tasks_of(
+        &self,
+        owner: &str,
+        status: Option<&str>,
+        q: &TaskQuery,
+    ) -> Result<(Vec<Task>, i64)> {
+        let mut filter = String::from("WHERE owner = $1");
+        let mut n = 1;
+        if status.is_some() {
+            n += 1;
+            filter.push_str(&format!(" AND status = ${n}"));
+        }
+        if q.created_after.is_some() {
+            n += 1;
+            filter.push_str(&format!(" AND created_at > ${n}"));
+        }
+        let count_sql = format!("SELECT COUNT(*) FROM tasks {filter}");
+        let page_sql = format!(
+            "SELECT t.* FROM tasks t JOIN (SELECT task_id FROM tasks {filter} \
+             ORDER BY created_at, task_id LIMIT ${} OFFSET ${}) page USING (task_id) \
+             ORDER BY t.created_at, t.task_id",
+            n + 1,
+            n + 2
+        );
+        // Only constant fragments above; every value is bound.
+        let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count_sql)).bind(owner);
+        let mut page = sqlx::query(sqlx::AssertSqlSafe(page_sql)).bind(owner);
+        if let Some(status) = status {
+            count = count.bind(status);
+            page = page.bind(status);
+        }
+        if let Some(after) = q.created_after {
+            count = count.bind(after);
+            page = page.bind(after);
+        }
+        let total = count.fetch_one(&self.pool).await?;
+        let rows = page
+            .bind(q.limit.max(0))
+            .bind(q.offset.max(0))
+            .fetch_all(&self.pool)
+            .await?;
+        let tasks = rows.iter().map(decode::task).collect::<Result<_>>()?;
+        Ok((tasks, total))
     }
 }
 

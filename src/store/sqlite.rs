@@ -100,8 +100,8 @@ async fn update_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<(
 async fn insert_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<()> {
     sqlx::query(
         "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, created_at, \
-         modified_at, started_at, finished_at, result, error, input_tokens, output_tokens, cost_usd) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         modified_at, started_at, finished_at, result, error, input_tokens, output_tokens, cost_usd, \
+         owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&t.task_id)
     .bind(&t.input)
@@ -118,6 +118,7 @@ async fn insert_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<(
     .bind(t.input_tokens)
     .bind(t.output_tokens)
     .bind(t.cost_usd)
+    .bind(&t.owner)
     .execute(conn)
     .await?;
     Ok(())
@@ -270,6 +271,9 @@ impl Store for SqliteStore {
         // entries rather than rows; counts without a time filter come from
         // `task_counts`.
         let status = q.status.map(TaskStatus::as_str);
+        if let Some(owner) = &q.owner {
+            return self.list_tasks_of(owner, status, q).await;
+        }
         let (total, rows) = match (status, q.created_after) {
             (None, None) => (
                 sqlx::query_scalar("SELECT COALESCE(SUM(n), 0) FROM task_counts")
@@ -351,21 +355,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn totals_of(&self, owner: &str) -> Result<Totals> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n, SUM(input_tokens) AS input_tokens, \
+             SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd \
+             FROM tasks WHERE owner = ? GROUP BY status",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        decode::totals(&rows)
+    }
+
     async fn totals(&self) -> Result<Totals> {
         let rows =
             sqlx::query("SELECT status, n, input_tokens, output_tokens, cost_usd FROM task_counts")
                 .fetch_all(&self.pool)
                 .await?;
-        let mut totals = Totals::default();
-        for r in &rows {
-            if let Some(st) = TaskStatus::parse(&r.try_get::<String, _>("status")?) {
-                totals.by_status.push((st, r.try_get("n")?));
-            }
-            totals.input_tokens += r.try_get::<i64, _>("input_tokens")?;
-            totals.output_tokens += r.try_get::<i64, _>("output_tokens")?;
-            totals.cost_usd += r.try_get::<f64, _>("cost_usd")?;
-        }
-        Ok(totals)
+        decode::totals(&rows)
     }
 
     async fn save_step(&self, s: &Step) -> Result<()> {
@@ -583,6 +590,47 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// One owner's page of tasks (`list_tasks` with `owner`): counted from
+    /// the owner's index, since the counters are for all tasks.
+    async fn list_tasks_of(
+        &self,
+        owner: &str,
+        status: Option<&str>,
+        q: &TaskQuery,
+    ) -> Result<(Vec<Task>, i64)> {
+        let mut filter = String::from("owner = ?");
+        if status.is_some() {
+            filter.push_str(" AND status = ?");
+        }
+        if q.created_after.is_some() {
+            filter.push_str(" AND created_at > ?");
+        }
+        let count_sql = format!("SELECT COUNT(*) FROM tasks WHERE {filter}");
+        let page_sql = format!(
+            "SELECT * FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE {filter} \
+             ORDER BY created_at, task_id LIMIT ? OFFSET ?) ORDER BY created_at, task_id"
+        );
+        // Only constant fragments above; every value is bound.
+        let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count_sql)).bind(owner);
+        let mut page = sqlx::query(sqlx::AssertSqlSafe(page_sql)).bind(owner);
+        if let Some(status) = status {
+            count = count.bind(status);
+            page = page.bind(status);
+        }
+        if let Some(after) = q.created_after {
+            count = count.bind(after);
+            page = page.bind(after);
+        }
+        let total = count.fetch_one(&self.pool).await?;
+        let rows = page
+            .bind(q.limit)
+            .bind(q.offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let tasks = rows.iter().map(decode::task).collect::<Result<_>>()?;
+        Ok((tasks, total))
+    }
+
     /// A write of these tasks' rows: their cached entries are dropped once it
     /// committed (or failed), before the caller is answered.
     async fn write_tasks<T, F>(&self, task_ids: &[&str], f: F) -> Result<T>

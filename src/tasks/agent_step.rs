@@ -10,7 +10,9 @@ use agentd_engine::{
 };
 use serde_json::{Map, Value};
 
-use super::{StepView, TaskManager, lifecycle::final_status, session::Session, snapshot::Snapshot};
+use super::{
+    Caller, StepView, TaskManager, lifecycle::final_status, session::Session, snapshot::Snapshot,
+};
 use crate::{
     clock,
     error::{Error, Result},
@@ -29,11 +31,13 @@ impl TaskManager {
     /// half-taken step behind, with no record and the session out of step.
     pub async fn execute_step(
         self: &Arc<Self>,
+        caller: &Caller,
         task_id: &str,
         input: String,
         additional_input: Map<String, Value>,
     ) -> Result<StepView> {
         use tracing::Instrument as _;
+        self.task(caller, task_id).await?;
         let (tasks, task_id) = (self.clone(), task_id.to_string());
         let step = async move { tasks.run_step(&task_id, input, additional_input).await };
         tokio::spawn(step.in_current_span())
@@ -47,7 +51,7 @@ impl TaskManager {
         input: String,
         additional_input: Map<String, Value>,
     ) -> Result<StepView> {
-        let task = self.task(task_id).await?;
+        let task = self.task_row(task_id).await?;
         if task.status.is_finished() {
             return Err(Error::invalid(format!(
                 "task {task_id} is {}; it takes no more steps",

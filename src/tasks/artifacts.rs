@@ -2,7 +2,7 @@
 //! the agent wrote there), with their records in the store.
 
 use super::{
-    TaskManager, Upload, views,
+    Caller, TaskManager, Upload, views,
     views::Artifact,
     workspace::{location, sanitize_file_name, sanitize_relative_path},
 };
@@ -14,8 +14,8 @@ use crate::{
 
 impl TaskManager {
     /// Checks the task exists and opens a temporary file for an upload.
-    pub async fn begin_upload(&self, task_id: &str) -> Result<Upload> {
-        self.task(task_id).await?;
+    pub async fn begin_upload(&self, caller: &Caller, task_id: &str) -> Result<Upload> {
+        self.task(caller, task_id).await?;
         self.workspaces.begin_upload().await
     }
 
@@ -23,6 +23,7 @@ impl TaskManager {
     /// earlier artifact at the same place is replaced.
     pub async fn finish_upload(
         &self,
+        caller: &Caller,
         task_id: &str,
         upload: Upload,
         file_name: &str,
@@ -31,7 +32,7 @@ impl TaskManager {
         let file_name = sanitize_file_name(file_name)?;
         let relative_path = sanitize_relative_path(relative_path)?;
         let location = location(&relative_path, &file_name);
-        self.task(task_id).await?;
+        self.task(caller, task_id).await?;
         let file_size = upload.len() as i64;
         self.workspaces.place(task_id, upload, &location).await?;
         let artifact = store::Artifact {
@@ -50,17 +51,23 @@ impl TaskManager {
 
     pub async fn list_artifacts(
         &self,
+        caller: &Caller,
         task_id: &str,
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<Artifact>, i64)> {
-        self.task(task_id).await?;
+        self.task(caller, task_id).await?;
         let (artifacts, total) = self.store.list_artifacts(task_id, offset, limit).await?;
         Ok((views::all(artifacts), total))
     }
 
-    async fn artifact(&self, task_id: &str, artifact_id: &str) -> Result<store::Artifact> {
-        self.task(task_id).await?;
+    async fn artifact(
+        &self,
+        caller: &Caller,
+        task_id: &str,
+        artifact_id: &str,
+    ) -> Result<store::Artifact> {
+        self.task(caller, task_id).await?;
         self.store
             .get_artifact(task_id, artifact_id)
             .await?
@@ -70,10 +77,11 @@ impl TaskManager {
     /// The artifact's record and its file, opened for reading.
     pub async fn open_artifact(
         &self,
+        caller: &Caller,
         task_id: &str,
         artifact_id: &str,
     ) -> Result<(Artifact, tokio::fs::File)> {
-        let artifact = self.artifact(task_id, artifact_id).await?;
+        let artifact = self.artifact(caller, task_id, artifact_id).await?;
         let path = self.workspaces.dir(task_id).join(&artifact.location);
         match tokio::fs::File::open(&path).await {
             Ok(file) => Ok((artifact.into(), file)),
@@ -85,8 +93,13 @@ impl TaskManager {
         }
     }
 
-    pub async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<()> {
-        let artifact = self.artifact(task_id, artifact_id).await?;
+    pub async fn delete_artifact(
+        &self,
+        caller: &Caller,
+        task_id: &str,
+        artifact_id: &str,
+    ) -> Result<()> {
+        let artifact = self.artifact(caller, task_id, artifact_id).await?;
         if !self.store.delete_artifact(task_id, artifact_id).await? {
             return Err(Error::not_found(Resource::Artifact, artifact_id));
         }

@@ -19,6 +19,7 @@
 mod admission;
 mod agent_step;
 mod artifacts;
+mod caller;
 mod cgroups;
 mod cluster;
 mod containment;
@@ -49,6 +50,7 @@ use crate::{
     store::{self, Origin, Store, Totals},
 };
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
+pub use caller::Caller;
 use cgroups::Cgroups;
 pub use cgroups::{CgroupLimits, CgroupMode, CgroupStatus, parse_bytes};
 pub use cluster::{ClusterSettings, StepRoute, node_id};
@@ -271,6 +273,7 @@ impl TaskManager {
 
     pub async fn create_task(
         &self,
+        caller: &Caller,
         input: String,
         additional_input: Map<String, Value>,
     ) -> Result<TaskView> {
@@ -282,22 +285,56 @@ impl TaskManager {
             Origin::AgentProtocol,
             clock::now_ms(),
         );
+        let task = store::Task {
+            owner: caller.new_owner(),
+            ..task
+        };
         self.store.insert_task(&task).await?;
+        self.audit(caller, "create", &task.task_id);
         Ok(TaskView {
             task: task.into(),
             artifacts: Vec::new(),
         })
     }
 
-    async fn task(&self, task_id: &str) -> Result<store::Task> {
+    /// The task's row, whoever owns it (for the task layer's own work).
+    async fn task_row(&self, task_id: &str) -> Result<store::Task> {
         self.store
             .get_task(task_id)
             .await?
             .ok_or_else(|| Error::not_found(Resource::Task, task_id))
     }
 
-    pub async fn get_task(&self, task_id: &str) -> Result<TaskView> {
-        let task = self.task(task_id).await?;
+    /// The task's row if the caller may see it; another key's task is not
+    /// found, exactly as a missing one.
+    async fn task(&self, caller: &Caller, task_id: &str) -> Result<store::Task> {
+        let task = self.task_row(task_id).await?;
+        if !caller.may_see(task.owner.as_deref()) {
+            return Err(Error::not_found(Resource::Task, task_id));
+        }
+        Ok(task)
+    }
+
+    /// One log line (target `agentd::audit`) and one count per change a key
+    /// made to a task: who (the key's name), what, which.
+    fn audit(&self, caller: &Caller, action: &'static str, task_id: &str) {
+        if let Some(key) = caller.name() {
+            tracing::info!(target: "agentd::audit", key, action, task_id, "audit");
+            self.runner.metrics.audit(key, action);
+        }
+    }
+
+    /// Whether the caller may see the task (the logs WebSocket, which
+    /// carries every task's events, asks once per task).
+    pub async fn may_see(&self, caller: &Caller, task_id: &str) -> bool {
+        match caller {
+            Caller::Anyone | Caller::Admin(_) => true,
+            Caller::User(_) => self.task(caller, task_id).await.is_ok(),
+        }
+    }
+
+    pub async fn get_task(&self, caller: &Caller, task_id: &str) -> Result<TaskView> {
+        let task = self.task(caller, task_id).await?;
         let artifacts = self
             .store
             .artifacts_of(std::slice::from_ref(&task.task_id))
@@ -309,8 +346,16 @@ impl TaskManager {
     }
 
     /// One page of tasks with their artifacts, and the number matching in all.
-    pub async fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<TaskView>, i64)> {
-        let (tasks, total) = self.store.list_tasks(&query.into()).await?;
+    pub async fn list_tasks(
+        &self,
+        caller: &Caller,
+        query: &TaskQuery,
+    ) -> Result<(Vec<TaskView>, i64)> {
+        let query = store::TaskQuery {
+            owner: caller.owner_filter(),
+            ..query.into()
+        };
+        let (tasks, total) = self.store.list_tasks(&query).await?;
         let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
         let mut by_task: HashMap<String, Vec<Artifact>> = HashMap::new();
         for a in self.store.artifacts_of(&ids).await? {
@@ -333,11 +378,13 @@ impl TaskManager {
     /// from `offset`, or without one the most recent `limit`.
     pub async fn list_recent_tasks(
         &self,
+        caller: &Caller,
         status: Option<TaskStatus>,
         limit: i64,
         offset: Option<i64>,
     ) -> Result<(Vec<Task>, i64)> {
         let mut query = store::TaskQuery {
+            owner: caller.owner_filter(),
             status,
             created_after: None,
             offset: offset.unwrap_or(0),
@@ -347,7 +394,10 @@ impl TaskManager {
             // Count first (no rows), then read the last page.
             let (_, total) = self
                 .store
-                .list_tasks(&store::TaskQuery { limit: 0, ..query })
+                .list_tasks(&store::TaskQuery {
+                    limit: 0,
+                    ..query.clone()
+                })
                 .await?;
             query.offset = (total - limit).max(0);
         }
@@ -357,18 +407,24 @@ impl TaskManager {
 
     /// Removes the task, its steps, events, artifact records and workspace
     /// files. A Trae task's `working_dir` belongs to the user and is kept.
-    pub async fn delete_task(&self, task_id: &str) -> Result<()> {
+    pub async fn delete_task(&self, caller: &Caller, task_id: &str) -> Result<()> {
+        self.task(caller, task_id).await?;
         self.stop_anywhere(task_id, StopReason::Requested).await?;
         if !self.store.delete_task(task_id).await? {
             return Err(Error::not_found(Resource::Task, task_id));
         }
+        self.audit(caller, "delete", task_id);
         self.events.close(task_id);
         self.workspaces.remove(task_id).await
     }
 
     /// The task and its whole event log so far (Trae `/status`).
-    pub async fn task_messages(&self, task_id: &str) -> Result<(Task, Arc<Vec<Event>>)> {
-        let task = self.task(task_id).await?;
+    pub async fn task_messages(
+        &self,
+        caller: &Caller,
+        task_id: &str,
+    ) -> Result<(Task, Arc<Vec<Event>>)> {
+        let task = self.task(caller, task_id).await?;
         let events = self.store.event_log(task_id).await?;
         Ok((task.into(), events))
     }
@@ -376,10 +432,11 @@ impl TaskManager {
     /// The task's event log after `after_seq`, then live events until `end`.
     pub async fn follow_events(
         &self,
+        caller: &Caller,
         task_id: &str,
         after_seq: i64,
     ) -> Result<impl futures_util::Stream<Item = Result<Arc<Event>>> + Send + 'static> {
-        self.task(task_id).await?;
+        self.task(caller, task_id).await?;
         self.events.follow(task_id, after_seq)
     }
 
@@ -393,8 +450,13 @@ impl TaskManager {
         self.events.subscribe_all()
     }
 
-    pub async fn get_step(&self, task_id: &str, step_id: &str) -> Result<StepView> {
-        self.task(task_id).await?;
+    pub async fn get_step(
+        &self,
+        caller: &Caller,
+        task_id: &str,
+        step_id: &str,
+    ) -> Result<StepView> {
+        self.task(caller, task_id).await?;
         let step = self
             .store
             .get_step(task_id, step_id)
@@ -405,11 +467,12 @@ impl TaskManager {
 
     pub async fn list_steps(
         &self,
+        caller: &Caller,
         task_id: &str,
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<StepView>, i64)> {
-        self.task(task_id).await?;
+        self.task(caller, task_id).await?;
         let (steps, total) = self.store.list_steps(task_id, offset, limit).await?;
         Ok((self.with_artifacts(steps).await?, total))
     }
@@ -443,8 +506,11 @@ impl TaskManager {
         self.runner.admission.load()
     }
 
-    pub async fn runtime_status(&self) -> Result<RuntimeStatus> {
-        let totals = self.store.totals().await?;
+    pub async fn runtime_status(&self, caller: &Caller) -> Result<RuntimeStatus> {
+        let totals = match caller.owner_filter() {
+            Some(owner) => self.store.totals_of(&owner).await?,
+            None => self.store.totals().await?,
+        };
         let (machine_total_bytes, machine_available_bytes) = crate::host::machine_memory_bytes();
         let now = clock::now_ms();
         Ok(RuntimeStatus {

@@ -45,6 +45,7 @@ pub async fn end_orphaned_processes(records: &ProcessRecords, cgroups: &Cgroups)
 
 pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Result<usize> {
     let query = TaskQuery {
+        owner: None,
         status: Some(TaskStatus::Running),
         created_after: None,
         offset: 0,
@@ -85,7 +86,7 @@ mod tests {
         metrics::Metrics,
         store::{Origin, SqliteStore, Task},
         tasks::{
-            CgroupMode, Containment, TaskManager, TaskSettings, task_event::EventKind,
+            Caller, CgroupMode, Containment, TaskManager, TaskSettings, task_event::EventKind,
             workspace::Workspaces,
         },
     };
@@ -108,7 +109,7 @@ mod tests {
 
     /// The task's status and the kinds of its events, in order.
     async fn kinds(tasks: &TaskManager, task_id: &str) -> (TaskStatus, Vec<&'static str>) {
-        let (task, log) = tasks.task_messages(task_id).await.unwrap();
+        let (task, log) = tasks.task_messages(&Caller::Anyone, task_id).await.unwrap();
         let kinds = log.iter().map(|e| EventKind::of(e).unwrap().as_str());
         (task.status, kinds.collect())
     }
@@ -160,7 +161,10 @@ mod tests {
             kinds(&tasks, "running").await,
             (TaskStatus::Failed, vec!["step", "error", "end"])
         );
-        let (task, events) = tasks.task_messages("running").await.unwrap();
+        let (task, events) = tasks
+            .task_messages(&Caller::Anyone, "running")
+            .await
+            .unwrap();
         assert_eq!(task.error.as_deref(), Some(INTERRUPTED));
         assert!(task.finished_at.is_some());
         assert_eq!(events[1].body["error"], INTERRUPTED);

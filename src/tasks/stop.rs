@@ -24,7 +24,7 @@ use std::{
 use agentd_engine::agent::RunOutcome;
 use tokio_util::sync::CancellationToken;
 
-use super::{TaskManager, lifecycle::Runner, session::Session};
+use super::{Caller, TaskManager, lifecycle::Runner, session::Session};
 use crate::error::Result;
 
 /// How long a stop waits for a background run to record its end.
@@ -100,8 +100,9 @@ pub struct Active {
 impl TaskManager {
     /// Stops the task's run, ending every process it started. A task with
     /// no run in progress is left as it is; the message says which.
-    pub async fn stop_task(&self, task_id: &str) -> Result<String> {
-        let task = self.task(task_id).await?;
+    pub async fn stop_task(&self, caller: &Caller, task_id: &str) -> Result<String> {
+        let task = self.task(caller, task_id).await?;
+        self.audit(caller, "stop", task_id);
         if self.stop_anywhere(task_id, StopReason::Requested).await? {
             Ok("Task stopped successfully".into())
         } else {
@@ -114,7 +115,32 @@ impl TaskManager {
 
     /// Restarts the agent runtime: running tasks end as failed (with the
     /// reason), stored data stays. Configuration is read afresh by every run.
-    pub async fn restart(&self) -> usize {
+    /// A key that is not an admin restarts only its own tasks.
+    pub async fn restart(&self, caller: &Caller) -> Result<usize> {
+        let Some(owner) = caller.owner_filter() else {
+            return Ok(self.restart_all().await);
+        };
+        let running = crate::store::TaskQuery {
+            owner: Some(owner),
+            status: Some(crate::store::TaskStatus::Running),
+            limit: i64::MAX,
+            ..Default::default()
+        };
+        let (tasks, _) = self.store.list_tasks(&running).await?;
+        let mut stopped = 0;
+        for task in tasks {
+            if self
+                .stop_anywhere(&task.task_id, StopReason::Restart)
+                .await?
+            {
+                self.audit(caller, "stop", &task.task_id);
+                stopped += 1;
+            }
+        }
+        Ok(stopped)
+    }
+
+    async fn restart_all(&self) -> usize {
         let (here, elsewhere) = tokio::join!(
             self.runner.stop_all(StopReason::Restart),
             self.restart_elsewhere()

@@ -10,7 +10,7 @@ use agentd_engine::{
 };
 use serde_json::{Map, Value};
 
-use super::{RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan};
+use super::{Caller, RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan};
 use crate::{
     clock,
     error::{Error, Result},
@@ -31,10 +31,14 @@ impl TaskManager {
     /// bad configuration or a missing API key; 429 when all run slots are
     /// busy, in a cluster on every node), stores the task and starts it in
     /// the background (in a cluster, on another node when this one is full).
-    pub async fn run_trae(&self, req: RunRequest) -> Result<String> {
+    pub async fn run_trae(&self, caller: &Caller, req: RunRequest) -> Result<String> {
         let prepared = self.prepare_trae(&req).await?;
         let task_id = uuid::Uuid::new_v4().to_string();
-        let task = running_task(&task_id, &req, &prepared);
+        let task = Task {
+            owner: caller.new_owner(),
+            ..running_task(&task_id, &req, &prepared)
+        };
+        self.audit(caller, "create", &task_id);
         let slot = match self.runner.admission.reserve() {
             Ok(slot) => slot,
             Err(full) => return self.queue_trae(task, &req, full).await,
@@ -68,7 +72,7 @@ impl TaskManager {
     ) -> Result<()> {
         let req = request_of(spec.unwrap_or_default());
         let prepared = self.prepare_trae(&req).await?;
-        let task = self.task(task_id).await?;
+        let task = self.task_row(task_id).await?;
         self.launch_trae(task, &req, prepared, slot, false).await
     }
 

@@ -130,6 +130,7 @@ pub struct TaskQuery {
 impl From<&TaskQuery> for store::TaskQuery {
     fn from(q: &TaskQuery) -> Self {
         store::TaskQuery {
+            owner: None,
             status: q.status,
             created_after: q.created_after,
             offset: q.offset,

@@ -7,6 +7,7 @@ Everything listens on 127.0.0.1 only; processes are stopped by their own PIDs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -732,3 +733,26 @@ def run_in_thread(code: str, name: str, timeout: float = 60) -> tuple[dict, str]
     if failure:
         raise AssertionError(f"{name} raised {failure[0]!r}; printed:\n{out.getvalue()}") from failure[0]
     return ns, out.getvalue()
+
+
+class AddKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Sends `Authorization: Bearer <key>` with every call of a channel."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def _with_key(self, details):
+        md = list(details.metadata or []) + [("authorization", f"Bearer {self.key}")]
+        Details = collections.namedtuple("Details", ("method", "timeout", "metadata", "credentials",
+                                                     "wait_for_ready", "compression"))
+        return Details(details.method, details.timeout, md, details.credentials,
+                       getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, cont, details, request):
+        return cont(self._with_key(details), request)
+
+    def intercept_stream_stream(self, cont, details, request_iterator):
+        return cont(self._with_key(details), request_iterator)
+
+    def intercept_unary_stream(self, cont, details, request):
+        return cont(self._with_key(details), request)

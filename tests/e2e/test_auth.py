@@ -4,7 +4,6 @@ WebSockets), health checks open, and the per-client rate limit."""
 from __future__ import annotations
 
 import asyncio
-import collections
 
 import grpc
 import pytest
@@ -73,24 +72,6 @@ def test_keys_never_echoed(keyed):
 
 # ---------------------------------------------------------------- gRPC
 
-class _AddKey(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    def __init__(self, key):
-        self.key = key
-
-    def _with_key(self, details):
-        md = list(details.metadata or []) + [("authorization", f"Bearer {self.key}")]
-        Details = collections.namedtuple("Details", ("method", "timeout", "metadata", "credentials",
-                                                     "wait_for_ready", "compression"))
-        return Details(details.method, details.timeout, md, details.credentials,
-                       getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
-
-    def intercept_unary_unary(self, cont, details, request):
-        return cont(self._with_key(details), request)
-
-    def intercept_stream_stream(self, cont, details, request_iterator):
-        return cont(self._with_key(details), request_iterator)
-
-
 @pytest.mark.parametrize("via", ["agentd", "envoy"])
 def test_grpc_needs_a_key(keyed, via):
     target = keyed.grpc_target if via == "agentd" else keyed.envoy_grpc_target
@@ -99,7 +80,7 @@ def test_grpc_needs_a_key(keyed, via):
         with pytest.raises(grpc.RpcError) as err:
             Reflection(raw).list_services()
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        ch = grpc.intercept_channel(raw, _AddKey(KEY))
+        ch = grpc.intercept_channel(raw, helpers.AddKey(KEY))
         refl = Reflection(ch)
         call, Req, _ = refl.unary(ch, f"{AGENT}/CreateTask")
         assert call(Req(input="via grpc"), timeout=10).status == "created"
@@ -157,8 +138,10 @@ def test_websockets_need_a_key(keyed):
             state, _ = await attempt(path, additional_headers=bearer())
             assert state == "open"
             # Browsers cannot set headers on a WebSocket: the key may come in the query.
-            state, _ = await attempt(f"{path}?api_key={OTHER_KEY}")
+            state, _ = await attempt(f"{path}?api_key={KEY}")
             assert state == "open"
+        # The other key's own logs socket opens; the task is not its own (test_ownership.py).
+        assert (await attempt(f"{AP}/logs/ws?api_key={OTHER_KEY}"))[0] == "open"
 
     asyncio.run(main())
 

@@ -11,7 +11,7 @@ use crate::{
     clock,
     error::Result,
     store::{Run, RunKind, RunStatus},
-    tasks::{TaskManager, admission::RunSlot, lifecycle::final_status, stop::StopReason},
+    tasks::{Caller, TaskManager, admission::RunSlot, lifecycle::final_status, stop::StopReason},
 };
 
 /// How long a stop waits for another node to end the run (a dead holder's
@@ -48,7 +48,9 @@ pub(super) fn reason_of(name: &str) -> StopReason {
 impl TaskManager {
     /// Where a step of `task_id` must run: on the node that holds its
     /// agent session, when that is another node.
-    pub async fn step_route(&self, task_id: &str) -> Result<StepRoute> {
+    pub async fn step_route(&self, caller: &Caller, task_id: &str) -> Result<StepRoute> {
+        // Another key's task is not found here either, before any forward.
+        self.task(caller, task_id).await?;
         let Some(cluster) = &self.cluster else {
             return Ok(StepRoute::Local);
         };
