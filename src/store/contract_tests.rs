@@ -106,6 +106,7 @@ contract!(
     concurrent_claimers_never_claim_a_run_twice,
     a_holder_that_lost_its_lease_writes_nothing,
     leases_are_renewed_by_heartbeat_and_expire_without_it,
+    concurrent_sweepers_take_each_expired_run_once,
     cancel_requests_are_durable_and_reach_the_holder,
     queueing_counts_the_slots_of_live_nodes,
     rings_follow_commits_of_other_connections,
@@ -1162,6 +1163,56 @@ async fn leases_are_renewed_by_heartbeat_and_expire_without_it(db: &dyn TestDb) 
         own.iter()
             .all(|r| r.attempt == 2 && r.node_id.as_deref() == Some("a"))
     );
+}
+
+/// Every surviving node sweeps for expired leases at once: each expired run
+/// is taken over by exactly one of them, and only one finish succeeds.
+async fn concurrent_sweepers_take_each_expired_run_once(db: &dyn TestDb) {
+    let store = db.open().await;
+    for i in 0..40 {
+        let id = format!("t{i:02}");
+        store
+            .insert_run(&new_run(&id, Some(("dead", 1_000)), i), Some(&task(&id, i)))
+            .await
+            .unwrap();
+    }
+    let mut sweepers = Vec::new();
+    for s in 0..6 {
+        let store = store.clone();
+        sweepers.push(tokio::spawn(async move {
+            let me = format!("s{s}");
+            let taken = store
+                .take_over_runs(&me, 5_000, 15_000, None)
+                .await
+                .unwrap();
+            let mut finished = Vec::new();
+            for run in taken {
+                assert_eq!(
+                    (run.attempt, run.node_id.as_deref()),
+                    (2, Some(me.as_str()))
+                );
+                let fence = run.fence().unwrap();
+                if store
+                    .append_fenced(&[end(&run.task_id, 1)], None, &fence, true)
+                    .await
+                    .unwrap()
+                {
+                    finished.push(run.task_id);
+                }
+            }
+            finished
+        }));
+    }
+    let mut finished = Vec::new();
+    for s in sweepers {
+        finished.extend(s.await.unwrap());
+    }
+    finished.sort();
+    let all: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(finished, all, "each expired run ended exactly once");
+    for id in &all {
+        assert_eq!(seqs(&store.list_events(id, 0, 10).await.unwrap()), vec![1]);
+    }
 }
 
 async fn cancel_requests_are_durable_and_reach_the_holder(db: &dyn TestDb) {
