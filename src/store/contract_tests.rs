@@ -1337,6 +1337,29 @@ async fn queueing_counts_the_slots_of_live_nodes(db: &dyn TestDb) {
             .await
             .unwrap()
     );
+
+    // Where a first step goes when its node is full: the live node with the
+    // most free slots (its busy runs counted), never the asking node itself.
+    store.register_node(&node("b", 3, 1_000)).await.unwrap();
+    store
+        .insert_run(&new_run("b1", Some(("b", 2_000)), 1), Some(&task("b1", 1)))
+        .await
+        .unwrap();
+    store.set_run_busy(&busy, true).await.unwrap();
+    // a: 2 slots, 1 busy; b: 3 slots, 1 busy.
+    let free = store.node_with_free_slot(live_since, "x").await.unwrap();
+    assert_eq!(free.map(|n| n.node_id), Some("b".into()));
+    let free = store.node_with_free_slot(live_since, "b").await.unwrap();
+    assert_eq!(free.map(|n| n.node_id), Some("a".into()));
+    store
+        .insert_run(&new_run("a2", Some(("a", 2_000)), 1), Some(&task("a2", 1)))
+        .await
+        .unwrap();
+    let none = store.node_with_free_slot(live_since, "b").await.unwrap();
+    assert!(
+        none.is_none(),
+        "a is full, and a dead node has no free slot"
+    );
 }
 
 /// PostgreSQL rings the listeners of every node after a commit (SQLite has

@@ -269,9 +269,20 @@ def test_the_run_slot_limit_holds_across_the_cluster(cluster, tmp_path):
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         counted = cluster.pg.psql("SELECT count(*) FROM tasks WHERE input = 'one too many'", "agentd")
         assert counted == "0", "a refused run was stored"
-        # A slot frees up: the next run is accepted again.
+        # An Agent Protocol step too: no node has room for its session.
+        step_cfg = runs.config(runs.llm.route().script(openai_tool_call("task_done", {}, text="stepped")))
+        ap_task = cluster.front.create_task("a step with nowhere to run", config_file=step_cfg)
+        r = requests.post(f"{cluster.front.ap_url}{AP}/tasks/{ap_task['task_id']}/steps", json={}, timeout=60)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "INSUFFICIENT_RESOURCES", r.text
+        # A slot frees up: a first step asked of a node that is still full
+        # runs on the node with room, and answers on the node asked.
+        freed = cluster.owner(started[0][0])
         runs.stop(started[0][0])
         assert procs[0].wait_gone() == []
+        full = next(n for i, n in enumerate(cluster.nodes) if f"n{i}" != freed)
+        step = grpc_call(full.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=ap_task["task_id"])
+        assert step["is_last"] is True and step["output"] == "stepped", step
+        assert cluster.owner(ap_task["task_id"]) == freed
         wd = tmp_path / "after"
         again = runs.run("fits again", wd, route=runs.llm.route())
         assert runs.wait_status(again, {"completed", "failed", "stopped"})["task_status"] == "completed"
