@@ -107,6 +107,7 @@ contract!(
     concurrent_claimers_never_claim_a_run_twice,
     a_holder_that_lost_its_lease_writes_nothing,
     leases_are_renewed_by_heartbeat_and_expire_without_it,
+    concurrent_sweepers_take_each_expired_run_once,
     cancel_requests_are_durable_and_reach_the_holder,
     queueing_counts_the_slots_of_live_nodes,
     rings_follow_commits_of_other_connections,
@@ -1239,6 +1240,56 @@ async fn leases_are_renewed_by_heartbeat_and_expire_without_it(db: &dyn TestDb) 
     );
 }
 
+/// Every surviving node sweeps for expired leases at once: each expired run
+/// is taken over by exactly one of them, and only one finish succeeds.
+async fn concurrent_sweepers_take_each_expired_run_once(db: &dyn TestDb) {
+    let store = db.open().await;
+    for i in 0..40 {
+        let id = format!("t{i:02}");
+        store
+            .insert_run(&new_run(&id, Some(("dead", 1_000)), i), Some(&task(&id, i)))
+            .await
+            .unwrap();
+    }
+    let mut sweepers = Vec::new();
+    for s in 0..6 {
+        let store = store.clone();
+        sweepers.push(tokio::spawn(async move {
+            let me = format!("s{s}");
+            let taken = store
+                .take_over_runs(&me, 5_000, 15_000, None)
+                .await
+                .unwrap();
+            let mut finished = Vec::new();
+            for run in taken {
+                assert_eq!(
+                    (run.attempt, run.node_id.as_deref()),
+                    (2, Some(me.as_str()))
+                );
+                let fence = run.fence().unwrap();
+                if store
+                    .append_fenced(&[end(&run.task_id, 1)], None, &fence, true)
+                    .await
+                    .unwrap()
+                {
+                    finished.push(run.task_id);
+                }
+            }
+            finished
+        }));
+    }
+    let mut finished = Vec::new();
+    for s in sweepers {
+        finished.extend(s.await.unwrap());
+    }
+    finished.sort();
+    let all: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(finished, all, "each expired run ended exactly once");
+    for id in &all {
+        assert_eq!(seqs(&store.list_events(id, 0, 10).await.unwrap()), vec![1]);
+    }
+}
+
 async fn cancel_requests_are_durable_and_reach_the_holder(db: &dyn TestDb) {
     let store = db.open().await;
     for id in ["t1", "t2"] {
@@ -1360,6 +1411,29 @@ async fn queueing_counts_the_slots_of_live_nodes(db: &dyn TestDb) {
             .queue_run(&new_run("q3", None, 4), &task("q3", 4), live_since)
             .await
             .unwrap()
+    );
+
+    // Where a first step goes when its node is full: the live node with the
+    // most free slots (its busy runs counted), never the asking node itself.
+    store.register_node(&node("b", 3, 1_000)).await.unwrap();
+    store
+        .insert_run(&new_run("b1", Some(("b", 2_000)), 1), Some(&task("b1", 1)))
+        .await
+        .unwrap();
+    store.set_run_busy(&busy, true).await.unwrap();
+    // a: 2 slots, 1 busy; b: 3 slots, 1 busy.
+    let free = store.node_with_free_slot(live_since, "x").await.unwrap();
+    assert_eq!(free.map(|n| n.node_id), Some("b".into()));
+    let free = store.node_with_free_slot(live_since, "b").await.unwrap();
+    assert_eq!(free.map(|n| n.node_id), Some("a".into()));
+    store
+        .insert_run(&new_run("a2", Some(("a", 2_000)), 1), Some(&task("a2", 1)))
+        .await
+        .unwrap();
+    let none = store.node_with_free_slot(live_since, "b").await.unwrap();
+    assert!(
+        none.is_none(),
+        "a is full, and a dead node has no free slot"
     );
 }
 

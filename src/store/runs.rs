@@ -164,6 +164,10 @@ pub trait RunStore: Send + Sync {
     /// Nodes whose heartbeat is at or after `since`.
     async fn live_nodes(&self, since: i64) -> Result<Vec<Node>>;
 
+    /// A live node (heartbeat at or after `live_since`) other than `except`
+    /// with a slot no busy run of it holds: the one with the most free.
+    async fn node_with_free_slot(&self, live_since: i64, except: &str) -> Result<Option<Node>>;
+
     /// Inserts a run (claimed or queued, see [`NewRun`]); with `task`, the
     /// task row is inserted in the same transaction.
     async fn insert_run(&self, run: &NewRun, task: Option<&Task>) -> Result<()>;

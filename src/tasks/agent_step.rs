@@ -110,10 +110,20 @@ impl TaskManager {
                 };
                 self.events.hold(task_id, fence);
             }
-            self.store.update_task(&running).await?;
-            self.runner
-                .record_start(task_id, &task.input, &cfg, &ws)
-                .await?;
+            let started = async {
+                self.store.update_task(&running).await?;
+                self.runner
+                    .record_start(task_id, &task.input, &cfg, &ws)
+                    .await
+            };
+            if let Err(e) = started.await {
+                // No session after all: its run row must not hold the task.
+                if let Some(fence) = self.events.fence(task_id) {
+                    let _ = self.store.append_fenced(&[], None, &fence, true).await;
+                    self.events.release(task_id);
+                }
+                return Err(e);
+            }
             Ok(Session::new(agent, sink, cfg.max_steps))
         };
         let extra = (!input.trim().is_empty()).then(|| input.clone());

@@ -437,10 +437,8 @@ impl EventLog {
                 loop {
                     let next = tokio::select! {
                         got = live.recv() => Some(got),
-                        rung = doorbell.changed() => match rung {
-                            Ok(()) => continue 'replay,
-                            Err(_) => std::future::pending().await,
-                        },
+                        // The follower holds the topic, so its doorbell stays open.
+                        Ok(()) = doorbell.changed() => continue 'replay,
                         () = tokio::time::sleep(wake_every) => None,
                     };
                     match next {

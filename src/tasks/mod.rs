@@ -238,6 +238,7 @@ impl TaskManager {
             for run in own {
                 tasks.end_taken_over(run, recovery::INTERRUPTED).await?;
             }
+            recovery::fail_runless_tasks(tasks.store.as_ref(), &tasks.events).await?;
         }
         Ok(tasks)
     }

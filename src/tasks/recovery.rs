@@ -75,6 +75,52 @@ pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Resu
     Ok(running.len())
 }
 
+/// With several nodes on one database: tasks `running` without an unfinished
+/// run row (left by an agentd from before runs were rows) have nobody to end
+/// them; they are failed (interrupted) like a single node's interrupted runs.
+/// A run row is always written with or before its task's `running`, so a
+/// live run is never taken for one of these. Another node doing the same at
+/// once makes one of the two appends fail (the log's counter): logged only.
+pub async fn fail_runless_tasks(store: &dyn Store, events: &EventLog) -> Result<usize> {
+    let query = TaskQuery {
+        owner: None,
+        status: Some(TaskStatus::Running),
+        created_after: None,
+        offset: 0,
+        limit: i64::MAX,
+    };
+    let (running, _) = store.list_tasks(&query).await?;
+    let mut failed = 0;
+    for mut task in running {
+        if store.active_run(&task.task_id).await?.is_some() {
+            continue;
+        }
+        let now = clock::now_ms();
+        task.status = TaskStatus::Failed;
+        task.error = Some(INTERRUPTED.into());
+        task.finished_at = Some(now);
+        task.modified_at = now;
+        let entries = vec![
+            TaskEvent::Error {
+                error: INTERRUPTED.into(),
+            },
+            TaskEvent::End {
+                status: TaskStatus::Failed,
+            },
+        ];
+        match events.append_all(&task.task_id, entries, Some(&task)).await {
+            Ok(_) => {
+                failed += 1;
+                tracing::warn!(task_id = %task.task_id, "marked a running task without a run as failed");
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %task.task_id, error = %e, "could not end a running task without a run")
+            }
+        }
+    }
+    Ok(failed)
+}
+
 #[cfg(test)]
 mod tests {
     use std::{path::Path, sync::Arc};
@@ -84,7 +130,7 @@ mod tests {
     use super::*;
     use crate::{
         metrics::Metrics,
-        store::{Origin, SqliteStore, Task},
+        store::{Origin, RunStore as _, SqliteStore, Task},
         tasks::{
             Caller, CgroupMode, Containment, TaskManager, TaskSettings, task_event::EventKind,
             workspace::Workspaces,
@@ -183,6 +229,63 @@ mod tests {
         assert_eq!(
             kinds(&again, "done").await,
             (TaskStatus::Completed, vec!["step", "end"])
+        );
+    }
+
+    /// A task left `running` with no run row is failed; one whose run row is
+    /// unfinished (another node's live run) is left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn running_tasks_without_a_run_are_failed_and_live_runs_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("agentd.db"))
+                .await
+                .unwrap(),
+        );
+        let events = EventLog::shared(store.clone(), Metrics::new());
+        let now = clock::now_ms();
+        let running = |id: &str| Task {
+            status: TaskStatus::Running,
+            ..Task::new(id.into(), "a task".into(), Map::new(), Origin::Trae, now)
+        };
+        store.insert_task(&running("orphan")).await.unwrap();
+        let live = crate::store::NewRun {
+            run_id: "r".into(),
+            task_id: "live".into(),
+            kind: crate::store::RunKind::Trae,
+            claimed_by: Some(("other".into(), now + 10_000)),
+            busy: true,
+            spec: None,
+            created_at: now,
+        };
+        store
+            .insert_run(&live, Some(&running("live")))
+            .await
+            .unwrap();
+        assert_eq!(
+            fail_runless_tasks(store.as_ref(), &events).await.unwrap(),
+            1
+        );
+        let orphan = store.get_task("orphan").await.unwrap().unwrap();
+        assert_eq!(
+            (orphan.status, orphan.error.as_deref()),
+            (TaskStatus::Failed, Some(INTERRUPTED))
+        );
+        let kinds: Vec<String> = store
+            .list_events("orphan", 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["error", "end"]);
+        assert_eq!(
+            store.get_task("live").await.unwrap().unwrap().status,
+            TaskStatus::Running
+        );
+        assert_eq!(
+            fail_runless_tasks(store.as_ref(), &events).await.unwrap(),
+            0
         );
     }
 }

@@ -269,9 +269,20 @@ def test_the_run_slot_limit_holds_across_the_cluster(cluster, tmp_path):
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         counted = cluster.pg.psql("SELECT count(*) FROM tasks WHERE input = 'one too many'", "agentd")
         assert counted == "0", "a refused run was stored"
-        # A slot frees up: the next run is accepted again.
+        # An Agent Protocol step too: no node has room for its session.
+        step_cfg = runs.config(runs.llm.route().script(openai_tool_call("task_done", {}, text="stepped")))
+        ap_task = cluster.front.create_task("a step with nowhere to run", config_file=step_cfg)
+        r = requests.post(f"{cluster.front.ap_url}{AP}/tasks/{ap_task['task_id']}/steps", json={}, timeout=60)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "INSUFFICIENT_RESOURCES", r.text
+        # A slot frees up: a first step asked of a node that is still full
+        # runs on the node with room, and answers on the node asked.
+        freed = cluster.owner(started[0][0])
         runs.stop(started[0][0])
         assert procs[0].wait_gone() == []
+        full = next(n for i, n in enumerate(cluster.nodes) if f"n{i}" != freed)
+        step = grpc_call(full.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=ap_task["task_id"])
+        assert step["is_last"] is True and step["output"] == "stepped", step
+        assert cluster.owner(ap_task["task_id"]) == freed
         wd = tmp_path / "after"
         again = runs.run("fits again", wd, route=runs.llm.route())
         assert runs.wait_status(again, {"completed", "failed", "stopped"})["task_status"] == "completed"
@@ -354,12 +365,33 @@ def test_readers_on_other_nodes_outlive_a_postgresql_restart(cluster, tmp_path):
     assert [e["type"] for e in stored].count("tool_result") == 9  # 8 bash calls and task_done
 
 
+def test_a_step_asked_of_any_node_runs_in_the_tasks_session(cluster):
+    runs = cluster.runs
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo one"}, text="one"),
+        openai_tool_call("bash", {"command": "echo two"}, text="two"),
+        openai_tool_call("task_done", {}, text="three"),
+    )
+    task = cluster.front.create_task("stepped on every node", config_file=runs.config(route))
+    steps = [grpc_call(node.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=task["task_id"])
+             for node in cluster.nodes]
+    assert [s["output"] for s in steps] == ["one", "two", "three"], steps
+    assert [s.get("is_last", False) for s in steps] == [False, False, True]
+    assert [s["additional_output"]["step_number"] for s in steps] == [1, 2, 3]
+    assert cluster.owner(task["task_id"]) == "n0", "the session stayed where the first step started it"
+    events = sse_from(cluster.nodes[2], task["task_id"], path=f"{AP}/tasks/{task['task_id']}/events")
+    assert_well_formed_log(events, task["task_id"])
+    assert [e["type"] for e in events].count("start") == 1
+
+
 def test_the_trae_documents_python_example_through_the_cluster(cluster, git_repo):
     trae_flows.test_document_python_example_runs_a_task_in_a_git_repo(cluster.runs, git_repo)
 
 
 def test_the_official_agent_protocol_client_steps_through_the_cluster(cluster):
-    # Steps land on any node; each runs where the task's agent session lives.
+    # Steps land on any node; each runs where the task's agent session lives
+    # (one session, one run row, for all three steps).
+    sessions = "SELECT count(*) FROM runs WHERE kind = 'session'"
+    before = int(cluster.pg.psql(sessions, "agentd"))
     ap_flows.test_official_client_steps_until_is_last(cluster.runs)
-    owners = cluster.pg.psql("SELECT DISTINCT node_id FROM runs WHERE kind = 'session'", "agentd").split()
-    assert len(owners) == 1, owners
+    assert int(cluster.pg.psql(sessions, "agentd")) == before + 1

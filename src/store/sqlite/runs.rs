@@ -88,6 +88,21 @@ impl RunStore for SqliteStore {
         rows.iter().map(decode_node).collect()
     }
 
+    async fn node_with_free_slot(&self, live_since: i64, except: &str) -> Result<Option<Node>> {
+        let row = sqlx::query(
+            "SELECT n.* FROM nodes n WHERE n.heartbeat_at >= ?1 AND n.node_id <> ?2 \
+             AND n.slots > (SELECT COUNT(*) FROM runs r WHERE r.node_id = n.node_id \
+             AND r.status = 'running' AND r.busy) \
+             ORDER BY n.slots - (SELECT COUNT(*) FROM runs r WHERE r.node_id = n.node_id \
+             AND r.status = 'running' AND r.busy) DESC, n.node_id LIMIT 1",
+        )
+        .bind(live_since)
+        .bind(except)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(decode_node).transpose()
+    }
+
     async fn insert_run(&self, run: &NewRun, task: Option<&Task>) -> Result<()> {
         let task_id = run.task_id.clone();
         let (run, task) = (run.clone(), task.cloned());

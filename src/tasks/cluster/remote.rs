@@ -22,9 +22,11 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 /// Where an Agent Protocol step of a task runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepRoute {
-    /// Here: the session lives here, or there is none yet.
+    /// Here: the session lives here, or there is none yet and this node
+    /// has a free slot (or no node has).
     Local,
-    /// On the node holding the task's session.
+    /// On the node holding the task's session (or, for a first step, a node
+    /// with a free slot).
     Node { node_id: String, address: String },
 }
 
@@ -47,7 +49,8 @@ pub(super) fn reason_of(name: &str) -> StopReason {
 
 impl TaskManager {
     /// Where a step of `task_id` must run: on the node that holds its
-    /// agent session, when that is another node.
+    /// agent session, when that is another node; a first step asked of a
+    /// full node, on a node with a free slot.
     pub async fn step_route(&self, caller: &Caller, task_id: &str) -> Result<StepRoute> {
         // Another key's task is not found here either, before any forward.
         self.task(caller, task_id).await?;
@@ -58,7 +61,23 @@ impl TaskManager {
             return Ok(StepRoute::Local);
         }
         let Some(run) = self.store.active_run(task_id).await? else {
-            return Ok(StepRoute::Local);
+            // No session yet: it starts here, unless this node is full and
+            // another has room (the cluster-wide slot limit).
+            let load = self.runner.admission.load();
+            if load.running < load.slots {
+                return Ok(StepRoute::Local);
+            }
+            let free = self
+                .store
+                .node_with_free_slot(cluster.live_since(), cluster.node_id())
+                .await?;
+            return Ok(match free {
+                Some(n) => StepRoute::Node {
+                    node_id: n.node_id,
+                    address: n.address,
+                },
+                None => StepRoute::Local, // and its 429
+            });
         };
         let holder = run.node_id.clone().unwrap_or_default();
         if run.kind != RunKind::Session
