@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field::Empty};
 
-use crate::config::ResolvedConfig;
+use crate::config::{McpServerConfig, ResolvedConfig};
 use crate::events::{EngineEvent, EventSink, FailureKind};
 use crate::llm::{self, LlmClient};
 use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult, Usage};
@@ -141,6 +141,10 @@ pub struct Agent {
     workspace: Option<GitWorkspace>,
     trajectory: Option<TrajectoryRecorder>,
     messages: Vec<Message>,
+    /// MCP servers (those `allow_mcp_servers` names) still to be started:
+    /// at the first step, so creating an agent stays quick and a server
+    /// that fails fails the run rather than its request.
+    mcp_pending: Vec<(String, McpServerConfig)>,
     /// `messages[..recorded]` were already sent to the model (and recorded as
     /// trajectory input).
     recorded: usize,
@@ -219,9 +223,15 @@ impl Agent {
             Message::system(prompt::SYSTEM_PROMPT),
             Message::user(prompt::task_message(&working_dir, &task)),
         ];
+        let mcp_pending =
+            crate::tools::mcp::allowed_servers(&config.mcp_servers, &config.allow_mcp_servers)
+                .into_iter()
+                .map(|(name, cfg)| (name.to_string(), cfg.clone()))
+                .collect();
         Ok(Agent {
             llm,
             tools,
+            mcp_pending,
             events,
             provider,
             model,
@@ -306,6 +316,9 @@ impl Agent {
         }
         if self.steps_taken >= self.max_steps {
             let outcome = self.finish(max_steps_failure()).await;
+            return StepOutcome::ended(self.steps_taken, outcome);
+        }
+        if let Some(outcome) = self.start_mcp_servers(cancel).await {
             return StepOutcome::ended(self.steps_taken, outcome);
         }
         let undo = Undo {
@@ -534,6 +547,33 @@ impl Agent {
     /// The configured model.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// Starts the pending MCP servers; the run's end if that failed or was
+    /// cancelled.
+    async fn start_mcp_servers(&mut self, cancel: &CancellationToken) -> Option<RunOutcome> {
+        if self.mcp_pending.is_empty() {
+            return None;
+        }
+        let pending = std::mem::take(&mut self.mcp_pending);
+        let servers: Vec<(&str, &McpServerConfig)> =
+            pending.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        let started = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = self.tools.start_mcp_servers(&servers) => Some(r),
+        };
+        match started {
+            Some(Ok(())) => None,
+            None => Some(self.finish(stopped()).await),
+            Some(Err(e)) => Some(
+                self.finish(RunOutcome::Failed {
+                    error: format!("{e}; the run was not started"),
+                    kind: FailureKind::Internal,
+                })
+                .await,
+            ),
+        }
     }
 
     fn account(&mut self, step: u32, response: &LlmResponse) {
