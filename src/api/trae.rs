@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentd_engine::config::ConfigRequest;
+use agentd_engine::{config::ConfigRequest, messages::ToolSpec};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -122,16 +122,31 @@ impl TraeService for TraeApi {
 
     async fn list_tools(
         &self,
-        _req: Request<trae::ListToolsRequest>,
+        req: Request<trae::ListToolsRequest>,
     ) -> Result<Response<trae::ListToolsResponse>, Status> {
-        let tools: Vec<trae::Tool> = agentd_engine::tools::builtin_tool_specs()
+        let req = req.into_inner();
+        let tool = |spec: ToolSpec, mcp_server: Option<String>| trae::Tool {
+            name: spec.name,
+            description: spec.description,
+            parameters: spec.parameters.as_object().map(to_struct),
+            mcp_server,
+        };
+        let mut tools: Vec<trae::Tool> = agentd_engine::tools::builtin_tool_specs()
             .into_iter()
-            .map(|spec| trae::Tool {
-                name: spec.name,
-                description: spec.description,
-                parameters: spec.parameters.as_object().map(to_struct),
-            })
+            .map(|spec| tool(spec, None))
             .collect();
+        if req.include_mcp {
+            let config = ConfigRequest {
+                config_file: non_empty(req.config_file),
+                ..ConfigRequest::default()
+            };
+            let listed = self.tasks.mcp_tools(&config).await?;
+            tools.extend(
+                listed
+                    .into_iter()
+                    .map(|(server, spec)| tool(spec, Some(server))),
+            );
+        }
         Ok(Response::new(trae::ListToolsResponse {
             status: SUCCESS.into(),
             total_tools: tools.len() as i32,

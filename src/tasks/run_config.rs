@@ -7,10 +7,12 @@ use std::sync::Arc;
 use agentd_engine::{
     config::{self, ConfigError, ConfigRequest, ResolvedConfig},
     llm,
+    messages::ToolSpec,
+    tools::mcp,
 };
 
 use super::TaskManager;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The environment variable naming the default Trae config file.
 const CONFIG_FILE_ENV: &str = "TRAE_CONFIG_FILE";
@@ -56,6 +58,21 @@ impl TaskManager {
         Ok(config::resolve(&self.absolute_config_file(req), &|k| {
             self.config_env(k)
         })?)
+    }
+
+    /// The tools of the MCP servers a run with this configuration starts
+    /// (`/api/tools?include_mcp=true`), with the server of each: the servers
+    /// are started in agentd's start directory for the listing and ended.
+    pub async fn mcp_tools(&self, req: &ConfigRequest) -> Result<Vec<(String, ToolSpec)>> {
+        let cfg = self.run_config(req)?;
+        let servers = mcp::allowed_servers(&cfg.mcp_servers, &cfg.allow_mcp_servers);
+        mcp::list_tools(
+            &servers,
+            &self.settings.config_dir,
+            &mcp::McpOptions::default(),
+        )
+        .await
+        .map_err(|e| Error::invalid(e.to_string()))
     }
 
     /// The Trae configuration a run would use, for `/api/config`. A named
