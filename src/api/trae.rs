@@ -76,6 +76,11 @@ impl TraeService for TraeApi {
                 config_file: non_empty(r.config_file),
                 trajectory_file: non_empty(r.trajectory_file),
                 patch_path: non_empty(r.patch_path),
+                budget: agentd_engine::agent::Budget {
+                    max_tokens_total: r.max_tokens_total,
+                    max_cost_usd: r.max_cost_usd,
+                    max_wall_secs: r.max_wall_secs,
+                },
             })
             .await?;
         Ok(Response::new(trae::RunResponse {

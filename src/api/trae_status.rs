@@ -17,17 +17,22 @@ use axum::{
 };
 use serde::{Serialize, Serializer};
 
+use agentd_engine::{agent::budget_tokens, messages::Usage};
+
 use super::{
-    convert::task_event,
+    convert::{budget, task_event},
     event_json::{Wire, proto_double},
     trae::{SUCCESS, summary},
 };
 use crate::{
     clock,
     error::Result,
-    proto::trae::{GetTaskStatusResponse, TaskSummary},
+    proto::{
+        agentd::v1::Budget,
+        trae::{GetTaskStatusResponse, TaskSummary},
+    },
     store::Event,
-    tasks::TaskManager,
+    tasks::{EventKind, TaskManager},
 };
 
 pub fn routes(tasks: Arc<TaskManager>) -> Router {
@@ -41,6 +46,7 @@ pub fn routes(tasks: Arc<TaskManager>) -> Router {
 pub(super) struct TraeStatus {
     summary: TaskSummary,
     log: Arc<Vec<Event>>,
+    budget: Option<Budget>,
 }
 
 impl TraeStatus {
@@ -48,6 +54,7 @@ impl TraeStatus {
         let (task, log) = tasks.task_messages(task_id).await?;
         Ok(Self {
             summary: summary(&task, clock::now_ms()),
+            budget: budget_of(&log),
             log,
         })
     }
@@ -61,6 +68,7 @@ impl TraeStatus {
             start_time: s.start_time,
             duration: s.duration,
             messages: self.log.iter().map(task_event).collect(),
+            budget: self.budget,
         }
     }
 
@@ -73,6 +81,7 @@ impl TraeStatus {
             start_time: s.start_time,
             duration: s.duration,
             messages: Messages(&self.log),
+            budget: self.budget.as_ref().map(BudgetJson),
         }
     }
 }
@@ -88,6 +97,70 @@ struct StatusJson<'a> {
     #[serde(serialize_with = "proto_double")]
     duration: f64,
     messages: Messages<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<BudgetJson<'a>>,
+}
+
+/// `agentd.v1.Budget`: only the fields that are set, doubles as the
+/// transcoder prints them.
+struct BudgetJson<'a>(&'a Budget);
+
+impl Serialize for BudgetJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let b = self.0;
+        let mut map = s.serialize_map(None)?;
+        for (key, value) in [
+            ("max_tokens_total", b.max_tokens_total),
+            ("max_cost_usd", b.max_cost_usd),
+            ("max_wall_secs", b.max_wall_secs),
+            ("tokens_used", b.tokens_used),
+            ("cost_usd", b.cost_usd),
+        ] {
+            if let Some(v) = value {
+                map.serialize_entry(key, &Double(v))?;
+            }
+        }
+        map.end()
+    }
+}
+
+struct Double(f64);
+
+impl Serialize for Double {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        proto_double(&self.0, s)
+    }
+}
+
+/// A task's budget, from its log: the limits its `start` event recorded and
+/// what its last `usage` event had counted.
+fn budget_of(log: &[Event]) -> Option<Budget> {
+    let start = log.iter().find(|e| e.kind == EventKind::Start.as_str())?;
+    let data = start.body.get("data")?;
+    let limits: agentd_engine::agent::Budget =
+        serde_json::from_value(data.get("budget")?.clone()).ok()?;
+    let provider = data.get("provider").and_then(|p| p.as_str()).unwrap_or("");
+    let usage = log
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::Usage.as_str())
+        .and_then(|e| e.body.get("data"));
+    let spent = match usage {
+        None => (0.0, 0.0),
+        Some(d) => {
+            let total: Usage = d
+                .get("total")
+                .and_then(|t| serde_json::from_value(t.clone()).ok())
+                .unwrap_or_default();
+            let cost = d
+                .get("total_cost_usd")
+                .and_then(|c| c.as_f64())
+                .unwrap_or(0.0);
+            (budget_tokens(provider, &total) as f64, cost)
+        }
+    };
+    budget(&limits, Some(spent))
 }
 
 struct Messages<'a>(&'a [Event]);
@@ -138,6 +211,7 @@ mod tests {
                 duration: 0.5,
             },
             log: Arc::new(events.to_vec()),
+            budget: None,
         };
         assert_eq!(status.to_proto().messages.len(), 2);
         assert_eq!(

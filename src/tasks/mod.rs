@@ -91,6 +91,8 @@ pub struct RunRequest {
     pub config_file: Option<String>,
     pub trajectory_file: Option<String>,
     pub patch_path: Option<String>,
+    /// Limits over the config's and the server's.
+    pub budget: agentd_engine::agent::Budget,
 }
 
 /// What one executed Agent Protocol step returns.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use agentd_engine::{
+    agent::Budget,
     config::{self, ConfigError, ConfigRequest, ResolvedConfig},
     llm,
     messages::ToolSpec,
@@ -53,18 +54,34 @@ impl TaskManager {
         Ok(llm::client_with_options(cfg, &options)?)
     }
 
-    /// Resolves the configuration of a run (a named file must exist).
-    pub(super) fn run_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
-        Ok(config::resolve(&self.absolute_config_file(req), &|k| {
-            self.config_env(k)
-        })?)
+    /// Resolves the configuration of a run (a named file must exist), with
+    /// the server's default budget under the file's limits and `requested`
+    /// (the run request's) over them.
+    pub(super) fn run_config(
+        &self,
+        req: &ConfigRequest,
+        requested: Budget,
+    ) -> Result<ResolvedConfig> {
+        requested
+            .validate()
+            .map_err(|e| Error::invalid(format!("budget: {e}")))?;
+        let mut cfg = config::resolve(&self.absolute_config_file(req), &|k| self.config_env(k))?;
+        cfg.budget = requested
+            .or(cfg.budget)
+            .or(self.settings.runner.default_budget);
+        Ok(cfg)
+    }
+
+    /// The budget every task gets unless its request or config sets limits.
+    pub fn default_budget(&self) -> Budget {
+        self.settings.runner.default_budget
     }
 
     /// The tools of the MCP servers a run with this configuration starts
     /// (`/api/tools?include_mcp=true`), with the server of each: the servers
     /// are started in agentd's start directory for the listing and ended.
     pub async fn mcp_tools(&self, req: &ConfigRequest) -> Result<Vec<(String, ToolSpec)>> {
-        let cfg = self.run_config(req)?;
+        let cfg = self.run_config(req, Budget::default())?;
         let servers = mcp::allowed_servers(&cfg.mcp_servers, &cfg.allow_mcp_servers);
         mcp::list_tools(
             &servers,

@@ -13,6 +13,7 @@
 //! changes nothing on the wire.
 
 use agentd_engine::{
+    agent::Budget,
     events::EngineEvent,
     messages::{ToolCall, Usage},
 };
@@ -32,6 +33,7 @@ pub enum EventKind {
     ToolResult,
     Nudge,
     StepFailed,
+    BudgetExceeded,
     Patch,
     Trajectory,
     Complete,
@@ -43,7 +45,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Start,
         EventKind::Step,
         EventKind::LlmResponse,
@@ -52,6 +54,7 @@ impl EventKind {
         EventKind::ToolResult,
         EventKind::Nudge,
         EventKind::StepFailed,
+        EventKind::BudgetExceeded,
         EventKind::Patch,
         EventKind::Trajectory,
         EventKind::Complete,
@@ -71,6 +74,7 @@ impl EventKind {
             EventKind::ToolResult => "tool_result",
             EventKind::Nudge => "nudge",
             EventKind::StepFailed => "step_failed",
+            EventKind::BudgetExceeded => "budget_exceeded",
             EventKind::Patch => "patch",
             EventKind::Trajectory => "trajectory",
             EventKind::Complete => "complete",
@@ -152,6 +156,8 @@ pub enum TaskEvent {
         provider: String,
         model: String,
         working_dir: String,
+        /// The run's limits (printed only when there is one).
+        budget: Budget,
     },
     Step {
         step: u32,
@@ -196,6 +202,16 @@ pub enum TaskEvent {
         error: String,
         status: Option<u16>,
     },
+    /// The run reached a limit of its budget before a model call; `error` follows.
+    BudgetExceeded {
+        step: u32,
+        /// `max_tokens_total`, `max_cost_usd` or `max_wall_secs`.
+        budget: &'static str,
+        limit: f64,
+        spent: f64,
+        next_call_at_least: f64,
+        message: String,
+    },
     Patch {
         path: String,
         bytes: u64,
@@ -232,6 +248,7 @@ impl TaskEvent {
             TaskEvent::ToolResult { .. } => EventKind::ToolResult,
             TaskEvent::Nudge { .. } => EventKind::Nudge,
             TaskEvent::StepFailed { .. } => EventKind::StepFailed,
+            TaskEvent::BudgetExceeded { .. } => EventKind::BudgetExceeded,
             TaskEvent::Patch { .. } => EventKind::Patch,
             TaskEvent::Trajectory { .. } => EventKind::Trajectory,
             TaskEvent::Complete { .. } => EventKind::Complete,
@@ -299,6 +316,14 @@ impl TaskEvent {
                 error: error.clone(),
                 status: *status,
             },
+            EngineEvent::BudgetExceeded { step, exceeded } => TaskEvent::BudgetExceeded {
+                step: *step,
+                budget: exceeded.budget.as_str(),
+                limit: exceeded.limit,
+                spent: exceeded.spent,
+                next_call_at_least: exceeded.next_call_at_least,
+                message: exceeded.message(),
+            },
             EngineEvent::PatchWritten { path, bytes } => TaskEvent::Patch {
                 path: path.clone(),
                 bytes: *bytes,
@@ -321,15 +346,17 @@ impl TaskEvent {
                 provider,
                 model,
                 working_dir,
-            } => (
-                format!("Task started: {task}"),
-                None,
-                None,
-                Some(json!({
+                budget,
+            } => {
+                let mut data = json!({
                     "max_steps": max_steps, "provider": provider, "model": model,
                     "working_dir": working_dir,
-                })),
-            ),
+                });
+                if !budget.is_unlimited() {
+                    data["budget"] = json!(budget);
+                }
+                (format!("Task started: {task}"), None, None, Some(data))
+            }
             TaskEvent::Step { step } => (
                 format!("Step {step}"),
                 None,
@@ -403,6 +430,22 @@ impl TaskEvent {
                 None,
                 Some(json!({ "step": step, "error": error, "status": status })),
             ),
+            TaskEvent::BudgetExceeded {
+                step,
+                budget,
+                limit,
+                spent,
+                next_call_at_least,
+                message,
+            } => (
+                message,
+                None,
+                None,
+                Some(json!({
+                    "step": step, "budget": budget, "limit": limit, "spent": spent,
+                    "next_call_at_least": next_call_at_least,
+                })),
+            ),
             TaskEvent::Patch { path, bytes } => (
                 format!("Patch written to {path} ({bytes} bytes)"),
                 None,
@@ -465,6 +508,10 @@ mod tests {
                 provider: "openai".into(),
                 model: "m".into(),
                 working_dir: "/w".into(),
+                budget: Budget {
+                    max_tokens_total: Some(1000),
+                    ..Budget::default()
+                },
             },
             EventKind::Step => TaskEvent::Step { step: 1 },
             EventKind::LlmResponse => TaskEvent::LlmResponse {
@@ -499,6 +546,14 @@ mod tests {
                 step: 1,
                 error: "down".into(),
                 status: Some(503),
+            },
+            EventKind::BudgetExceeded => TaskEvent::BudgetExceeded {
+                step: 3,
+                budget: "max_tokens_total",
+                limit: 45.0,
+                spent: 45.0,
+                next_call_at_least: 10.0,
+                message: "Budget exceeded".into(),
             },
             EventKind::Patch => TaskEvent::Patch {
                 path: "/p".into(),

@@ -39,12 +39,15 @@ impl TaskManager {
         }
         // Everything that can be refused is checked before anything is created.
         config::validate_agent_type(&req.agent_type)?;
-        let cfg = self.run_config(&ConfigRequest {
-            config_file: req.config_file.clone(),
-            provider: req.provider.clone(),
-            model: req.model.clone(),
-            max_steps: req.max_steps,
-        })?;
+        let cfg = self.run_config(
+            &ConfigRequest {
+                config_file: req.config_file.clone(),
+                provider: req.provider.clone(),
+                model: req.model.clone(),
+                max_steps: req.max_steps,
+            },
+            req.budget,
+        )?;
         let llm = self.llm_client(&cfg)?;
         // Relative output paths are taken relative to the working directory;
         // with allowed roots, outputs must stay inside them too.
@@ -80,6 +83,8 @@ impl TaskManager {
             tools: self.tool_options(&task_id),
             // A background run has nobody to retry a step: a provider failure ends it.
             retry_failed_steps: false,
+            // The request's limits are in `cfg.budget` already.
+            budget: Default::default(),
         };
         let slot = self.runner.admission.reserve()?;
         let sink = self.runner.sink(&task_id);

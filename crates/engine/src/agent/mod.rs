@@ -12,6 +12,7 @@
 //! reported ([`StepOutcome::provider_error`]) so the caller can try it again.
 //! [`Agent::set_deadline`] bounds every model call, retries included.
 
+mod budget;
 mod prompt;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use crate::patch::{GitWorkspace, PatchError};
 use crate::tools::{TASK_DONE, ToolSet, ToolSetError, ToolSetOptions};
 use crate::trajectory::{StepRecord, TrajectoryRecorder};
 
+pub use budget::{Budget, BudgetExceeded, BudgetLimit, call_tokens as budget_tokens};
 pub use prompt::MAX_STEPS_EXCEEDED;
 
 /// Per-run settings that are not part of the Trae configuration.
@@ -55,6 +57,9 @@ pub struct AgentOptions {
     /// the step. For step-wise callers (the Agent Protocol); [`Agent::run`]
     /// still ends the run on such a failure.
     pub retry_failed_steps: bool,
+    /// Limits given with the request; each one unset here comes from the
+    /// configuration's `budget`.
+    pub budget: Budget,
 }
 
 /// How a run ended.
@@ -151,6 +156,13 @@ pub struct Agent {
     steps_taken: u32,
     usage: Usage,
     cost_usd: f64,
+    budget: Budget,
+    /// When the agent was made: the start of `max_wall_secs`.
+    created: Instant,
+    /// Tokens counted toward `max_tokens_total` so far.
+    tokens_spent: u64,
+    /// The last model call's usage (the floor of the next call's cost).
+    last_usage: Option<Usage>,
     outcome: Option<RunOutcome>,
 }
 
@@ -248,6 +260,10 @@ impl Agent {
             steps_taken: 0,
             usage: Usage::default(),
             cost_usd: 0.0,
+            budget: options.budget.or(config.budget),
+            created: Instant::now(),
+            tokens_spent: 0,
+            last_usage: None,
             outcome: None,
         })
     }
@@ -316,6 +332,19 @@ impl Agent {
         }
         if self.steps_taken >= self.max_steps {
             let outcome = self.finish(max_steps_failure()).await;
+            return StepOutcome::ended(self.steps_taken, outcome);
+        }
+        if let Some(exceeded) = self.over_budget() {
+            self.events.emit(EngineEvent::BudgetExceeded {
+                step: self.steps_taken,
+                exceeded: exceeded.clone(),
+            });
+            let outcome = self
+                .finish(RunOutcome::Failed {
+                    error: exceeded.message(),
+                    kind: FailureKind::Budget,
+                })
+                .await;
             return StepOutcome::ended(self.steps_taken, outcome);
         }
         if let Some(outcome) = self.start_mcp_servers(cancel).await {
@@ -549,6 +578,32 @@ impl Agent {
         &self.model
     }
 
+    /// The run's limits: request values over the configuration's.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// The limit the next model call would pass, judged from what the run
+    /// has recorded (see [`budget`]).
+    fn over_budget(&self) -> Option<BudgetExceeded> {
+        if self.budget.is_unlimited() {
+            return None;
+        }
+        let (next_tokens, next_cost_usd) = self.last_usage.map_or((0, 0.0), |last| {
+            budget::next_call_floor(&self.provider, &self.model, &last)
+        });
+        budget::check(
+            &self.budget,
+            &budget::Spent {
+                tokens: self.tokens_spent,
+                cost_usd: self.cost_usd,
+                wall_secs: self.created.elapsed().as_secs_f64(),
+                next_tokens,
+                next_cost_usd,
+            },
+        )
+    }
+
     /// Starts the pending MCP servers; the run's end if that failed or was
     /// cancelled.
     async fn start_mcp_servers(&mut self, cancel: &CancellationToken) -> Option<RunOutcome> {
@@ -579,6 +634,8 @@ impl Agent {
     fn account(&mut self, step: u32, response: &LlmResponse) {
         let usage = response.usage;
         self.usage += usage;
+        self.tokens_spent += budget::call_tokens(&self.provider, &usage);
+        self.last_usage = Some(usage);
         let cost_usd = llm::estimate_cost_usd(&self.provider, &self.model, &usage);
         self.cost_usd += cost_usd;
         self.events.emit(EngineEvent::LlmResponse {

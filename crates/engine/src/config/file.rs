@@ -66,6 +66,9 @@ pub(crate) struct YamlAgent {
     pub max_steps: Option<u32>,
     pub enable_lakeview: Option<bool>,
     pub tools: Option<Vec<String>>,
+    /// agentd's own: `max_tokens_total`, `max_cost_usd`, `max_wall_secs`.
+    #[serde(flatten)]
+    pub budget: crate::agent::Budget,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +88,8 @@ pub(crate) struct LegacyFile {
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     #[serde(default)]
     pub allow_mcp_servers: Vec<String>,
+    #[serde(flatten)]
+    pub budget: crate::agent::Budget,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

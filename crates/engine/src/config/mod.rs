@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 pub use provider::Provider;
 
+use crate::agent::Budget;
+
 use file::{LegacyFile, Parsed, YamlFile, YamlModel, YamlProvider};
 
 /// Environment variable naming the config file.
@@ -155,6 +157,10 @@ pub struct ResolvedConfig {
     pub tools: Vec<String>,
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     pub allow_mcp_servers: Vec<String>,
+    /// `max_tokens_total`, `max_cost_usd`, `max_wall_secs` of
+    /// `agents.trae_agent` (top level in the legacy JSON); a run request's
+    /// own limits win.
+    pub budget: Budget,
 }
 
 /// Defaults shared by "no file" and missing keys in a file.
@@ -197,6 +203,7 @@ impl ResolvedConfig {
             tools: DEFAULT_TOOLS.map(str::to_string).to_vec(),
             mcp_servers: BTreeMap::new(),
             allow_mcp_servers: vec![],
+            budget: Budget::default(),
         }
     }
 
@@ -448,6 +455,8 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
     cfg.lakeview_model = f.lakeview.and_then(|l| l.model);
     cfg.mcp_servers = f.mcp_servers;
     cfg.allow_mcp_servers = f.allow_mcp_servers;
+    agent.budget.validate().map_err(invalid)?;
+    cfg.budget = agent.budget;
     Ok(cfg)
 }
 
@@ -499,6 +508,13 @@ fn from_legacy(
         })?;
     cfg.mcp_servers = f.mcp_servers;
     cfg.allow_mcp_servers = f.allow_mcp_servers;
+    f.budget
+        .validate()
+        .map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+    cfg.budget = f.budget;
     Ok(cfg)
 }
 
