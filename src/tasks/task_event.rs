@@ -27,6 +27,7 @@ use crate::store::{Event, TaskStatus};
 pub enum EventKind {
     Start,
     Step,
+    LlmDelta,
     LlmResponse,
     Usage,
     ToolCall,
@@ -45,9 +46,10 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::Start,
         EventKind::Step,
+        EventKind::LlmDelta,
         EventKind::LlmResponse,
         EventKind::Usage,
         EventKind::ToolCall,
@@ -68,6 +70,7 @@ impl EventKind {
         match self {
             EventKind::Start => "start",
             EventKind::Step => "step",
+            EventKind::LlmDelta => "llm_delta",
             EventKind::LlmResponse => "llm_response",
             EventKind::Usage => "usage",
             EventKind::ToolCall => "tool_call",
@@ -162,6 +165,11 @@ pub enum TaskEvent {
     Step {
         step: u32,
     },
+    /// The model's text while it streams (coalesced); `text` is the message.
+    LlmDelta {
+        step: u32,
+        text: String,
+    },
     LlmResponse {
         step: u32,
         content: String,
@@ -242,6 +250,7 @@ impl TaskEvent {
         match self {
             TaskEvent::Start { .. } => EventKind::Start,
             TaskEvent::Step { .. } => EventKind::Step,
+            TaskEvent::LlmDelta { .. } => EventKind::LlmDelta,
             TaskEvent::LlmResponse { .. } => EventKind::LlmResponse,
             TaskEvent::Usage { .. } => EventKind::Usage,
             TaskEvent::ToolCall { .. } => EventKind::ToolCall,
@@ -263,6 +272,10 @@ impl TaskEvent {
     pub fn from_engine(e: &EngineEvent) -> Option<TaskEvent> {
         Some(match e {
             EngineEvent::StepStarted { step } => TaskEvent::Step { step: *step },
+            EngineEvent::LlmDelta { step, text } => TaskEvent::LlmDelta {
+                step: *step,
+                text: text.clone(),
+            },
             EngineEvent::LlmResponse {
                 step,
                 content,
@@ -363,6 +376,7 @@ impl TaskEvent {
                 None,
                 Some(json!({ "step": step })),
             ),
+            TaskEvent::LlmDelta { step, text } => (text, None, None, Some(json!({ "step": step }))),
             TaskEvent::LlmResponse {
                 step,
                 content,
@@ -514,6 +528,10 @@ mod tests {
                 },
             },
             EventKind::Step => TaskEvent::Step { step: 1 },
+            EventKind::LlmDelta => TaskEvent::LlmDelta {
+                step: 1,
+                text: "Let me".into(),
+            },
             EventKind::LlmResponse => TaskEvent::LlmResponse {
                 step: 1,
                 content: "hi".into(),

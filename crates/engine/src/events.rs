@@ -13,6 +13,9 @@ use crate::messages::{ToolCall, ToolResult, Usage};
 pub enum EngineEvent {
     /// A step (one LLM turn plus its tool calls) begins; steps count from 1.
     StepStarted { step: u32 },
+    /// Text of the model's answer while it streams, coalesced (see
+    /// `agent::deltas`); the `LlmResponse` that follows has all of it.
+    LlmDelta { step: u32, text: String },
     /// The model answered.
     LlmResponse {
         step: u32,

@@ -13,6 +13,7 @@
 //! [`Agent::set_deadline`] bounds every model call, retries included.
 
 mod budget;
+mod deltas;
 mod prompt;
 #[cfg(test)]
 mod tests;
@@ -381,11 +382,16 @@ impl Agent {
             gen_ai.usage.output_tokens = Empty,
             error.type = Empty,
         );
+        let deltas = deltas::DeltaPublisher::new(self.events.clone(), step);
+        let publish = |text: &str| deltas.push(text);
         let answer = tokio::select! {
             biased;
+            // Dropping the call closes its connection: the provider stops too.
             _ = cancel.cancelled() => None,
-            r = self.llm.chat(&self.messages, self.tools.specs(), self.deadline).instrument(llm_span.clone()) => Some(r),
+            r = self.llm.chat_streamed(&self.messages, self.tools.specs(), self.deadline, &publish)
+                .instrument(llm_span.clone()) => Some(r),
         };
+        deltas.flush();
         let llm_time = llm_started.elapsed();
         match &answer {
             Some(Ok(r)) => {

@@ -52,6 +52,8 @@ pub(crate) struct YamlModel {
     pub max_completion_tokens: Option<u32>,
     /// Seconds one attempt of a model call may take.
     pub timeout: Option<f64>,
+    /// Ask the provider to stream its answer (agentd's own; default true).
+    pub stream: Option<bool>,
 }
 
 /// Only `trae_agent` matters; other agents (if any) are ignored.
@@ -110,6 +112,8 @@ pub(crate) struct LegacyProvider {
     pub max_completion_tokens: Option<u32>,
     /// Seconds one attempt of a model call may take.
     pub timeout: Option<f64>,
+    /// Ask the provider to stream its answer (agentd's own; default true).
+    pub stream: Option<bool>,
 }
 
 pub(crate) enum Parsed {

@@ -151,6 +151,9 @@ pub struct ResolvedConfig {
     /// The model's `timeout`: seconds one attempt of a call may take; `None`
     /// leaves it to the client (`ClientOptions::request_timeout`).
     pub request_timeout_secs: Option<f64>,
+    /// Stream the model's answers (`stream` of the model entry, default
+    /// true); `false` for servers that cannot.
+    pub stream: bool,
     pub enable_lakeview: bool,
     /// `lakeview.model` (a key into `models`), YAML only.
     pub lakeview_model: Option<String>,
@@ -198,6 +201,7 @@ impl ResolvedConfig {
             stop_sequences: vec![],
             max_completion_tokens: None,
             request_timeout_secs: None,
+            stream: true,
             enable_lakeview: true,
             lakeview_model: None,
             tools: DEFAULT_TOOLS.map(str::to_string).to_vec(),
@@ -452,6 +456,7 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
         .map(|t| timeout_secs(t, &format!("models.{model_key}.timeout")))
         .transpose()
         .map_err(invalid)?;
+    cfg.stream = model.stream.unwrap_or(true);
     cfg.lakeview_model = f.lakeview.and_then(|l| l.model);
     cfg.mcp_servers = f.mcp_servers;
     cfg.allow_mcp_servers = f.allow_mcp_servers;
@@ -498,6 +503,7 @@ fn from_legacy(
     cfg.candidate_count = p.candidate_count;
     cfg.stop_sequences = p.stop_sequences.unwrap_or_default();
     cfg.max_completion_tokens = p.max_completion_tokens;
+    cfg.stream = p.stream.unwrap_or(true);
     cfg.request_timeout_secs = p
         .timeout
         .map(|t| timeout_secs(t, &format!("model_providers.{key}.timeout")))
