@@ -81,7 +81,9 @@ impl TaskManager {
     /// (`/api/tools?include_mcp=true`), with the server of each: the servers
     /// are started in agentd's start directory for the listing and ended.
     pub async fn mcp_tools(&self, req: &ConfigRequest) -> Result<Vec<(String, ToolSpec)>> {
-        let cfg = self.run_config(req, Budget::default())?;
+        // As `/api/config`: a named file that does not exist is reported on
+        // (no servers), not refused.
+        let cfg = self.resolve_config(req)?;
         let servers = mcp::allowed_servers(&cfg.mcp_servers, &cfg.allow_mcp_servers);
         mcp::list_tools(
             &servers,
