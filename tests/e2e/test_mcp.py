@@ -126,24 +126,55 @@ def test_a_streamable_http_server_serves_its_tools(runs, tmp_path, http_server):
     assert all(set(t) == {"name", "description", "parameters"} for t in plain["tools"]), plain
 
 
-def test_a_stop_during_a_slow_mcp_call_ends_the_server(runs, tmp_path):
-    pid_file = tmp_path / "server.pid"
+def slow_call_with_server(runs, tmp_path):
+    """A run whose model calls the slow tool of a server that also started a
+    child; returns (task_id, server pid, child pid) once the call is under way."""
+    pid_file, child_file = tmp_path / "server.pid", tmp_path / "child.pid"
     route = runs.llm.route().script(openai_tool_call("slow", {"seconds": 300}))
-    cfg = mcp_config(runs, route, {"calc": sdk_server("--pid-file", str(pid_file))}, ["calc"])
+    server = sdk_server("--pid-file", str(pid_file), "--child-pid-file", str(child_file))
+    cfg = mcp_config(runs, route, {"calc": server}, ["calc"])
     task_id = runs.run("Wait", tmp_path, config_file=cfg)
-    pid = int(wait_file(pid_file))
+    pids = int(wait_file(pid_file)), int(wait_file(child_file))
     runs.wait_event(task_id, lambda m: m["type"] == "tool_call", "the slow call")
-    assert alive(pid)
+    assert all(alive(p) for p in pids)
+    return task_id, *pids
+
+
+def wait_gone(pids, timeout=15):
+    deadline = time.monotonic() + timeout
+    while [p for p in pids if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def kill(pids):
+    for p in pids:
+        if alive(p):
+            os.kill(p, signal.SIGKILL)
+
+
+def test_a_stop_during_a_slow_mcp_call_ends_the_server(runs, tmp_path):
+    task_id, *pids = slow_call_with_server(runs, tmp_path)
     try:
         runs.stop(task_id)
         runs.wait_status(task_id, "stopped")
-        deadline = time.monotonic() + 15
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not alive(pid), f"MCP server {pid} outlived its stopped task"
+        assert not wait_gone(pids), f"MCP server processes {pids} outlived their stopped task"
     finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        kill(pids)
+
+
+def test_a_crash_of_agentd_leaves_no_mcp_server_behind(fresh_runs, tmp_path):
+    runs = fresh_runs()
+    task_id, *pids = slow_call_with_server(runs, tmp_path)
+    try:
+        assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        # The server's child ignores the closed pipes; only the recorded group tells of it.
+        assert alive(pids[1])
+        runs.stack.start_agentd()
+        assert not wait_gone(pids), f"MCP server processes {pids} survived agentd's crash and restart"
+        runs.wait_status(task_id, "failed")
+    finally:
+        kill(pids)
 
 
 def test_a_server_that_exits_mid_run_is_a_tool_error_and_the_run_goes_on(runs, tmp_path):
