@@ -55,6 +55,18 @@ enum Command {
         /// in the Trae config wins). Retries never outlive the step or task.
         #[arg(long, env = "AGENTD_LLM_TIMEOUT_SECS", default_value_t = 600)]
         llm_timeout_secs: u64,
+        /// Default budget of every task, unless its request or Trae config
+        /// sets one: input plus output tokens over all its model calls. A
+        /// run stops before a model call that would pass it.
+        #[arg(long, env = "AGENTD_MAX_TOKENS_TOTAL")]
+        max_tokens_total: Option<u64>,
+        /// Default budget: estimated cost of a task's model calls, in US dollars.
+        #[arg(long, env = "AGENTD_MAX_COST_USD")]
+        max_cost_usd: Option<f64>,
+        /// Default budget: a task's wall time, in seconds, checked before
+        /// each model call (--task-timeout-secs still ends it at any point).
+        #[arg(long, env = "AGENTD_MAX_WALL_SECS")]
+        max_wall_secs: Option<f64>,
         /// A directory the working_dir of `POST /api/run` must lie inside
         /// (repeatable; the environment variable is colon-separated). None:
         /// any absolute path. Agent Protocol workspaces are always allowed.
@@ -168,6 +180,9 @@ async fn run() -> anyhow::Result<ExitCode> {
             task_timeout_secs,
             step_timeout_secs,
             llm_timeout_secs,
+            max_tokens_total,
+            max_cost_usd,
+            max_wall_secs,
             allowed_roots,
             sandbox,
             sandbox_network,
@@ -191,7 +206,16 @@ async fn run() -> anyhow::Result<ExitCode> {
                 task_timeout: secs(task_timeout_secs),
                 step_timeout: secs(step_timeout_secs),
                 llm_request_timeout: secs(llm_timeout_secs),
+                default_budget: agentd_engine::agent::Budget {
+                    max_tokens_total,
+                    max_cost_usd,
+                    max_wall_secs,
+                },
             };
+            runner
+                .default_budget
+                .validate()
+                .map_err(|e| anyhow::anyhow!("budget flags: {e}"))?;
             // Every configured path, absolute from here on (see `paths`).
             let paths = agentd::paths::PathResolver::from_process()?;
             let data_dir = paths.absolute("--data-dir", &data_dir)?;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     auth::caller,
-    convert::{ApiStream, follow_events, from_struct, sandbox, to_struct},
+    convert::{ApiStream, budget, follow_events, from_struct, sandbox, to_struct},
     paging::{self, Page},
     step_forward, upload,
 };
@@ -275,6 +275,7 @@ impl AgentService for AgentApi {
                 machine_used_bytes: machine_used as f64,
                 machine_total_bytes: st.machine_total_bytes as f64,
             }),
+            default_budget: budget(&self.tasks.default_budget(), None),
             api_usage: Some(ap::ApiUsage {
                 openai_tokens_used: (st.totals.input_tokens + st.totals.output_tokens) as f64,
                 openai_cost: st.totals.cost_usd,

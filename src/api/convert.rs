@@ -12,7 +12,10 @@ use super::paging::resume_after;
 use crate::{
     clock,
     error::Error,
-    proto::{TaskEvent, agentd::v1::Sandbox},
+    proto::{
+        TaskEvent,
+        agentd::v1::{Budget, Sandbox},
+    },
     tasks::Event,
     tasks::{Caller, CgroupStatus, EventKind, SandboxStatus, TaskManager},
 };
@@ -131,6 +134,18 @@ fn event_stream(
             }
         }))
     }))
+}
+
+/// A budget's limits as the API prints them; `spent` (tokens, USD) in a
+/// task's status. `None` for no limit at all.
+pub fn budget(limits: &crate::tasks::Budget, spent: Option<(f64, f64)>) -> Option<Budget> {
+    (!limits.is_unlimited()).then(|| Budget {
+        max_tokens_total: limits.max_tokens_total.map(|t| t as f64),
+        max_cost_usd: limits.max_cost_usd,
+        max_wall_secs: limits.max_wall_secs,
+        tokens_used: spent.map(|s| s.0),
+        cost_usd: spent.map(|s| s.1),
+    })
 }
 
 /// What became of `--sandbox` and `--task-cgroups`, as both dialects report it.

@@ -11,7 +11,7 @@ use super::{
     paging::{self, Window},
     trae_status::TraeStatus,
 };
-use crate::tasks::{ConfigQuery, RunRequest, TaskManager};
+use crate::tasks::{Budget, ConfigQuery, RunRequest, TaskManager, ToolInfo};
 use crate::{
     clock,
     error::Error,
@@ -79,6 +79,11 @@ impl TraeService for TraeApi {
                     config_file: non_empty(r.config_file),
                     trajectory_file: non_empty(r.trajectory_file),
                     patch_path: non_empty(r.patch_path),
+                    budget: Budget {
+                        max_tokens_total: r.max_tokens_total,
+                        max_cost_usd: r.max_cost_usd,
+                        max_wall_secs: r.max_wall_secs,
+                    },
                 },
             )
             .await?;
@@ -128,18 +133,29 @@ impl TraeService for TraeApi {
 
     async fn list_tools(
         &self,
-        _req: Request<trae::ListToolsRequest>,
+        req: Request<trae::ListToolsRequest>,
     ) -> Result<Response<trae::ListToolsResponse>, Status> {
-        let tools: Vec<trae::Tool> = self
+        let req = req.into_inner();
+        let tool = |t: ToolInfo, mcp_server: Option<String>| trae::Tool {
+            name: t.name,
+            description: t.description,
+            parameters: t.parameters.as_object().map(to_struct),
+            mcp_server,
+        };
+        let mut tools: Vec<trae::Tool> = self
             .tasks
             .tools()
             .into_iter()
-            .map(|tool| trae::Tool {
-                name: tool.name,
-                description: tool.description,
-                parameters: tool.parameters.as_object().map(to_struct),
-            })
+            .map(|t| tool(t, None))
             .collect();
+        if req.include_mcp {
+            let listed = self.tasks.mcp_tools(non_empty(req.config_file)).await?;
+            tools.extend(
+                listed
+                    .into_iter()
+                    .map(|(server, spec)| tool(spec, Some(server))),
+            );
+        }
         Ok(Response::new(trae::ListToolsResponse {
             status: SUCCESS.into(),
             total_tools: tools.len() as i32,

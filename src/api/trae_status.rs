@@ -18,14 +18,17 @@ use axum::{
 use serde::{Serialize, Serializer};
 
 use super::{
-    convert::task_event,
+    convert::{budget, task_event},
     event_json::{Wire, proto_double},
     trae::{SUCCESS, summary},
 };
 use crate::{
     clock,
     error::Result,
-    proto::trae::{GetTaskStatusResponse, TaskSummary},
+    proto::{
+        agentd::v1::Budget,
+        trae::{GetTaskStatusResponse, TaskSummary},
+    },
     tasks::Event,
     tasks::{Caller, TaskManager},
 };
@@ -41,6 +44,7 @@ pub fn routes(tasks: Arc<TaskManager>) -> Router {
 pub(super) struct TraeStatus {
     summary: TaskSummary,
     log: Arc<Vec<Event>>,
+    budget: Option<Budget>,
 }
 
 impl TraeStatus {
@@ -48,6 +52,7 @@ impl TraeStatus {
         let (task, log) = tasks.task_messages(caller, task_id).await?;
         Ok(Self {
             summary: summary(&task, clock::now_ms()),
+            budget: budget_of(&log),
             log,
         })
     }
@@ -61,6 +66,7 @@ impl TraeStatus {
             start_time: s.start_time,
             duration: s.duration,
             messages: self.log.iter().map(task_event).collect(),
+            budget: self.budget,
         }
     }
 
@@ -73,6 +79,7 @@ impl TraeStatus {
             start_time: s.start_time,
             duration: s.duration,
             messages: Messages(&self.log),
+            budget: self.budget.as_ref().map(BudgetJson),
         }
     }
 }
@@ -88,6 +95,46 @@ struct StatusJson<'a> {
     #[serde(serialize_with = "proto_double")]
     duration: f64,
     messages: Messages<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<BudgetJson<'a>>,
+}
+
+/// `agentd.v1.Budget`: only the fields that are set, doubles as the
+/// transcoder prints them.
+struct BudgetJson<'a>(&'a Budget);
+
+impl Serialize for BudgetJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let b = self.0;
+        let mut map = s.serialize_map(None)?;
+        for (key, value) in [
+            ("max_tokens_total", b.max_tokens_total),
+            ("max_cost_usd", b.max_cost_usd),
+            ("max_wall_secs", b.max_wall_secs),
+            ("tokens_used", b.tokens_used),
+            ("cost_usd", b.cost_usd),
+        ] {
+            if let Some(v) = value {
+                map.serialize_entry(key, &Double(v))?;
+            }
+        }
+        map.end()
+    }
+}
+
+struct Double(f64);
+
+impl Serialize for Double {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        proto_double(&self.0, s)
+    }
+}
+
+/// A task's budget and what it spent, as the task layer reads them from its log.
+fn budget_of(log: &[Event]) -> Option<Budget> {
+    let (limits, spent) = crate::tasks::budget_spent(log)?;
+    budget(&limits, Some(spent))
 }
 
 struct Messages<'a>(&'a [Event]);
@@ -146,6 +193,7 @@ mod tests {
                 duration: 0.5,
             },
             log: Arc::new(events.to_vec()),
+            budget: None,
         };
         assert_eq!(status.to_proto().messages.len(), 2);
         assert_eq!(

@@ -250,7 +250,9 @@ fn log_message(e: &Event) -> Value {
         Some(EventKind::Error) => ("ERROR", "task_manager".to_string()),
         Some(EventKind::StepFailed) => ("ERROR", "llm".to_string()),
         Some(EventKind::Stopped | EventKind::Nudge) => ("WARNING", "agent".to_string()),
-        Some(EventKind::LlmResponse | EventKind::Usage) => ("INFO", "llm".to_string()),
+        Some(EventKind::LlmResponse | EventKind::LlmDelta | EventKind::Usage) => {
+            ("INFO", "llm".to_string())
+        }
         Some(EventKind::ToolCall | EventKind::ToolResult) => {
             let tool = data
                 .and_then(|d| d.get("name"))

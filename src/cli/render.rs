@@ -184,7 +184,9 @@ pub fn detail(ev: &TaskEvent) -> String {
         Some(EventKind::ToolCall) => tool_call(ev),
         Some(EventKind::ToolResult) => tool_result(ev),
         Some(EventKind::Usage) => usage(ev),
-        Some(EventKind::LlmResponse | EventKind::Nudge) => one_line(&message(), 160),
+        Some(EventKind::LlmResponse | EventKind::Nudge | EventKind::LlmDelta) => {
+            one_line(&message(), 160)
+        }
         Some(EventKind::Complete) => ev.result.clone().unwrap_or_else(message),
         Some(EventKind::Error) => ev.error.clone().unwrap_or_else(message),
         Some(EventKind::End) => match text(ev, &["status"]) {
@@ -291,6 +293,8 @@ impl RunState {
                     vec![at(self, format!("model: {said}"))]
                 }
             }
+            // The streamed text as it comes; the model's answer follows whole.
+            Some(EventKind::LlmDelta) => vec![at(self, format!("model …: {}", detail(ev)))],
             Some(EventKind::ToolCall) => {
                 self.tool = text(ev, &["name"]).map(str::to_string);
                 vec![at(self, format!("tool: {}", detail(ev)))]

@@ -30,6 +30,16 @@ pub struct RunArgs {
     /// Steps (LLM turns) before the task fails; default: the configuration's.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     pub max_steps: Option<i32>,
+    /// Budget: fail the task before a model call that would pass this many
+    /// tokens (input plus output, all calls).
+    #[arg(long, value_name = "N")]
+    pub max_tokens_total: Option<u64>,
+    /// Budget: the same for the estimated cost, in US dollars.
+    #[arg(long, value_name = "USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget: the same for the run's wall time, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub max_wall_secs: Option<f64>,
     /// Finish only once the git diff of the working directory is non-empty.
     #[arg(long)]
     pub must_patch: bool,
@@ -82,6 +92,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             .unwrap_or_default(),
         trajectory_file: args.trajectory_file.unwrap_or_default(),
         patch_path: args.patch_path.unwrap_or_default(),
+        max_tokens_total: args.max_tokens_total,
+        max_cost_usd: args.max_cost_usd,
+        max_wall_secs: args.max_wall_secs,
     };
     let task_id = client
         .trae

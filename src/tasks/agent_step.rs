@@ -69,12 +69,15 @@ impl TaskManager {
                     _ => None,
                 })
             };
-            let cfg = self.run_config(&ConfigRequest {
-                config_file: overrides("config_file"),
-                provider: overrides("provider"),
-                model: overrides("model"),
-                max_steps: overrides("max_steps").and_then(|s| s.parse().ok()),
-            })?;
+            let cfg = self.run_config(
+                &ConfigRequest {
+                    config_file: overrides("config_file"),
+                    provider: overrides("provider"),
+                    model: overrides("model"),
+                    max_steps: overrides("max_steps").and_then(|s| s.parse().ok()),
+                },
+                requested_budget(&task.additional_input)?,
+            )?;
             let llm = self.llm_client(&cfg)?;
             let sink = self.runner.sink(task_id);
             let agent = Agent::new(
@@ -224,4 +227,37 @@ impl TaskManager {
             artifacts,
         })
     }
+}
+
+/// The budget an Agent Protocol task asks for in its `additional_input`
+/// (`max_tokens_total`, `max_cost_usd`, `max_wall_secs`: numbers, or numeric
+/// strings); anything else there is refused.
+fn requested_budget(input: &Map<String, Value>) -> Result<agentd_engine::agent::Budget> {
+    let number =
+        |key: &str| -> Result<Option<f64>> {
+            match input.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) => Ok(n.as_f64()),
+                Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+                Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
+                    Error::invalid(format!("additional_input.{key} must be a number"))
+                }),
+                Some(_) => Err(Error::invalid(format!(
+                    "additional_input.{key} must be a number"
+                ))),
+            }
+        };
+    let tokens = match number("max_tokens_total")? {
+        Some(t) if t.fract() != 0.0 || t < 0.0 => {
+            return Err(Error::invalid(
+                "additional_input.max_tokens_total must be a whole number",
+            ));
+        }
+        t => t.map(|t| t as u64),
+    };
+    Ok(agentd_engine::agent::Budget {
+        max_tokens_total: tokens,
+        max_cost_usd: number("max_cost_usd")?,
+        max_wall_secs: number("max_wall_secs")?,
+    })
 }

@@ -54,6 +54,9 @@ pub struct RunnerSettings {
     pub step_timeout: Duration,
     /// Default limit of one model request (a model's `timeout` wins).
     pub llm_request_timeout: Duration,
+    /// Each task's budget where neither its request nor its Trae config
+    /// sets a limit (`--max-tokens-total`, `--max-cost-usd`, `--max-wall-secs`).
+    pub default_budget: agentd_engine::agent::Budget,
 }
 
 impl Default for RunnerSettings {
@@ -63,6 +66,7 @@ impl Default for RunnerSettings {
             task_timeout: Duration::from_secs(3600),
             step_timeout: Duration::from_secs(840),
             llm_request_timeout: Duration::from_secs(600),
+            default_budget: agentd_engine::agent::Budget::default(),
         }
     }
 }
@@ -134,6 +138,7 @@ impl Runner {
             provider: cfg.provider.clone(),
             model: cfg.model.clone(),
             working_dir: dir.display().to_string(),
+            budget: cfg.budget,
         };
         self.events.append(task_id, start).await.map(|_| ())
     }

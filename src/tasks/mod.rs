@@ -19,6 +19,7 @@
 mod admission;
 mod agent_step;
 mod artifacts;
+mod budget_view;
 mod caller;
 mod cgroups;
 mod cluster;
@@ -49,7 +50,9 @@ use crate::{
     metrics::Metrics,
     store::{self, Origin, Store, Totals},
 };
+pub use agentd_engine::agent::Budget;
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
+pub use budget_view::budget_spent;
 pub use caller::Caller;
 use cgroups::Cgroups;
 pub use cgroups::{CgroupLimits, CgroupMode, CgroupStatus, parse_bytes};
@@ -103,6 +106,8 @@ pub struct RunRequest {
     pub config_file: Option<String>,
     pub trajectory_file: Option<String>,
     pub patch_path: Option<String>,
+    /// Limits over the config's and the server's.
+    pub budget: agentd_engine::agent::Budget,
 }
 
 /// What one executed Agent Protocol step returns.

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use agentd_engine::{
+    agent::Budget,
     config::{self, ConfigError, ConfigRequest, ResolvedConfig},
     llm,
+    tools::mcp,
 };
 
 use super::TaskManager;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What `/api/config` asks about: a config file and overrides.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +39,16 @@ pub struct ConfigReport {
     pub max_tokens: u32,
     pub temperature: f64,
     pub top_p: f64,
+}
+
+impl From<agentd_engine::messages::ToolSpec> for ToolInfo {
+    fn from(spec: agentd_engine::messages::ToolSpec) -> Self {
+        ToolInfo {
+            name: spec.name,
+            description: spec.description,
+            parameters: spec.parameters,
+        }
+    }
 }
 
 /// A tool a run can be given (`/api/tools`).
@@ -87,11 +99,53 @@ impl TaskManager {
         Ok(llm::client_with_options(cfg, &options)?)
     }
 
-    /// Resolves the configuration of a run (a named file must exist).
-    pub(super) fn run_config(&self, req: &ConfigRequest) -> Result<ResolvedConfig> {
-        Ok(config::resolve(&self.absolute_config_file(req), &|k| {
-            self.config_env(k)
-        })?)
+    /// Resolves the configuration of a run (a named file must exist), with
+    /// the server's default budget under the file's limits and `requested`
+    /// (the run request's) over them.
+    pub(super) fn run_config(
+        &self,
+        req: &ConfigRequest,
+        requested: Budget,
+    ) -> Result<ResolvedConfig> {
+        requested
+            .validate()
+            .map_err(|e| Error::invalid(format!("budget: {e}")))?;
+        let mut cfg = config::resolve(&self.absolute_config_file(req), &|k| self.config_env(k))?;
+        cfg.budget = requested
+            .or(cfg.budget)
+            .or(self.settings.runner.default_budget);
+        Ok(cfg)
+    }
+
+    /// The budget every task gets unless its request or config sets limits.
+    pub fn default_budget(&self) -> Budget {
+        self.settings.runner.default_budget
+    }
+
+    /// The tools of the MCP servers a run with this configuration starts
+    /// (`/api/tools?include_mcp=true`), with the server of each: the servers
+    /// are started in agentd's start directory for the listing and ended.
+    pub async fn mcp_tools(&self, config_file: Option<String>) -> Result<Vec<(String, ToolInfo)>> {
+        // As `/api/config`: a named file that does not exist is reported on
+        // (no servers), not refused.
+        let cfg = self.resolve_config(&ConfigRequest {
+            config_file,
+            ..ConfigRequest::default()
+        })?;
+        let servers = mcp::allowed_servers(&cfg.mcp_servers, &cfg.allow_mcp_servers);
+        mcp::list_tools(
+            &servers,
+            &self.settings.config_dir,
+            &mcp::McpOptions::default(),
+        )
+        .await
+        .map(|listed| {
+            listed
+                .into_iter()
+                .map(|(server, spec)| (server, ToolInfo::from(spec)))
+                .collect()
+        })
+        .map_err(|e| Error::invalid(e.to_string()))
     }
 
     /// The Trae configuration a run would use, for `/api/config`. A named
@@ -125,11 +179,7 @@ impl TaskManager {
     pub fn tools(&self) -> Vec<ToolInfo> {
         agentd_engine::tools::builtin_tool_specs()
             .into_iter()
-            .map(|spec| ToolInfo {
-                name: spec.name,
-                description: spec.description,
-                parameters: spec.parameters,
-            })
+            .map(ToolInfo::from)
             .collect()
     }
 

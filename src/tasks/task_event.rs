@@ -13,6 +13,7 @@
 //! changes nothing on the wire.
 
 use agentd_engine::{
+    agent::Budget,
     events::EngineEvent,
     messages::{ToolCall, Usage},
 };
@@ -26,12 +27,14 @@ use crate::store::{Event, TaskStatus};
 pub enum EventKind {
     Start,
     Step,
+    LlmDelta,
     LlmResponse,
     Usage,
     ToolCall,
     ToolResult,
     Nudge,
     StepFailed,
+    BudgetExceeded,
     Patch,
     Trajectory,
     Complete,
@@ -43,15 +46,17 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::Start,
         EventKind::Step,
+        EventKind::LlmDelta,
         EventKind::LlmResponse,
         EventKind::Usage,
         EventKind::ToolCall,
         EventKind::ToolResult,
         EventKind::Nudge,
         EventKind::StepFailed,
+        EventKind::BudgetExceeded,
         EventKind::Patch,
         EventKind::Trajectory,
         EventKind::Complete,
@@ -65,12 +70,14 @@ impl EventKind {
         match self {
             EventKind::Start => "start",
             EventKind::Step => "step",
+            EventKind::LlmDelta => "llm_delta",
             EventKind::LlmResponse => "llm_response",
             EventKind::Usage => "usage",
             EventKind::ToolCall => "tool_call",
             EventKind::ToolResult => "tool_result",
             EventKind::Nudge => "nudge",
             EventKind::StepFailed => "step_failed",
+            EventKind::BudgetExceeded => "budget_exceeded",
             EventKind::Patch => "patch",
             EventKind::Trajectory => "trajectory",
             EventKind::Complete => "complete",
@@ -152,9 +159,16 @@ pub enum TaskEvent {
         provider: String,
         model: String,
         working_dir: String,
+        /// The run's limits (printed only when there is one).
+        budget: Budget,
     },
     Step {
         step: u32,
+    },
+    /// The model's text while it streams (coalesced); `text` is the message.
+    LlmDelta {
+        step: u32,
+        text: String,
     },
     LlmResponse {
         step: u32,
@@ -196,6 +210,16 @@ pub enum TaskEvent {
         error: String,
         status: Option<u16>,
     },
+    /// The run reached a limit of its budget before a model call; `error` follows.
+    BudgetExceeded {
+        step: u32,
+        /// `max_tokens_total`, `max_cost_usd` or `max_wall_secs`.
+        budget: &'static str,
+        limit: f64,
+        spent: f64,
+        next_call_at_least: f64,
+        message: String,
+    },
     Patch {
         path: String,
         bytes: u64,
@@ -226,12 +250,14 @@ impl TaskEvent {
         match self {
             TaskEvent::Start { .. } => EventKind::Start,
             TaskEvent::Step { .. } => EventKind::Step,
+            TaskEvent::LlmDelta { .. } => EventKind::LlmDelta,
             TaskEvent::LlmResponse { .. } => EventKind::LlmResponse,
             TaskEvent::Usage { .. } => EventKind::Usage,
             TaskEvent::ToolCall { .. } => EventKind::ToolCall,
             TaskEvent::ToolResult { .. } => EventKind::ToolResult,
             TaskEvent::Nudge { .. } => EventKind::Nudge,
             TaskEvent::StepFailed { .. } => EventKind::StepFailed,
+            TaskEvent::BudgetExceeded { .. } => EventKind::BudgetExceeded,
             TaskEvent::Patch { .. } => EventKind::Patch,
             TaskEvent::Trajectory { .. } => EventKind::Trajectory,
             TaskEvent::Complete { .. } => EventKind::Complete,
@@ -246,6 +272,10 @@ impl TaskEvent {
     pub fn from_engine(e: &EngineEvent) -> Option<TaskEvent> {
         Some(match e {
             EngineEvent::StepStarted { step } => TaskEvent::Step { step: *step },
+            EngineEvent::LlmDelta { step, text } => TaskEvent::LlmDelta {
+                step: *step,
+                text: text.clone(),
+            },
             EngineEvent::LlmResponse {
                 step,
                 content,
@@ -299,6 +329,14 @@ impl TaskEvent {
                 error: error.clone(),
                 status: *status,
             },
+            EngineEvent::BudgetExceeded { step, exceeded } => TaskEvent::BudgetExceeded {
+                step: *step,
+                budget: exceeded.budget.as_str(),
+                limit: exceeded.limit,
+                spent: exceeded.spent,
+                next_call_at_least: exceeded.next_call_at_least,
+                message: exceeded.message(),
+            },
             EngineEvent::PatchWritten { path, bytes } => TaskEvent::Patch {
                 path: path.clone(),
                 bytes: *bytes,
@@ -321,21 +359,24 @@ impl TaskEvent {
                 provider,
                 model,
                 working_dir,
-            } => (
-                format!("Task started: {task}"),
-                None,
-                None,
-                Some(json!({
+                budget,
+            } => {
+                let mut data = json!({
                     "max_steps": max_steps, "provider": provider, "model": model,
                     "working_dir": working_dir,
-                })),
-            ),
+                });
+                if !budget.is_unlimited() {
+                    data["budget"] = json!(budget);
+                }
+                (format!("Task started: {task}"), None, None, Some(data))
+            }
             TaskEvent::Step { step } => (
                 format!("Step {step}"),
                 None,
                 None,
                 Some(json!({ "step": step })),
             ),
+            TaskEvent::LlmDelta { step, text } => (text, None, None, Some(json!({ "step": step }))),
             TaskEvent::LlmResponse {
                 step,
                 content,
@@ -403,6 +444,22 @@ impl TaskEvent {
                 None,
                 Some(json!({ "step": step, "error": error, "status": status })),
             ),
+            TaskEvent::BudgetExceeded {
+                step,
+                budget,
+                limit,
+                spent,
+                next_call_at_least,
+                message,
+            } => (
+                message,
+                None,
+                None,
+                Some(json!({
+                    "step": step, "budget": budget, "limit": limit, "spent": spent,
+                    "next_call_at_least": next_call_at_least,
+                })),
+            ),
             TaskEvent::Patch { path, bytes } => (
                 format!("Patch written to {path} ({bytes} bytes)"),
                 None,
@@ -465,8 +522,16 @@ mod tests {
                 provider: "openai".into(),
                 model: "m".into(),
                 working_dir: "/w".into(),
+                budget: Budget {
+                    max_tokens_total: Some(1000),
+                    ..Budget::default()
+                },
             },
             EventKind::Step => TaskEvent::Step { step: 1 },
+            EventKind::LlmDelta => TaskEvent::LlmDelta {
+                step: 1,
+                text: "Let me".into(),
+            },
             EventKind::LlmResponse => TaskEvent::LlmResponse {
                 step: 1,
                 content: "hi".into(),
@@ -499,6 +564,14 @@ mod tests {
                 step: 1,
                 error: "down".into(),
                 status: Some(503),
+            },
+            EventKind::BudgetExceeded => TaskEvent::BudgetExceeded {
+                step: 3,
+                budget: "max_tokens_total",
+                limit: 45.0,
+                spent: 45.0,
+                next_call_at_least: 10.0,
+                message: "Budget exceeded".into(),
             },
             EventKind::Patch => TaskEvent::Patch {
                 path: "/p".into(),

@@ -94,12 +94,15 @@ impl TaskManager {
             )));
         }
         config::validate_agent_type(&req.agent_type)?;
-        let cfg = self.run_config(&ConfigRequest {
-            config_file: req.config_file.clone(),
-            provider: req.provider.clone(),
-            model: req.model.clone(),
-            max_steps: req.max_steps,
-        })?;
+        let cfg = self.run_config(
+            &ConfigRequest {
+                config_file: req.config_file.clone(),
+                provider: req.provider.clone(),
+                model: req.model.clone(),
+                max_steps: req.max_steps,
+            },
+            req.budget,
+        )?;
         let llm = self.llm_client(&cfg)?;
         // Relative output paths are taken relative to the working directory;
         // with allowed roots, outputs must stay inside them too.
@@ -154,6 +157,8 @@ impl TaskManager {
             tools: self.tool_options(&task_id),
             // A background run has nobody to retry a step: a provider failure ends it.
             retry_failed_steps: false,
+            // The request's limits are in `cfg.budget` already.
+            budget: Default::default(),
         };
         let sink = self.runner.sink(&task_id);
         let agent = Agent::new(
@@ -214,6 +219,7 @@ fn spec_of(req: &RunRequest) -> Value {
         "model": req.model, "max_steps": req.max_steps, "must_patch": req.must_patch,
         "agent_type": req.agent_type, "config_file": req.config_file,
         "trajectory_file": req.trajectory_file, "patch_path": req.patch_path,
+        "budget": req.budget,
     })
 }
 
@@ -236,6 +242,10 @@ fn request_of(spec: Value) -> RunRequest {
         config_file: text("config_file"),
         trajectory_file: text("trajectory_file"),
         patch_path: text("patch_path"),
+        budget: spec
+            .get("budget")
+            .and_then(|b| serde_json::from_value(b.clone()).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -256,6 +266,11 @@ mod tests {
             config_file: Some("c.yaml".into()),
             trajectory_file: None,
             patch_path: Some("p.diff".into()),
+            budget: crate::tasks::Budget {
+                max_tokens_total: Some(1000),
+                max_cost_usd: None,
+                max_wall_secs: Some(60.0),
+            },
         };
         let back = request_of(spec_of(&req));
         assert_eq!(format!("{back:?}"), format!("{req:?}"));

@@ -51,6 +51,41 @@ def anthropic_tool_use(name, arguments, text=""):
                      "usage": {"input_tokens": 10, "output_tokens": 5}}}
 
 
+def _pieces(text, n):
+    return [text[i:i + n] for i in range(0, len(text), n)]
+
+
+def openai_stream(text="", calls=(), chunk_delay=0.0, piece=3):
+    """One assistant turn streamed as Chat Completions chunks: `text` and each
+    call's arguments (calls: [(name, arguments dict)]) in small pieces, usage
+    last; `chunk_delay` seconds between events. Answered as SSE only when the
+    request asks to stream (else as the same turn in one JSON body)."""
+    def chunk(delta, finish=None):
+        return {"id": "chatcmpl-stream", "object": "chat.completion.chunk", "model": "scripted",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": p}) for p in _pieces(text, piece)]
+    tool_calls = []
+    for i, (name, arguments) in enumerate(calls):
+        call_id = f"call_{next(_ids)}"
+        args = json.dumps(arguments)
+        tool_calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": args}})
+        events.append(chunk({"tool_calls": [{"index": i, "id": call_id, "type": "function",
+                                             "function": {"name": name, "arguments": ""}}]}))
+        events += [chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]}) for p in _pieces(args, 4)]
+    events.append(chunk({}, "tool_calls" if calls else "stop"))
+    events.append({"id": "chatcmpl-stream", "object": "chat.completion.chunk", "model": "scripted",
+                   "choices": [], "usage": _usage()})
+    events.append("[DONE]")
+    message = {"role": "assistant", "content": text or None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    body = {"id": "chatcmpl-stream", "object": "chat.completion", "model": "scripted",
+            "choices": [{"index": 0, "finish_reason": "tool_calls" if calls else "stop", "message": message}],
+            "usage": _usage()}
+    return {"body": body, "stream": [{"data": e} for e in events], "chunk_delay": chunk_delay}
+
+
 def error(status, message="scripted error", headers=None):
     return {"status": status, "headers": headers or {}, "body": {"error": {"message": message, "type": "scripted"}}}
 
@@ -64,6 +99,8 @@ class ScriptedLLM:
         self._lock = threading.Lock()
         self._script = []
         self.requests = []
+        # Paths of streamed answers whose client closed the connection mid-stream.
+        self.disconnects = []
         self._server = None
 
     def script(self, *replies):
@@ -98,6 +135,8 @@ class ScriptedLLM:
                 reply = outer._next(self.path)
                 if reply.get("delay"):
                     time.sleep(reply["delay"])
+                if reply.get("stream") and body.get("stream") is True:
+                    return self._stream(reply)
                 data = json.dumps(reply.get("body", {})).encode()
                 self.send_response(reply.get("status", 200))
                 for k, v in reply.get("headers", {}).items():
@@ -106,6 +145,23 @@ class ScriptedLLM:
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _stream(self, reply):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("connection", "close")
+                self.end_headers()
+                try:
+                    for event in reply["stream"]:
+                        frame = f"event: {event['event']}\n" if event.get("event") else ""
+                        data = event["data"] if isinstance(event["data"], str) else json.dumps(event["data"])
+                        self.wfile.write((frame + f"data: {data}\n\n").encode())
+                        self.wfile.flush()
+                        if reply.get("chunk_delay"):
+                            time.sleep(reply["chunk_delay"])
+                except (BrokenPipeError, ConnectionResetError):
+                    with outer._lock:
+                        outer.disconnects.append(self.path)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -7,7 +7,7 @@ The runs between them produce every stored type: a Trae run that is nudged,
 gets malformed tool arguments, edits a git repo and writes a patch and a
 trajectory; a stopped run; a run whose provider fails; an Agent Protocol task
 whose first step's model call gives up (`step_failed`) and whose next step
-completes it."""
+completes it; a streamed run that reaches its token budget."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from runs_support import (  # noqa: E402
     wait_file,
     ws_url,
 )
-from scripted_llm import delayed, error, openai_text, openai_tool_call  # noqa: E402
+from scripted_llm import delayed, error, openai_stream, openai_text, openai_tool_call  # noqa: E402
 
 pytest_plugins = ["runs_support"]
 
@@ -151,6 +151,12 @@ def test_every_event_on_every_transport_is_as_events_proto_documents(runs, git_r
         steps = f"{runs.stack.ap_url}{AP}/tasks/{ap}/steps"
         assert requests.post(steps, json={"input": "go"}, timeout=120).status_code == 502
         assert requests.post(steps, json={"input": "go"}, timeout=120).status_code == 200
+
+        # 5. A streamed run that reaches its budget (`llm_delta`, `budget_exceeded`, `start` with its `budget`).
+        thinking = runs.llm.route().script(openai_stream("thinking, streamed"), openai_text("still thinking"))
+        budgeted = runs.run("over budget", tmp_path / "budget", route=thinking, max_tokens_total=15)
+        tasks.append(budgeted)
+        runs.wait_status(budgeted, "failed")
 
         log_msgs, _ = reader.result()
 

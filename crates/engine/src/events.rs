@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::BudgetExceeded;
 use crate::messages::{ToolCall, ToolResult, Usage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,6 +13,9 @@ use crate::messages::{ToolCall, ToolResult, Usage};
 pub enum EngineEvent {
     /// A step (one LLM turn plus its tool calls) begins; steps count from 1.
     StepStarted { step: u32 },
+    /// Text of the model's answer while it streams, coalesced (see
+    /// `agent::deltas`); the `LlmResponse` that follows has all of it.
+    LlmDelta { step: u32, text: String },
     /// The model answered.
     LlmResponse {
         step: u32,
@@ -55,6 +59,13 @@ pub enum EngineEvent {
         tool_seconds: f64,
         overhead_seconds: f64,
     },
+    /// The run reached one of its budget's limits (or its next model call
+    /// would have passed it) and stops before that call; `Failed` follows.
+    BudgetExceeded {
+        step: u32,
+        #[serde(flatten)]
+        exceeded: BudgetExceeded,
+    },
     /// The git diff was written to `patch_path`.
     PatchWritten { path: String, bytes: u64 },
     /// The trajectory file was finalised.
@@ -76,6 +87,8 @@ pub enum FailureKind {
     Provider,
     /// `max_steps` ran out before `task_done`.
     MaxSteps,
+    /// A limit of the task's budget was reached before the next model call.
+    Budget,
     /// Anything else (tools could not start, output could not be written, …).
     Internal,
 }

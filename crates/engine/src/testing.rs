@@ -63,6 +63,32 @@ impl ScriptedResponse {
         self.delay = Some(delay);
         self
     }
+    /// A `text/event-stream` answer: `(event name, data)` per event.
+    pub fn sse(events: &[(Option<&str>, Value)]) -> Self {
+        let mut body = String::new();
+        for (name, data) in events {
+            if let Some(name) = name {
+                body.push_str(&format!("event: {name}\n"));
+            }
+            let data = match data {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            body.push_str(&format!("data: {data}\n\n"));
+        }
+        ScriptedResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body,
+            delay: None,
+        }
+    }
+}
+
+/// `text` cut into pieces of `n` characters (streams split everything).
+fn pieces(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(n).map(|c| c.iter().collect()).collect()
 }
 
 /// A request the server received.
@@ -294,6 +320,54 @@ pub mod openai {
     pub fn tool_call(id: &str, name: &str, arguments: &str) -> Value {
         response(None, &[(id, name, arguments)])
     }
+    /// [`response`] as Chat Completions streams it: text and each call's
+    /// arguments in small pieces, the calls interleaved, usage last.
+    pub fn stream(text: Option<&str>, calls: &[(&str, &str, &str)]) -> super::ScriptedResponse {
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "model": "scripted-model",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        for piece in super::pieces(text.unwrap_or(""), 3) {
+            events.push(chunk(json!({"content": piece}), Value::Null));
+        }
+        for (i, (id, name, _)) in calls.iter().enumerate() {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": i, "id": id, "type": "function",
+                                       "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
+        }
+        let split: Vec<Vec<String>> = calls.iter().map(|(_, _, a)| super::pieces(a, 4)).collect();
+        for round in 0..split.iter().map(Vec::len).max().unwrap_or(0) {
+            for (i, parts) in split.iter().enumerate() {
+                if let Some(part) = parts.get(round) {
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
+                        Value::Null,
+                    ));
+                }
+            }
+        }
+        let finish = if calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        };
+        events.push(chunk(json!({}), json!(finish)));
+        let mut usage = response(None, &[])["usage"].clone();
+        usage["total_tokens"] = json!(120);
+        events.push(
+            json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                           "model": "scripted-model", "choices": [], "usage": usage}),
+        );
+        let mut sse: Vec<(Option<&str>, Value)> = events.into_iter().map(|e| (None, e)).collect();
+        sse.push((None, json!("[DONE]")));
+        super::ScriptedResponse::sse(&sse)
+    }
 }
 
 /// Anthropic Messages response bodies.
@@ -322,6 +396,66 @@ pub mod anthropic {
     pub fn tool_use(id: &str, name: &str, input: Value) -> Value {
         response(None, &[(id, name, input)])
     }
+    /// [`response`] as the Messages API streams it, input JSON in pieces.
+    pub fn stream(text: Option<&str>, calls: &[(&str, &str, Value)]) -> super::ScriptedResponse {
+        let full = response(text, calls);
+        let mut start = full.clone();
+        start["content"] = json!([]);
+        start["stop_reason"] = Value::Null;
+        start["usage"]["output_tokens"] = json!(1);
+        let mut events = vec![(
+            Some("message_start"),
+            json!({"type": "message_start", "message": start}),
+        )];
+        events.push((Some("ping"), json!({"type": "ping"})));
+        let mut index = 0;
+        if let Some(text) = text {
+            events.push((
+                Some("content_block_start"),
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ));
+            for piece in super::pieces(text, 3) {
+                events.push((
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}}),
+                ));
+            }
+            events.push((
+                Some("content_block_stop"),
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
+            index = 1;
+        }
+        for (i, (id, name, input)) in calls.iter().enumerate() {
+            let at = index + i;
+            events.push((
+                Some("content_block_start"),
+                json!({"type": "content_block_start", "index": at,
+                "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            ));
+            for piece in super::pieces(&input.to_string(), 4) {
+                events.push((
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": at,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+            }
+            events.push((
+                Some("content_block_stop"),
+                json!({"type": "content_block_stop", "index": at}),
+            ));
+        }
+        events.push((
+            Some("message_delta"),
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": full["stop_reason"], "stop_sequence": null},
+            "usage": {"output_tokens": full["usage"]["output_tokens"]}}),
+        ));
+        events.push((Some("message_stop"), json!({"type": "message_stop"})));
+        super::ScriptedResponse::sse(&events)
+    }
 }
 
 /// Gemini generateContent response bodies.
@@ -348,6 +482,30 @@ pub mod gemini {
     }
     pub fn function_call(name: &str, args: Value) -> Value {
         response(None, &[(name, args)])
+    }
+    /// [`response`] as `streamGenerateContent?alt=sse` sends it: text in
+    /// pieces, each call whole, usage and finish reason with the last event.
+    pub fn stream(text: Option<&str>, calls: &[(&str, Value)]) -> super::ScriptedResponse {
+        let full = response(text, calls);
+        let part_event = |part: Value| {
+            json!({"candidates": [{"content": {"role": "model", "parts": [part]}, "index": 0}],
+                   "modelVersion": "scripted-model"})
+        };
+        let mut events: Vec<Value> = super::pieces(text.unwrap_or(""), 3)
+            .into_iter()
+            .map(|t| part_event(json!({"text": t})))
+            .collect();
+        events.extend(
+            calls.iter().map(|(name, args)| {
+                part_event(json!({"functionCall": {"name": name, "args": args}}))
+            }),
+        );
+        let mut last = part_event(json!({"text": ""}));
+        last["candidates"][0]["finishReason"] = json!("STOP");
+        last["usageMetadata"] = full["usageMetadata"].clone();
+        events.push(last);
+        let sse: Vec<(Option<&str>, Value)> = events.into_iter().map(|e| (None, e)).collect();
+        super::ScriptedResponse::sse(&sse)
     }
 }
 

@@ -709,3 +709,158 @@ async fn a_call_that_gave_up_reports_its_first_error_too() {
         "{text}"
     );
 }
+
+/// Streams: each provider's streamed answer (text and tool-call arguments
+/// in pieces) comes out as the same turn as the non-streamed answer, with
+/// its text handed out as it arrives.
+#[tokio::test]
+async fn streamed_answers_equal_the_non_streamed_ones() {
+    let text = "Let me look at the files first.";
+    let openai_calls = [
+        ("call_a", "bash", r#"{"command": "ls -la /tmp"}"#),
+        ("call_b", "task_done", "{}"),
+    ];
+    let anthropic_calls = [("toolu_1", "bash", json!({"command": "ls -la /tmp"}))];
+    let gemini_calls = [("bash", json!({"command": "ls -la /tmp"}))];
+    let cases = [
+        (
+            Provider::OpenAi,
+            ScriptedResponse::ok(testing::openai::response(Some(text), &openai_calls)),
+            testing::openai::stream(Some(text), &openai_calls),
+        ),
+        (
+            Provider::Anthropic,
+            ScriptedResponse::ok(testing::anthropic::response(Some(text), &anthropic_calls)),
+            testing::anthropic::stream(Some(text), &anthropic_calls),
+        ),
+        (
+            Provider::Google,
+            ScriptedResponse::ok(testing::gemini::response(Some(text), &gemini_calls)),
+            testing::gemini::stream(Some(text), &gemini_calls),
+        ),
+    ];
+    for (provider, plain, streamed) in cases {
+        let server = ScriptedServer::start(vec![plain, streamed]).await.unwrap();
+        let llm = client(&server.config(provider));
+        let history = [Message::user("List files")];
+        let unstreamed = llm.chat(&history, &[bash_tool()], None).await.unwrap();
+        let seen = std::sync::Mutex::new(Vec::<String>::new());
+        let sink = |t: &str| seen.lock().unwrap().push(t.to_string());
+        let mut streamed = llm
+            .chat_streamed(&history, &[bash_tool()], None, &sink)
+            .await
+            .unwrap();
+        if provider == Provider::Google {
+            // Gemini sends no call ids: agentd numbers them.
+            for (a, b) in streamed.tool_calls.iter_mut().zip(&unstreamed.tool_calls) {
+                a.call_id = b.call_id.clone();
+            }
+        }
+        assert_eq!(streamed, unstreamed, "{provider:?}");
+        assert_eq!(seen.lock().unwrap().concat(), text, "{provider:?}");
+        assert!(
+            seen.lock().unwrap().len() > 3,
+            "{provider:?}: the text came in pieces"
+        );
+        let requests = server.requests();
+        assert!(requests[0].json().get("stream").is_none(), "{provider:?}");
+        match provider {
+            Provider::OpenAi => {
+                assert_eq!(requests[1].json()["stream"], true);
+                assert_eq!(
+                    requests[1].json()["stream_options"],
+                    json!({"include_usage": true})
+                );
+            }
+            Provider::Anthropic => assert_eq!(requests[1].json()["stream"], true),
+            _ => {
+                assert!(
+                    requests[0].path.ends_with(":generateContent"),
+                    "{}",
+                    requests[0].path
+                );
+                assert!(
+                    requests[1].path.ends_with(":streamGenerateContent?alt=sse"),
+                    "{}",
+                    requests[1].path
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn streaming_can_be_turned_off_and_servers_that_ignore_it_still_work() {
+    // A server that answers a streamed request with plain JSON.
+    let server = ScriptedServer::start(vec![ScriptedResponse::ok(testing::openai::text("plain"))])
+        .await
+        .unwrap();
+    let llm = client(&server.config(Provider::OpenAi));
+    let seen = std::sync::Mutex::new(String::new());
+    let sink = |t: &str| seen.lock().unwrap().push_str(t);
+    let answer = llm
+        .chat_streamed(&[Message::user("hi")], &[], None, &sink)
+        .await
+        .unwrap();
+    assert_eq!(answer.content, "plain");
+    assert_eq!(server.requests()[0].json()["stream"], true);
+
+    // `stream: false` in the model's config: never asked to stream.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trae_config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "agents:\n  trae_agent:\n    model: m\nmodel_providers:\n  o:\n    provider: openai\n    api_key: k\n    \
+             base_url: {}/v1\nmodels:\n  m:\n    model_provider: o\n    model: gpt-4o\n    stream: false\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let cfg = resolve(
+        &ConfigRequest {
+            config_file: Some(path.display().to_string()),
+            ..ConfigRequest::default()
+        },
+        &|_| None,
+    )
+    .unwrap();
+    assert!(!cfg.stream);
+    server.push(ScriptedResponse::ok(testing::openai::text("plain again")));
+    let answer = client(&cfg)
+        .chat_streamed(&[Message::user("hi")], &[], None, &sink)
+        .await
+        .unwrap();
+    assert_eq!(answer.content, "plain again");
+    assert!(server.requests()[1].json().get("stream").is_none());
+    assert_eq!(*seen.lock().unwrap(), "");
+}
+
+#[tokio::test]
+async fn an_error_inside_a_stream_fails_the_call() {
+    let server = ScriptedServer::start(vec![ScriptedResponse::sse(&[
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant",
+                   "model": "x", "content": [], "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        ),
+        (
+            Some("error"),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ),
+    ])])
+    .await
+    .unwrap();
+    let llm = client(&server.config(Provider::Anthropic));
+    let err = llm
+        .chat_streamed(&[Message::user("hi")], &[], None, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the stream reported an error: Overloaded"),
+        "{err}"
+    );
+    // Not retried once the stream had begun.
+    assert_eq!(server.requests().len(), 1);
+}

@@ -12,6 +12,8 @@
 //! reported ([`StepOutcome::provider_error`]) so the caller can try it again.
 //! [`Agent::set_deadline`] bounds every model call, retries included.
 
+mod budget;
+mod deltas;
 mod prompt;
 #[cfg(test)]
 mod tests;
@@ -25,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field::Empty};
 
-use crate::config::ResolvedConfig;
+use crate::config::{McpServerConfig, ResolvedConfig};
 use crate::events::{EngineEvent, EventSink, FailureKind};
 use crate::llm::{self, LlmClient};
 use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult, Usage};
@@ -33,6 +35,7 @@ use crate::patch::{GitWorkspace, PatchError};
 use crate::tools::{TASK_DONE, ToolSet, ToolSetError, ToolSetOptions};
 use crate::trajectory::{StepRecord, TrajectoryRecorder};
 
+pub use budget::{Budget, BudgetExceeded, BudgetLimit, call_tokens as budget_tokens};
 pub use prompt::MAX_STEPS_EXCEEDED;
 
 /// Per-run settings that are not part of the Trae configuration.
@@ -55,6 +58,9 @@ pub struct AgentOptions {
     /// the step. For step-wise callers (the Agent Protocol); [`Agent::run`]
     /// still ends the run on such a failure.
     pub retry_failed_steps: bool,
+    /// Limits given with the request; each one unset here comes from the
+    /// configuration's `budget`.
+    pub budget: Budget,
 }
 
 /// How a run ended.
@@ -141,12 +147,23 @@ pub struct Agent {
     workspace: Option<GitWorkspace>,
     trajectory: Option<TrajectoryRecorder>,
     messages: Vec<Message>,
+    /// MCP servers (those `allow_mcp_servers` names) still to be started:
+    /// at the first step, so creating an agent stays quick and a server
+    /// that fails fails the run rather than its request.
+    mcp_pending: Vec<(String, McpServerConfig)>,
     /// `messages[..recorded]` were already sent to the model (and recorded as
     /// trajectory input).
     recorded: usize,
     steps_taken: u32,
     usage: Usage,
     cost_usd: f64,
+    budget: Budget,
+    /// When the agent was made: the start of `max_wall_secs`.
+    created: Instant,
+    /// Tokens counted toward `max_tokens_total` so far.
+    tokens_spent: u64,
+    /// The last model call's usage (the floor of the next call's cost).
+    last_usage: Option<Usage>,
     outcome: Option<RunOutcome>,
 }
 
@@ -219,9 +236,15 @@ impl Agent {
             Message::system(prompt::SYSTEM_PROMPT),
             Message::user(prompt::task_message(&working_dir, &task)),
         ];
+        let mcp_pending =
+            crate::tools::mcp::allowed_servers(&config.mcp_servers, &config.allow_mcp_servers)
+                .into_iter()
+                .map(|(name, cfg)| (name.to_string(), cfg.clone()))
+                .collect();
         Ok(Agent {
             llm,
             tools,
+            mcp_pending,
             events,
             provider,
             model,
@@ -238,6 +261,10 @@ impl Agent {
             steps_taken: 0,
             usage: Usage::default(),
             cost_usd: 0.0,
+            budget: options.budget.or(config.budget),
+            created: Instant::now(),
+            tokens_spent: 0,
+            last_usage: None,
             outcome: None,
         })
     }
@@ -308,6 +335,22 @@ impl Agent {
             let outcome = self.finish(max_steps_failure()).await;
             return StepOutcome::ended(self.steps_taken, outcome);
         }
+        if let Some(exceeded) = self.over_budget() {
+            self.events.emit(EngineEvent::BudgetExceeded {
+                step: self.steps_taken,
+                exceeded: exceeded.clone(),
+            });
+            let outcome = self
+                .finish(RunOutcome::Failed {
+                    error: exceeded.message(),
+                    kind: FailureKind::Budget,
+                })
+                .await;
+            return StepOutcome::ended(self.steps_taken, outcome);
+        }
+        if let Some(outcome) = self.start_mcp_servers(cancel).await {
+            return StepOutcome::ended(self.steps_taken, outcome);
+        }
         let undo = Undo {
             messages: self.messages.len(),
             recorded: self.recorded,
@@ -339,11 +382,16 @@ impl Agent {
             gen_ai.usage.output_tokens = Empty,
             error.type = Empty,
         );
+        let deltas = deltas::DeltaPublisher::new(self.events.clone(), step);
+        let publish = |text: &str| deltas.push(text);
         let answer = tokio::select! {
             biased;
+            // Dropping the call closes its connection: the provider stops too.
             _ = cancel.cancelled() => None,
-            r = self.llm.chat(&self.messages, self.tools.specs(), self.deadline).instrument(llm_span.clone()) => Some(r),
+            r = self.llm.chat_streamed(&self.messages, self.tools.specs(), self.deadline, &publish)
+                .instrument(llm_span.clone()) => Some(r),
         };
+        deltas.flush();
         let llm_time = llm_started.elapsed();
         match &answer {
             Some(Ok(r)) => {
@@ -536,9 +584,64 @@ impl Agent {
         &self.model
     }
 
+    /// The run's limits: request values over the configuration's.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// The limit the next model call would pass, judged from what the run
+    /// has recorded (see [`budget`]).
+    fn over_budget(&self) -> Option<BudgetExceeded> {
+        if self.budget.is_unlimited() {
+            return None;
+        }
+        let (next_tokens, next_cost_usd) = self.last_usage.map_or((0, 0.0), |last| {
+            budget::next_call_floor(&self.provider, &self.model, &last)
+        });
+        budget::check(
+            &self.budget,
+            &budget::Spent {
+                tokens: self.tokens_spent,
+                cost_usd: self.cost_usd,
+                wall_secs: self.created.elapsed().as_secs_f64(),
+                next_tokens,
+                next_cost_usd,
+            },
+        )
+    }
+
+    /// Starts the pending MCP servers; the run's end if that failed or was
+    /// cancelled.
+    async fn start_mcp_servers(&mut self, cancel: &CancellationToken) -> Option<RunOutcome> {
+        if self.mcp_pending.is_empty() {
+            return None;
+        }
+        let pending = std::mem::take(&mut self.mcp_pending);
+        let servers: Vec<(&str, &McpServerConfig)> =
+            pending.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        let started = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = self.tools.start_mcp_servers(&servers) => Some(r),
+        };
+        match started {
+            Some(Ok(())) => None,
+            None => Some(self.finish(stopped()).await),
+            Some(Err(e)) => Some(
+                self.finish(RunOutcome::Failed {
+                    error: format!("{e}; the run was not started"),
+                    kind: FailureKind::Internal,
+                })
+                .await,
+            ),
+        }
+    }
+
     fn account(&mut self, step: u32, response: &LlmResponse) {
         let usage = response.usage;
         self.usage += usage;
+        self.tokens_spent += budget::call_tokens(&self.provider, &usage);
+        self.last_usage = Some(usage);
         let cost_usd = llm::estimate_cost_usd(&self.provider, &self.model, &usage);
         self.cost_usd += cost_usd;
         self.events.emit(EngineEvent::LlmResponse {

@@ -840,3 +840,95 @@ async fn bad_working_dirs_and_tools_are_refused() {
         .unwrap();
     assert_eq!(agent.tools().names(), ["bash", "task_done"]);
 }
+
+#[tokio::test]
+async fn a_run_at_its_token_budget_stops_before_the_next_model_call() {
+    // 110 tokens a call: after 3 calls the 330-token budget is spent.
+    let model = ScriptedModel::new((0..6).map(|_| Ok(text("still working"))).collect());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(10, false);
+    cfg.budget.max_tokens_total = Some(5); // the request's limit wins
+    let opts = AgentOptions {
+        budget: Budget {
+            max_tokens_total: Some(330),
+            ..Budget::default()
+        },
+        ..options()
+    };
+    let (mut run, mut rx) = agent(&model, dir.path(), &cfg, opts).await;
+    let outcome = run.run(&CancellationToken::new()).await;
+    assert_eq!(model.conversations().len(), 3);
+    let RunOutcome::Failed { error, kind } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(*kind, FailureKind::Budget);
+    assert!(
+        error.starts_with(
+            "Budget exceeded: max_tokens_total is 330 tokens and the task has spent 330 tokens"
+        ),
+        "{error}"
+    );
+    let events = drain(&mut rx);
+    let exceeded = events
+        .iter()
+        .find_map(|e| match e {
+            EngineEvent::BudgetExceeded { step, exceeded } => Some((*step, exceeded.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        exceeded,
+        (
+            3,
+            BudgetExceeded {
+                budget: BudgetLimit::TokensTotal,
+                limit: 330.0,
+                spent: 330.0,
+                next_call_at_least: 100.0
+            }
+        )
+    );
+    assert!(matches!(events.last(), Some(EngineEvent::Failed { .. })));
+    assert_eq!(run.steps_taken(), 3);
+
+    // A call the budget could not pay for is not made either: after two
+    // calls (220), the next sends at least the last input (100) again.
+    let model = ScriptedModel::new((0..6).map(|_| Ok(text("still working"))).collect());
+    let opts = AgentOptions {
+        budget: Budget {
+            max_tokens_total: Some(300),
+            ..Budget::default()
+        },
+        ..options()
+    };
+    let (mut run, _rx) = agent(&model, dir.path(), &config(10, false), opts).await;
+    let outcome = run.run(&CancellationToken::new()).await;
+    assert_eq!(model.conversations().len(), 2, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn wall_time_and_cost_budgets_are_checked_before_each_call() {
+    let model = ScriptedModel::new(vec![Ok(text("working")), Ok(done("done"))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(10, false);
+    cfg.budget.max_wall_secs = Some(1e-9);
+    let (mut run, _rx) = agent(&model, dir.path(), &cfg, options()).await;
+    let outcome = run.run(&CancellationToken::new()).await;
+    assert!(
+        matches!(&outcome, RunOutcome::Failed { kind: FailureKind::Budget, error } if error.contains("max_wall_secs")),
+        "{outcome:?}"
+    );
+    assert!(model.conversations().is_empty());
+
+    // gpt-4o: 100 input + 10 output tokens cost $0.00035.
+    let model = ScriptedModel::new((0..6).map(|_| Ok(text("working"))).collect());
+    let mut cfg = config(10, false);
+    cfg.budget.max_cost_usd = Some(0.0008);
+    let (mut run, _rx) = agent(&model, dir.path(), &cfg, options()).await;
+    let outcome = run.run(&CancellationToken::new()).await;
+    assert!(
+        matches!(&outcome, RunOutcome::Failed { kind: FailureKind::Budget, error } if error.contains("max_cost_usd")),
+        "{outcome:?}"
+    );
+    assert_eq!(model.conversations().len(), 2);
+}

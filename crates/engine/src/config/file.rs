@@ -52,6 +52,8 @@ pub(crate) struct YamlModel {
     pub max_completion_tokens: Option<u32>,
     /// Seconds one attempt of a model call may take.
     pub timeout: Option<f64>,
+    /// Ask the provider to stream its answer (agentd's own; default true).
+    pub stream: Option<bool>,
 }
 
 /// Only `trae_agent` matters; other agents (if any) are ignored.
@@ -66,6 +68,9 @@ pub(crate) struct YamlAgent {
     pub max_steps: Option<u32>,
     pub enable_lakeview: Option<bool>,
     pub tools: Option<Vec<String>>,
+    /// agentd's own: `max_tokens_total`, `max_cost_usd`, `max_wall_secs`.
+    #[serde(flatten)]
+    pub budget: crate::agent::Budget,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +90,8 @@ pub(crate) struct LegacyFile {
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     #[serde(default)]
     pub allow_mcp_servers: Vec<String>,
+    #[serde(flatten)]
+    pub budget: crate::agent::Budget,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -105,6 +112,8 @@ pub(crate) struct LegacyProvider {
     pub max_completion_tokens: Option<u32>,
     /// Seconds one attempt of a model call may take.
     pub timeout: Option<f64>,
+    /// Ask the provider to stream its answer (agentd's own; default true).
+    pub stream: Option<bool>,
 }
 
 pub(crate) enum Parsed {

@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 pub use provider::Provider;
 
+use crate::agent::Budget;
+
 use file::{LegacyFile, Parsed, YamlFile, YamlModel, YamlProvider};
 
 /// Environment variable naming the config file.
@@ -149,12 +151,19 @@ pub struct ResolvedConfig {
     /// The model's `timeout`: seconds one attempt of a call may take; `None`
     /// leaves it to the client (`ClientOptions::request_timeout`).
     pub request_timeout_secs: Option<f64>,
+    /// Stream the model's answers (`stream` of the model entry, default
+    /// true); `false` for servers that cannot.
+    pub stream: bool,
     pub enable_lakeview: bool,
     /// `lakeview.model` (a key into `models`), YAML only.
     pub lakeview_model: Option<String>,
     pub tools: Vec<String>,
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     pub allow_mcp_servers: Vec<String>,
+    /// `max_tokens_total`, `max_cost_usd`, `max_wall_secs` of
+    /// `agents.trae_agent` (top level in the legacy JSON); a run request's
+    /// own limits win.
+    pub budget: Budget,
 }
 
 /// Defaults shared by "no file" and missing keys in a file.
@@ -192,11 +201,13 @@ impl ResolvedConfig {
             stop_sequences: vec![],
             max_completion_tokens: None,
             request_timeout_secs: None,
+            stream: true,
             enable_lakeview: true,
             lakeview_model: None,
             tools: DEFAULT_TOOLS.map(str::to_string).to_vec(),
             mcp_servers: BTreeMap::new(),
             allow_mcp_servers: vec![],
+            budget: Budget::default(),
         }
     }
 
@@ -445,9 +456,12 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
         .map(|t| timeout_secs(t, &format!("models.{model_key}.timeout")))
         .transpose()
         .map_err(invalid)?;
+    cfg.stream = model.stream.unwrap_or(true);
     cfg.lakeview_model = f.lakeview.and_then(|l| l.model);
     cfg.mcp_servers = f.mcp_servers;
     cfg.allow_mcp_servers = f.allow_mcp_servers;
+    agent.budget.validate().map_err(invalid)?;
+    cfg.budget = agent.budget;
     Ok(cfg)
 }
 
@@ -489,6 +503,7 @@ fn from_legacy(
     cfg.candidate_count = p.candidate_count;
     cfg.stop_sequences = p.stop_sequences.unwrap_or_default();
     cfg.max_completion_tokens = p.max_completion_tokens;
+    cfg.stream = p.stream.unwrap_or(true);
     cfg.request_timeout_secs = p
         .timeout
         .map(|t| timeout_secs(t, &format!("model_providers.{key}.timeout")))
@@ -499,6 +514,13 @@ fn from_legacy(
         })?;
     cfg.mcp_servers = f.mcp_servers;
     cfg.allow_mcp_servers = f.allow_mcp_servers;
+    f.budget
+        .validate()
+        .map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+    cfg.budget = f.budget;
     Ok(cfg)
 }
 

@@ -463,3 +463,37 @@ fn a_timeout_must_be_positive_seconds() {
         "{err}"
     );
 }
+
+#[test]
+fn budgets_are_read_from_both_formats_and_must_be_positive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = YAML.replace(
+        "    max_steps: 200\n",
+        "    max_steps: 200\n    max_tokens_total: 50000\n    max_cost_usd: 1.5\n",
+    );
+    let cfg = resolve(&req(&write(&dir, "b.yaml", &yaml)), &no_env).expect("resolve");
+    assert_eq!(
+        cfg.budget,
+        Budget {
+            max_tokens_total: Some(50_000),
+            max_cost_usd: Some(1.5),
+            max_wall_secs: None
+        }
+    );
+    let legacy = LEGACY.replace(
+        "\"max_steps\": 30,",
+        "\"max_steps\": 30, \"max_wall_secs\": 600,",
+    );
+    let cfg = resolve(&req(&write(&dir, "b.json", &legacy)), &no_env).expect("resolve");
+    assert_eq!(cfg.budget.max_wall_secs, Some(600.0));
+    let bad = YAML.replace(
+        "    max_steps: 200\n",
+        "    max_steps: 200\n    max_cost_usd: -1\n",
+    );
+    let err = resolve(&req(&write(&dir, "bad.yaml", &bad)), &no_env).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("max_cost_usd must be a positive number"),
+        "{err}"
+    );
+}

@@ -9,7 +9,8 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::history::{self, non_empty_result_text, paired};
-use super::http::Endpoint;
+use super::http::{Endpoint, Streamed};
+use super::stream::{AnthropicStream, TextSink, step_error};
 use super::wire::{BodyEncoder, RenderedTools, merged_turns};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
@@ -53,6 +54,15 @@ impl AnthropicClient {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> serde_json::Result<Vec<u8>> {
+        self.encode(messages, tools, false)
+    }
+
+    fn encode(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        stream: bool,
+    ) -> serde_json::Result<Vec<u8>> {
         let cfg = &self.cfg;
         let history = paired(messages);
         let tools = self
@@ -74,6 +84,7 @@ impl AnthropicClient {
             top_p: (cfg.top_p < 1.0).then_some(cfg.top_p),
             top_k: (cfg.top_k > 0).then_some(cfg.top_k),
             stop_sequences: &cfg.stop_sequences,
+            stream,
         })
     }
 }
@@ -98,6 +109,8 @@ struct MessagesRequest<'a> {
     top_k: Option<u32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
 }
 
 #[derive(Serialize)]
@@ -265,6 +278,35 @@ impl LlmClient for AnthropicClient {
             .map_err(|e| self.endpoint.encode_error(e))?;
         let answer = self.endpoint.post(body, deadline).await?;
         let v: Value = self.endpoint.decode(&answer)?;
+        parse_response(&self.cfg.model, &v)
+    }
+    async fn chat_streamed(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        deadline: Option<Instant>,
+        text: TextSink<'_>,
+    ) -> Result<LlmResponse, LlmError> {
+        if !self.cfg.stream {
+            return self.chat(messages, tools, deadline).await;
+        }
+        let body = self
+            .encode(messages, tools, true)
+            .map_err(|e| self.endpoint.encode_error(e))?;
+        let mut stream = AnthropicStream::default();
+        let answer = self
+            .endpoint
+            .post_stream(body, deadline, &mut |event| {
+                if let Some(t) = step_error(&self.endpoint, stream.push(&event))? {
+                    text(&t);
+                }
+                Ok(())
+            })
+            .await?;
+        let v = match answer {
+            Streamed::Events => stream.into_response(),
+            Streamed::Body(body) => self.endpoint.decode(&body)?,
+        };
         parse_response(&self.cfg.model, &v)
     }
     fn provider(&self) -> &str {

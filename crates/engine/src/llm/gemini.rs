@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::history::{self, non_empty_result_text, paired};
-use super::http::Endpoint;
+use super::http::{Endpoint, Streamed};
+use super::stream::{GeminiStream, TextSink, step_error};
 use super::wire::{BodyEncoder, RenderedTools, merged_turns};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
@@ -25,6 +26,8 @@ const LOCAL_ID_PREFIX: &str = "gemini-call-";
 pub(crate) struct GeminiClient {
     cfg: ResolvedConfig,
     endpoint: Endpoint,
+    /// `streamGenerateContent?alt=sse`: the same request, streamed.
+    stream_endpoint: Endpoint,
     /// Gemini 3 requires each function call's `thoughtSignature` back with
     /// the call; the neutral ToolCall has no room for it, so keep it here.
     signatures: Mutex<HashMap<String, String>>,
@@ -42,14 +45,22 @@ impl GeminiClient {
             format!("{base}/v1beta")
         };
         let model = cfg.model.trim_start_matches("models/");
-        let url = format!("{prefix}/models/{model}:generateContent");
-        let mut endpoint = opts.endpoint(Provider::Google, &cfg, url);
-        if let Some(key) = cfg.api_key.as_ref() {
-            endpoint = endpoint.with_secret_header("x-goog-api-key", key.expose());
-        }
+        let endpoint = |method: &str| {
+            let url = format!("{prefix}/models/{model}:{method}");
+            let endpoint = opts.endpoint(Provider::Google, &cfg, url);
+            match cfg.api_key.as_ref() {
+                Some(key) => endpoint.with_secret_header("x-goog-api-key", key.expose()),
+                None => endpoint,
+            }
+        };
+        let (endpoint, stream_endpoint) = (
+            endpoint("generateContent"),
+            endpoint("streamGenerateContent?alt=sse"),
+        );
         GeminiClient {
             cfg,
             endpoint,
+            stream_endpoint,
             signatures: Mutex::new(HashMap::new()),
             tools: RenderedTools::default(),
             body: BodyEncoder::default(),
@@ -439,6 +450,35 @@ impl LlmClient for GeminiClient {
             .map_err(|e| self.endpoint.encode_error(e))?;
         let answer = self.endpoint.post(body, deadline).await?;
         let v: Value = self.endpoint.decode(&answer)?;
+        self.parse(&v)
+    }
+    async fn chat_streamed(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        deadline: Option<Instant>,
+        text: TextSink<'_>,
+    ) -> Result<LlmResponse, LlmError> {
+        if !self.cfg.stream {
+            return self.chat(messages, tools, deadline).await;
+        }
+        let body = self
+            .request_body(messages, tools)
+            .map_err(|e| self.endpoint.encode_error(e))?;
+        let endpoint = &self.stream_endpoint;
+        let mut stream = GeminiStream::default();
+        let answer = endpoint
+            .post_stream(body, deadline, &mut |event| {
+                if let Some(t) = step_error(endpoint, stream.push(&event))? {
+                    text(&t);
+                }
+                Ok(())
+            })
+            .await?;
+        let v = match answer {
+            Streamed::Events => stream.into_response(),
+            Streamed::Body(body) => endpoint.decode(&body)?,
+        };
         self.parse(&v)
     }
     fn provider(&self) -> &str {

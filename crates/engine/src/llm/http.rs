@@ -11,6 +11,15 @@ use tokio::time::Instant;
 
 use super::LlmError;
 use super::retry::{RetryPolicy, is_retryable_status, retry_after};
+use super::sse::{SseEvent, SseParser};
+
+/// How a streamed request was answered.
+pub(crate) enum Streamed {
+    /// As a stream; every event went to the caller.
+    Events,
+    /// With a plain body: the server does not stream.
+    Body(Bytes),
+}
 
 /// One connection pool for the process; timeouts are set per request.
 fn shared_client() -> Result<&'static reqwest::Client, String> {
@@ -102,6 +111,135 @@ impl Endpoint {
             tracing::warn!(provider = %self.provider, attempt = attempts.count, wait_ms = wait.as_millis() as u64,
                 error = %failure.error, "LLM call failed; retrying");
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// POSTs a request that asks for a stream, with [`Endpoint::post`]'s
+    /// retries, but only while no event has arrived: after that a failure
+    /// ends the call (the model's answer is half told). Each event goes to
+    /// `on_event`. A server that ignores `stream` and answers plain JSON
+    /// gives [`Streamed::Body`].
+    pub async fn post_stream(
+        &self,
+        body: Vec<u8>,
+        deadline: Option<Instant>,
+        on_event: &mut (dyn FnMut(SseEvent) -> Result<(), LlmError> + Send),
+    ) -> Result<Streamed, LlmError> {
+        let client = shared_client().map_err(|message| self.transport(message))?;
+        let body = Bytes::from(body);
+        let mut attempts = Attempts::start();
+        loop {
+            let Some(timeout) = self.attempt_timeout(deadline) else {
+                return Err(self.out_of_time(&attempts, None));
+            };
+            let mut delivered = false;
+            let failure = match self
+                .attempt_stream(client, &body, timeout, &mut delivered, on_event)
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(failure) if delivered => return Err(failure.error),
+                Err(failure) => failure,
+            };
+            attempts.failed(&failure.error);
+            if failure.timed_out && timeout < self.timeout {
+                return Err(self.out_of_time(&attempts, Some(&failure.error)));
+            }
+            if !failure.retryable || attempts.count > self.retry.max_retries {
+                return Err(attempts.explain(failure.error));
+            }
+            let wait = self.retry.delay(attempts.count - 1, failure.retry_after);
+            if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                return Err(self.out_of_time(&attempts, Some(&failure.error)));
+            }
+            tracing::warn!(provider = %self.provider, attempt = attempts.count, wait_ms = wait.as_millis() as u64,
+                error = %failure.error, "LLM call failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One streamed request, read to its end within `timeout`.
+    async fn attempt_stream(
+        &self,
+        client: &reqwest::Client,
+        body: &Bytes,
+        timeout: Duration,
+        delivered: &mut bool,
+        on_event: &mut (dyn FnMut(SseEvent) -> Result<(), LlmError> + Send),
+    ) -> Result<Streamed, Failure> {
+        let mut resp = client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                reqwest::header::ACCEPT,
+                "text/event-stream, application/json",
+            )
+            .timeout(timeout)
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|e| self.request_failure(&e, timeout))?;
+        let status = resp.status().as_u16();
+        let is_stream = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if !(200..300).contains(&status) || !is_stream {
+            let hint = retry_after(resp.headers(), SystemTime::now());
+            let answer = resp
+                .bytes()
+                .await
+                .map_err(|e| self.request_failure(&e, timeout))?;
+            if (200..300).contains(&status) {
+                return Ok(Streamed::Body(answer));
+            }
+            return Err(Failure {
+                error: LlmError::Http {
+                    provider: self.provider.clone(),
+                    status,
+                    message: self.scrub(&provider_message(&answer)),
+                },
+                retryable: is_retryable_status(status),
+                timed_out: false,
+                retry_after: hint,
+            });
+        }
+        let mut parser = SseParser::default();
+        let not_retried = |error| Failure {
+            error,
+            retryable: false,
+            timed_out: false,
+            retry_after: None,
+        };
+        loop {
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|e| self.request_failure(&e, timeout))?;
+            let events = match &chunk {
+                Some(bytes) => parser.push(bytes),
+                None => parser.finish().into_iter().collect(),
+            };
+            for event in events {
+                *delivered = true;
+                on_event(event).map_err(not_retried)?;
+            }
+            if chunk.is_none() {
+                return Ok(Streamed::Events);
+            }
+        }
+    }
+
+    /// An error a provider reported inside its stream.
+    pub fn stream_error(&self, data: &str) -> LlmError {
+        LlmError::Decode {
+            provider: self.provider.clone(),
+            message: format!(
+                "the stream reported an error: {}",
+                self.scrub(&provider_message(data.as_bytes()))
+            ),
         }
     }
 

@@ -14,6 +14,8 @@ mod http;
 mod openai;
 mod pricing;
 mod retry;
+mod sse;
+mod stream;
 mod wire;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::messages::{LlmResponse, Message, ToolSpec};
 
 pub use pricing::estimate_cost_usd;
 pub use retry::RetryPolicy;
+pub use stream::TextSink;
 
 /// One model behind one provider, ready to be called.
 #[async_trait]
@@ -40,6 +43,20 @@ pub trait LlmClient: Send + Sync {
         tools: &[ToolSpec],
         deadline: Option<Instant>,
     ) -> Result<LlmResponse, LlmError>;
+    /// The same turn, streamed where the model streams (its `stream`, on
+    /// by default): the text goes to `text` as it arrives, and the result
+    /// is what `chat` would have returned. Dropping the future closes the
+    /// connection, so a provider stops generating for a stopped task.
+    async fn chat_streamed(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        deadline: Option<Instant>,
+        text: TextSink<'_>,
+    ) -> Result<LlmResponse, LlmError> {
+        let _ = text;
+        self.chat(messages, tools, deadline).await
+    }
     /// Provider name as configured (openai, anthropic, azure, …).
     fn provider(&self) -> &str;
     fn model(&self) -> &str;

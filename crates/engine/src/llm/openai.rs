@@ -13,7 +13,8 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::history::{self, paired, result_text};
-use super::http::Endpoint;
+use super::http::{Endpoint, Streamed};
+use super::stream::{OpenAiStream, TextSink, step_error};
 use super::wire::{BodyEncoder, RenderedTools};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
@@ -119,6 +120,15 @@ impl OpenAiClient {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> serde_json::Result<Vec<u8>> {
+        self.encode(messages, tools, false)
+    }
+
+    fn encode(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        stream: bool,
+    ) -> serde_json::Result<Vec<u8>> {
         let cfg = &self.cfg;
         let history = paired(messages);
         let tools = self
@@ -143,8 +153,18 @@ impl OpenAiClient {
             max_tokens,
             top_k: (self.kind == Provider::OpenRouter && cfg.top_k > 0).then_some(cfg.top_k),
             stop: &cfg.stop_sequences,
+            stream,
+            // Without it the stream carries no usage.
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
         })
     }
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 /// A Chat Completions request, borrowing the history and the configuration.
@@ -171,6 +191,10 @@ struct ChatRequest<'a> {
     top_k: Option<u32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     stop: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
 }
 
 /// The paired history, one [`ChatMessage`] per message.
@@ -393,6 +417,35 @@ impl LlmClient for OpenAiClient {
             .map_err(|e| self.endpoint.encode_error(e))?;
         let answer = self.endpoint.post(body, deadline).await?;
         let v: Value = self.endpoint.decode(&answer)?;
+        parse_response(self.kind.as_str(), &self.cfg.model, &v)
+    }
+    async fn chat_streamed(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        deadline: Option<Instant>,
+        text: TextSink<'_>,
+    ) -> Result<LlmResponse, LlmError> {
+        if !self.cfg.stream {
+            return self.chat(messages, tools, deadline).await;
+        }
+        let body = self
+            .encode(messages, tools, true)
+            .map_err(|e| self.endpoint.encode_error(e))?;
+        let mut stream = OpenAiStream::default();
+        let answer = self
+            .endpoint
+            .post_stream(body, deadline, &mut |event| {
+                if let Some(t) = step_error(&self.endpoint, stream.push(&event))? {
+                    text(&t);
+                }
+                Ok(())
+            })
+            .await?;
+        let v = match answer {
+            Streamed::Events => stream.into_response(),
+            Streamed::Body(body) => self.endpoint.decode(&body)?,
+        };
         parse_response(self.kind.as_str(), &self.cfg.model, &v)
     }
     fn provider(&self) -> &str {

@@ -10,6 +10,7 @@ mod clip;
 mod edit;
 mod json_edit;
 mod json_path;
+pub mod mcp;
 mod process_group;
 mod sandbox;
 mod task_done;
@@ -79,6 +80,8 @@ pub struct ToolSetOptions {
     pub process_observer: Option<Arc<dyn ProcessObserver>>,
     /// Run `bash` under bubblewrap; `None`: directly.
     pub sandbox: Option<BashSandbox>,
+    /// Start and call limits of MCP servers.
+    pub mcp: mcp::McpOptions,
 }
 
 impl Default for ToolSetOptions {
@@ -88,6 +91,7 @@ impl Default for ToolSetOptions {
             kill_grace: Duration::from_secs(2),
             process_observer: None,
             sandbox: None,
+            mcp: mcp::McpOptions::default(),
         }
     }
 }
@@ -149,7 +153,7 @@ pub(crate) async fn run_blocking(
 
 #[async_trait]
 pub(crate) trait Tool: Send + Sync {
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     async fn call(&self, args: &args::Args) -> ToolOutput;
     /// Ends whatever the tool started (processes); the default has nothing to end.
     async fn shutdown(&self) {}
@@ -161,6 +165,9 @@ pub struct ToolSet {
     tools: Vec<Box<dyn Tool>>,
     specs: Vec<ToolSpec>,
     working_dir: PathBuf,
+    options: ToolSetOptions,
+    /// The MCP servers whose tools are in `tools` (ended by `shutdown`).
+    mcp_servers: Vec<Arc<mcp::McpServer>>,
 }
 
 impl std::fmt::Debug for ToolSet {
@@ -226,7 +233,40 @@ impl ToolSet {
             tools,
             specs,
             working_dir,
+            options,
+            mcp_servers: Vec::new(),
         })
+    }
+
+    /// Starts MCP servers (in the working directory unless they name their
+    /// own `cwd`, their processes reported like bash's) and adds their tools
+    /// after the built-in ones. Fails, with nothing left running, when one
+    /// does not start in time or offers a name already taken.
+    pub async fn start_mcp_servers(
+        &mut self,
+        servers: &[(&str, &crate::config::McpServerConfig)],
+    ) -> Result<(), mcp::McpError> {
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let taken: Vec<String> = self.specs.iter().map(|s| s.name.clone()).collect();
+        let started = mcp::start(
+            servers,
+            &taken,
+            mcp::McpStart {
+                working_dir: &self.working_dir,
+                observer: self.options.process_observer.clone(),
+                options: &self.options.mcp,
+                kill_grace: self.options.kill_grace,
+            },
+        )
+        .await?;
+        for (tool, spec) in started.tools {
+            self.tools.push(Box::new(tool));
+            self.specs.push(spec);
+        }
+        self.mcp_servers.extend(started.servers);
+        Ok(())
     }
 
     /// What the model is offered, in the order the tools were named.
@@ -234,7 +274,7 @@ impl ToolSet {
         &self.specs
     }
 
-    pub fn names(&self) -> Vec<&'static str> {
+    pub fn names(&self) -> Vec<&str> {
         self.tools.iter().map(|t| t.name()).collect()
     }
 
@@ -286,6 +326,7 @@ impl ToolSet {
         for tool in &self.tools {
             tool.shutdown().await;
         }
+        mcp::McpTools::shutdown(&self.mcp_servers, self.options.kill_grace).await;
     }
 }
 
