@@ -94,6 +94,10 @@ enum Command {
         /// the data directory. Task workspaces stay in the data directory.
         #[arg(long, env = "AGENTD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
+        /// The built web console (scripts/setup builds web/console into
+        /// web/console/dist), served at /console/.
+        #[arg(long, env = "AGENTD_CONSOLE_DIR", default_value = "web/console/dist")]
+        console_dir: PathBuf,
     },
     /// Write the protobuf descriptor set (with HTTP annotations) that Envoy's
     /// transcoder loads, to a file or standard output.
@@ -147,6 +151,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             rate_limit,
             read_cache_mb,
             database_url,
+            console_dir,
         } => {
             // Logs; spans to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
             let telemetry = telemetry::init()?;
@@ -160,6 +165,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             // Every configured path, absolute from here on (see `paths`).
             let paths = agentd::paths::PathResolver::from_process()?;
             let data_dir = paths.absolute("--data-dir", &data_dir)?;
+            let console_dir = paths.absolute("--console-dir", &console_dir)?;
             let default_config = PathBuf::from(agentd_engine::config::DEFAULT_CONFIG_FILE);
             let trae_config = trae_config.filter(|p| !p.as_os_str().is_empty());
             let trae_config = paths.absolute(
@@ -199,6 +205,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                 rate_limit_per_minute: rate_limit,
                 read_cache_bytes: read_cache_mb.saturating_mul(1 << 20),
                 database_url,
+                console_dir,
             })
             .await;
             telemetry.shutdown().await;
