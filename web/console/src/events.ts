@@ -26,7 +26,7 @@ function folded(summary: string, body: string | Node, open = false): HTMLElement
   );
 }
 
-function patchView(taskId: string, path: string): HTMLElement {
+function patchView(taskId: string): HTMLElement {
   const holder = h("div", { class: "patch" });
   const button = h("button", { type: "button", class: "show-patch" }, "Show patch");
   button.addEventListener("click", async () => {
@@ -36,7 +36,7 @@ function patchView(taskId: string, path: string): HTMLElement {
       const p = await consoleApi.getPatch({ taskId });
       button.remove();
       holder.append(
-        h("p", { class: "muted" }, `${p.path} · ${p.size} bytes${p.truncated ? " (first 2 MiB shown)" : ""}`),
+        p.truncated ? h("p", { class: "muted" }, `${p.size} bytes; the first 2 MiB are shown.`) : "",
         p.diff ? renderDiff(p.diff) : h("p", { class: "muted" }, "The patch is empty."),
       );
     } catch (e) {
@@ -45,7 +45,7 @@ function patchView(taskId: string, path: string): HTMLElement {
       holder.append(h("p", { class: "error" }, `Cannot load the patch: ${errorText(e)}`));
     }
   });
-  holder.append(h("span", { class: "muted" }, path, " "), button);
+  holder.append(button);
   return holder;
 }
 
@@ -93,7 +93,7 @@ export function renderEvent(e: TaskEvent): HTMLElement {
       break;
     }
     case "patch":
-      body = [e.message ?? "patch", patchView(e.taskId, String(d.path ?? ""))];
+      body = [e.message ?? "patch", patchView(e.taskId)];
       break;
     case "complete":
       cls = "ev-done";

@@ -26,7 +26,8 @@ function chart(buckets: UsageBucket[]): Element {
     return root;
   }
   const maxTok = Math.max(1, ...buckets.map((b) => b.tokens));
-  const maxCost = Math.max(1e-9, ...buckets.map((b) => b.costUsd));
+  const topCost = Math.max(0, ...buckets.map((b) => b.costUsd));
+  const maxCost = Math.max(1e-9, topCost);
   const bw = (W - 2 * P) / buckets.length;
   const points: string[] = [];
   buckets.forEach((b, i) => {
@@ -40,7 +41,7 @@ function chart(buckets: UsageBucket[]): Element {
   const first = new Date(buckets[0].startTime * 1000).toLocaleTimeString();
   root.append(svg("text", { x: P, y: H - 6, class: "axis" }, first));
   root.append(svg("text", { x: W - P, y: H - 6, "text-anchor": "end", class: "axis" }, "now"));
-  root.append(svg("text", { x: P, y: 14, class: "axis" }, `max ${tokens(maxTok)} tokens · ${usd(maxCost)}`));
+  root.append(svg("text", { x: P, y: 14, class: "axis" }, `max ${tokens(maxTok)} tokens · ${usd(topCost)}`));
   return root;
 }
 

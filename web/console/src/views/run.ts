@@ -23,7 +23,10 @@ export function renderRun(main: HTMLElement): Stop {
   const model = h("input", { id: "run-model", name: "model", type: "text", autocomplete: "off" });
   const maxSteps = h("input", { id: "run-max-steps", name: "max_steps", type: "number", min: 1, step: 1 });
   const mustPatch = h("input", { id: "run-must-patch", name: "must_patch", type: "checkbox" });
-  const error = h("p", { id: "run-error", class: "error", role: "alert" });
+  const patchPath = h("input", { id: "run-patch-path", name: "patch_path", type: "text", autocomplete: "off" });
+  const configFile = h("input", { id: "run-config-file", name: "config_file", type: "text", autocomplete: "off" });
+  const trajectory = h("input", { id: "run-trajectory-file", name: "trajectory_file", type: "text", autocomplete: "off" });
+  const error = h("p", { id: "run-error", class: "error", role: "alert", tabindex: -1 });
   const submit = h("button", { type: "submit", id: "run-submit" }, "Start run");
   const providers = h(
     "datalist",
@@ -41,6 +44,14 @@ export function renderRun(main: HTMLElement): Stop {
     field("run-model", "Model", model, "Empty: the provider's configured model."),
     field("run-max-steps", "Max steps", maxSteps, "Empty: the configuration's max_steps."),
     h("div", { class: "field check" }, mustPatch, h("label", { for: "run-must-patch" }, "Must produce a patch (must_patch)")),
+    h(
+      "details",
+      { class: "more" },
+      h("summary", {}, "More options"),
+      field("run-patch-path", "Patch file (patch_path)", patchPath, "Where the run's git diff is written; relative paths are inside the working directory."),
+      field("run-trajectory-file", "Trajectory file (trajectory_file)", trajectory),
+      field("run-config-file", "Config file (config_file)", configFile, "A Trae config file on the agentd host; empty: the default."),
+    ),
     error,
     submit,
   );
@@ -60,6 +71,9 @@ export function renderRun(main: HTMLElement): Stop {
         model: model.value.trim(),
         maxSteps: maxSteps.value === "" ? undefined : Number(maxSteps.value),
         mustPatch: mustPatch.checked,
+        patchPath: patchPath.value.trim(),
+        trajectoryFile: trajectory.value.trim(),
+        configFile: configFile.value.trim(),
       });
       location.hash = `#/tasks/${encodeURIComponent(r.taskId)}`;
     } catch (e) {

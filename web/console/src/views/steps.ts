@@ -28,7 +28,7 @@ export function renderSteps(taskId: string, signal: AbortSignal, stepped: () => 
       list.append(
         h(
           "li",
-          { "data-step-id": s.stepId, "data-is-last": s.isLast, "data-state": s.state },
+          { "data-step-id": s.stepId, "data-is-last": String(s.isLast), "data-state": s.state },
           h("strong", {}, s.name || "step"),
           ` · ${s.state || s.status}`,
           s.isLast ? h("span", { class: "badge st-completed" }, "last") : "",

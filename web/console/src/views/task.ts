@@ -36,6 +36,7 @@ export function renderTask(main: HTMLElement, taskId: string): Stop {
   async function refresh(): Promise<void> {
     try {
       row = await consoleApi.getTask({ taskId });
+      notice.textContent = "";
       drawHeader(row);
       if (!panelsDrawn) {
         panelsDrawn = true;
