@@ -27,6 +27,11 @@ const REVALIDATE: &str = "no-cache";
 const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; \
                    base-uri 'none'; frame-ancestors 'none'";
 
+/// The console uploads in chunks of 4 MiB (web/console/src/views/artifacts.ts):
+/// fewer calls per file (each counts against the rate limit) than tonic's 4 MiB
+/// default message limit would allow with its envelope.
+pub const MAX_CHUNK_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
+
 /// `/`, `/console` and everything under `/console/`. `dir` is the built
 /// console; when it has no index.html, `/console/` says how to build it.
 pub fn routes(dir: PathBuf) -> Router {

@@ -115,7 +115,12 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
     let web = GrpcWebLayer::new();
     let grpc = Routes::new(web.layer(TraeServiceServer::new(TraeApi::new(tasks.clone()))))
         .add_service(web.layer(AgentServiceServer::new(AgentApi::new(tasks.clone()))))
-        .add_service(web.layer(ConsoleServiceServer::new(ConsoleApi::new(tasks.clone()))))
+        .add_service(
+            web.layer(
+                ConsoleServiceServer::new(ConsoleApi::new(tasks.clone()))
+                    .max_decoding_message_size(console::MAX_CHUNK_MESSAGE_BYTES),
+            ),
+        )
         .add_service(web.layer(health_service))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

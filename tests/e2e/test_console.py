@@ -309,7 +309,7 @@ def test_upload_by_drop_and_by_picker_then_download_the_same_bytes(console_runs,
     page.locator("#drop-zone").dispatch_event("drop", {"dataTransfer": drop})
     expect(page.locator('#artifacts li[data-file-name="dropped.bin"]')).to_have_count(1)
 
-    big = os.urandom(2 * MIB + 12345)  # three chunks
+    big = os.urandom(9 * MIB + 12345)  # three chunks of at most 4 MiB
     page.get_by_label("Upload into").fill("data")
     page.locator("#upload-file").set_input_files(
         files=[{"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big}])
