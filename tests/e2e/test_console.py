@@ -171,6 +171,49 @@ def test_without_a_build_the_console_says_how_and_the_api_works(tmp_path):
         helpers.LIVE_STACKS.remove(stack)
 
 
+def test_the_task_list_pages_newest_first_and_filters_by_status(tmp_path, browser):
+    """30 tasks: page 1 holds the 25 newest, page 2 the 5 oldest, newest first; the filter narrows it; a new task
+    appears on the watched page."""
+    stack = helpers.Stack(root=tmp_path, data_dir=tmp_path / "data", env=_console_env())
+    helpers.LIVE_STACKS.append(stack)
+    p = Page(browser)
+    try:
+        stack.start()
+        made = {stack.create_task(f"task {i:02d}")["task_id"] for i in range(30)}
+        # The store's order (creation time, then id), oldest first.
+        listed = requests.get(f"{stack.ap_url}{AP}/tasks", params={"page": 1, "size": 100}, timeout=10).json()["tasks"]
+        oldest_first = [t["task_id"] for t in listed]
+        assert set(oldest_first) == made
+        page = p.page
+        page.goto(f"{stack.ap_url}/console/#/tasks")
+        rows = page.locator("table.tasks tbody tr[data-task-id]")
+        expect(page.locator("#page-info")).to_have_text("30 tasks · page 1 of 2")
+        expect(rows).to_have_count(25)
+        assert rows.evaluate_all("els => els.map(e => e.dataset.taskId)") == oldest_first[::-1][:25]
+        expect(page.get_by_role("button", name="← Newer")).to_be_disabled()
+        page.get_by_role("button", name="Older →").click()
+        expect(page.locator("#page-info")).to_have_text("30 tasks · page 2 of 2")
+        expect(rows).to_have_count(5)
+        assert rows.evaluate_all("els => els.map(e => e.dataset.taskId)") == oldest_first[::-1][25:]
+        expect(page.get_by_role("button", name="Older →")).to_be_disabled()
+        assert "page=2" in page.url
+
+        page.get_by_label("Status").select_option("running")
+        expect(page.locator("#page-info")).to_have_text("0 tasks · page 1 of 1")
+        expect(page.locator("table.tasks tbody")).to_contain_text("No tasks yet.")
+        page.get_by_label("Status").select_option("created")
+        expect(page.locator("#page-info")).to_have_text("30 tasks · page 1 of 2")
+        # A task created now shows up on the watched page without a reload.
+        newest = stack.create_task("one more")["task_id"]
+        expect(rows.first).to_have_attribute("data-task-id", newest)
+        expect(page.locator("#page-info")).to_have_text("31 tasks · page 1 of 2")
+        shot(page, "tasks-paged")
+    finally:
+        p.close()
+        stack.stop()
+        helpers.LIVE_STACKS.remove(stack)
+
+
 # ---- runs, steps, files, stop -----------------------------------------------
 
 
