@@ -3,10 +3,10 @@
 //! from the same task layer. The console calls the dialects' services for
 //! everything else (runs, steps, streams, stop, downloads).
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{io::AsyncReadExt as _, sync::broadcast::error::RecvError};
 use tonic::{Request, Response, Status};
 
 use super::{agent::artifact, console_upload::ChunkedUploads, convert::ApiStream, trae::summary};
@@ -268,30 +268,48 @@ fn usage_buckets(tasks: &[Task], now: i64) -> Vec<console::UsageBucket> {
     buckets
 }
 
-/// The file of the task's last `patch` event. agentd wrote that path itself
-/// (patch_path, inside the run's working_dir), so it is read as recorded.
+/// The file of the task's last `patch` event. agentd wrote that path, but
+/// the agent may have replaced it since with a symlink to a file it must not
+/// read (under `--sandbox`, the Trae config with provider keys): a path that
+/// resolves elsewhere is served only when it lies inside the run's working
+/// directory.
 async fn patch(tasks: &TaskManager, task_id: &str) -> Result<console::GetPatchResponse> {
-    let (_, log) = tasks.task_messages(task_id).await?;
+    let (task, log) = tasks.task_messages(task_id).await?;
     let path = log
         .iter()
         .rev()
         .filter(|e| e.kind == "patch")
-        .find_map(|e| e.body.get("data")?.get("path")?.as_str().map(String::from))
+        .find_map(|e| e.body.get("data")?.get("path")?.as_str().map(PathBuf::from))
         .ok_or_else(|| Error::not_found(Resource::Artifact, format!("patch of task {task_id}")))?;
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::not_found(Resource::Artifact, path));
-        }
-        Err(e) => return Err(e.into()),
+    let shown = path.display().to_string();
+    let gone = || Error::not_found(Resource::Artifact, shown.clone());
+    let real = tokio::fs::canonicalize(&path).await.map_err(|_| gone())?;
+    let working_dir = task
+        .run_spec
+        .as_ref()
+        .and_then(|s| s.get("working_dir")?.as_str().map(PathBuf::from));
+    let inside_working_dir = match working_dir {
+        Some(dir) => tokio::fs::canonicalize(dir)
+            .await
+            .is_ok_and(|dir| real.starts_with(dir)),
+        None => false,
     };
-    let truncated = bytes.len() > MAX_PATCH_BYTES;
-    let shown = &bytes[..bytes.len().min(MAX_PATCH_BYTES)];
+    if real != path && !inside_working_dir {
+        return Err(Error::invalid(format!(
+            "the patch {shown} now resolves outside the run's working directory; read it on the host"
+        )));
+    }
+    let file = tokio::fs::File::open(&real).await.map_err(|_| gone())?;
+    let size = file.metadata().await?.len();
+    let mut bytes = Vec::new();
+    file.take(MAX_PATCH_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .await?;
     Ok(console::GetPatchResponse {
-        size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-        diff: String::from_utf8_lossy(shown).into_owned(),
-        truncated,
-        path,
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+        diff: String::from_utf8_lossy(&bytes).into_owned(),
+        truncated: size > bytes.len() as u64,
+        path: shown,
     })
 }
 

@@ -23,6 +23,7 @@ import base64
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -291,15 +292,20 @@ def test_start_a_run_from_the_form_watch_it_live_and_open_its_patch(console_runs
     shot(page, "tasks")
 
 
-def test_the_form_shows_the_servers_validation_error(console_runs, page):
+def test_the_form_shows_the_servers_validation_error_and_works_by_keyboard(console_runs, page):
     body = {"task": "x", "working_dir": "relative/dir"}
     expected = requests.post(f"{console_runs.stack.trae_url}/api/run", json=body, timeout=10)
     assert expected.status_code == 400, expected.text
     page.goto(f"{console_runs.stack.ap_url}/console/#/run")
-    page.get_by_label("Task").fill(body["task"])
-    page.get_by_label("Working directory").fill(body["working_dir"])
-    page.get_by_role("button", name="Start run").click()
+    # By keyboard alone: the form opens focused on its first field; Enter submits it.
+    expect(page.get_by_label("Task")).to_be_focused()
+    page.keyboard.type(body["task"])
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Working directory")).to_be_focused()
+    page.keyboard.type(body["working_dir"])
+    page.keyboard.press("Enter")
     expect(page.get_by_role("alert")).to_have_text(expected.json()["error"])
+    expect(page.get_by_role("alert")).to_be_focused()
     assert "#/run" in page.url
     shot(page, "run-form-error")
 
@@ -438,6 +444,64 @@ def test_overview_counts_and_usage_chart(console_runs, page, tmp_path):
     expect(page.locator("#ov-running .big")).to_have_text(str(counts["running"]))
     expect(page.locator("#ov-tokens .big")).not_to_have_text("0")
     shot(page, "overview")
+
+
+# ---- ConsoleService edges (over gRPC-Web through Envoy, as the page calls it) ----
+
+
+def console_call(stack, method: str, body: dict) -> tuple[dict | None, str]:
+    """One ConsoleService call with `buf curl --protocol grpcweb` on Envoy's REST port: (answer, error text)."""
+    out = subprocess.run(
+        [helpers.BUF_BIN, "curl", "--protocol", "grpcweb", "-d", json.dumps(body),
+         f"{stack.trae_url}/agentd.console.v1.ConsoleService/{method}"],
+        capture_output=True, text=True, timeout=60, env=helpers.clean_env(),
+    )
+    return (json.loads(out.stdout) if out.returncode == 0 else None), out.stderr
+
+
+def test_upload_chunks_must_arrive_in_order(console_runs):
+    stack = console_runs.stack
+    task_id = stack.create_task("chunks")["task_id"]
+    first, err = console_call(stack, "UploadChunk", {
+        "task_id": task_id, "file_name": "a.txt", "offset": 0, "data": base64.b64encode(b"abc").decode()})
+    assert first and first["received"] == 3 and first["uploadId"], err
+    upload = first["uploadId"]
+    skipped, err = console_call(stack, "UploadChunk", {
+        "task_id": task_id, "upload_id": upload, "offset": 5, "data": base64.b64encode(b"def").decode(), "last": True})
+    assert skipped is None and "invalid_argument" in err and "offset 5 but 3 bytes" in err, err
+    # A refused chunk ends the upload: nothing half-written is recorded.
+    again, err = console_call(stack, "UploadChunk", {
+        "task_id": task_id, "upload_id": upload, "offset": 3, "data": base64.b64encode(b"def").decode(), "last": True})
+    assert again is None and "no open upload" in err, err
+    listed = requests.get(f"{stack.ap_url}{AP}/tasks/{task_id}/artifacts", timeout=10).json()["artifacts"]
+    assert listed == [], listed
+    bad, err = console_call(stack, "UploadChunk", {"task_id": task_id, "file_name": "x", "relative_path": "../up"})
+    assert bad is None and "invalid_argument" in err, err
+    bad, err = console_call(stack, "ListTasks", {"status": "sleeping"})
+    assert bad is None and "invalid_argument" in err and "unknown status" in err, err
+
+
+def test_a_patch_replaced_by_a_symlink_out_of_the_working_dir_is_not_served(console_runs, git_repo, tmp_path):
+    runs = console_runs
+    route = runs.llm.route().script(openai_tool_call("bash", {"command": "echo changed >> README.md"}))
+    task_id = runs.run("change the readme", git_repo, route=route, patch_path="out/task.patch")
+    runs.wait_status(task_id, "completed")
+    patch = git_repo / "out" / "task.patch"
+    served, err = console_call(runs.stack, "GetPatch", {"task_id": task_id})
+    assert served and served["diff"] == patch.read_text() and "+changed" in served["diff"], err
+
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("api_key: sk-not-for-the-console\n")
+    patch.unlink()
+    patch.symlink_to(secret)
+    refused, err = console_call(runs.stack, "GetPatch", {"task_id": task_id})
+    assert refused is None and "outside the run's working directory" in err and "sk-not" not in err, err
+    # A symlink that stays inside the working directory is still the run's business.
+    patch.unlink()
+    (git_repo / "out" / "copy.patch").write_text("diff --git a/x b/x\n")
+    patch.symlink_to(git_repo / "out" / "copy.patch")
+    inside, err = console_call(runs.stack, "GetPatch", {"task_id": task_id})
+    assert inside and inside["diff"] == "diff --git a/x b/x\n", err
 
 
 # ---- API keys ---------------------------------------------------------------
