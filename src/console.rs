@@ -67,7 +67,11 @@ async fn serve(State(dir): State<Arc<PathBuf>>, req: Request) -> Response {
         Ok(uri) => uri,
         Err(_) => return StatusCode::BAD_REQUEST.into_response(),
     };
+    // Scripts and styles also come as .br/.gz files from the build
+    // (web/console/compress.mjs), sent to browsers that accept them.
     let served = ServeDir::new(dir.as_path())
+        .precompressed_br()
+        .precompressed_gzip()
         .oneshot(Request::from_parts(parts, body))
         .await;
     let mut resp = match served {
@@ -81,6 +85,8 @@ async fn serve(State(dir): State<Arc<PathBuf>>, req: Request) -> Response {
     };
     let headers = resp.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    // The body depends on Accept-Encoding (the precompressed copies): caches must know.
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
