@@ -78,7 +78,8 @@ def browser():
 
 
 class Page:
-    """A fresh browser context and page that may reach 127.0.0.1 only, with uncaught page errors collected."""
+    """A fresh browser context and page that may reach 127.0.0.1 only (the console's files, and gRPC-Web for
+    everything else), with uncaught page errors collected."""
 
     def __init__(self, browser):
         self.context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
@@ -89,16 +90,24 @@ class Page:
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
 
     def _only_loopback(self, route):
-        url = route.request.url
-        if urlparse(url).hostname == "127.0.0.1" or url.startswith(("data:", "blob:")):
+        req = route.request
+        url = urlparse(req.url)
+        if req.url.startswith(("data:", "blob:")):
             route.continue_()
+        elif url.hostname != "127.0.0.1":
+            self.blocked.append(req.url)
+            route.abort()
+        elif url.path == "/" or url.path.startswith("/console/"):
+            route.continue_()  # the console's own files
+        elif req.headers.get("content-type", "").startswith("application/grpc-web"):
+            route.continue_()  # the generated client's calls
         else:
-            self.blocked.append(url)
+            self.blocked.append(f"not gRPC-Web: {req.method} {req.url}")
             route.abort()
 
     def close(self) -> None:
         self.context.close()
-        assert not self.blocked, f"the console reached beyond 127.0.0.1: {self.blocked}"
+        assert not self.blocked, f"the console reached beyond its files and gRPC-Web on 127.0.0.1: {self.blocked}"
         assert not self.errors, f"uncaught errors in the page: {self.errors}"
 
 

@@ -31,7 +31,7 @@ export function renderSteps(taskId: string, signal: AbortSignal, stepped: () => 
           { "data-step-id": s.stepId, "data-is-last": String(s.isLast), "data-state": s.state },
           h("strong", {}, s.name || "step"),
           ` · ${s.state || s.status}`,
-          s.isLast ? h("span", { class: "badge st-completed" }, "last") : "",
+          s.isLast ? [" ", h("span", { class: "badge st-completed" }, "last")] : "",
           s.input ? h("div", { class: "muted" }, `input: ${s.input}`) : "",
           s.output ? h("div", { class: "model" }, s.output) : "",
         ),
