@@ -69,3 +69,8 @@ export function bytes(n: number): string {
 export function statusBadge(status: string): HTMLElement {
   return h("span", { class: `badge st-${status}` }, status);
 }
+
+/** Sets an element's text only when it changes (live regions re-read every write). */
+export function setText(el: Element, text: string): void {
+  if (el.textContent !== text) el.textContent = text;
+}

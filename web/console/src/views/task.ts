@@ -3,7 +3,7 @@
 // tasks the steps with "run next step"; artifacts for both.
 
 import { consoleApi, errorText, isAbort, trae } from "../api";
-import { age, clear, h, span, statusBadge, tokens, usd } from "../dom";
+import { age, clear, h, setText, span, statusBadge, tokens, usd } from "../dom";
 import { renderEvent } from "../events";
 import type { TaskRow } from "../gen/agentd/console/v1/console_pb";
 import type { Stop } from "../main";
@@ -36,7 +36,7 @@ export function renderTask(main: HTMLElement, taskId: string): Stop {
   async function refresh(): Promise<void> {
     try {
       row = await consoleApi.getTask({ taskId });
-      notice.textContent = "";
+      setText(notice, "");
       drawHeader(row);
       if (!panelsDrawn) {
         panelsDrawn = true;
@@ -74,8 +74,8 @@ export function renderTask(main: HTMLElement, taskId: string): Stop {
     stop.disabled = true;
     try {
       const r = await trae.stopTask({ taskId });
-      notice.textContent = "";
-      conn.textContent = r.message;
+      setText(notice, "");
+      setText(conn, r.message);
     } catch (e) {
       notice.textContent = `Stop failed: ${errorText(e)}`;
       stop.disabled = false;
@@ -87,26 +87,28 @@ export function renderTask(main: HTMLElement, taskId: string): Stop {
   async function follow(): Promise<void> {
     while (!abort.signal.aborted) {
       try {
-        conn.textContent = lastSeq ? `reconnecting after #${lastSeq}…` : "connecting…";
+        setText(conn, lastSeq ? `reconnecting after #${lastSeq}…` : "connecting…");
         let ended = false;
         for await (const e of trae.streamTask({ taskId, afterSeq: lastSeq }, { signal: abort.signal })) {
-          conn.textContent = "live";
+          setText(conn, "live");
           if (e.type === "heartbeat" || e.seq <= lastSeq) continue;
           lastSeq = e.seq;
+          // Follow the log only while the reader is at its end.
+          const following = window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 80;
           log.append(renderEvent(e));
-          log.lastElementChild?.scrollIntoView({ block: "nearest" });
+          if (following) log.lastElementChild?.scrollIntoView({ block: "nearest" });
           if (e.type === "end") ended = true;
           if (["start", "step", "usage", "complete", "error", "stopped", "end"].includes(e.type)) void refresh();
           if (e.type === "end" || e.type === "patch") refreshArtifacts();
         }
         if (ended) {
-          conn.textContent = "finished";
+          setText(conn, "finished");
           return;
         }
         // The stream ended without `end` (agentd or Envoy went away): resume.
       } catch (e) {
         if (abort.signal.aborted || isAbort(e)) return;
-        conn.textContent = `connection lost (${errorText(e)}); resuming after #${lastSeq}`;
+        setText(conn, `connection lost (${errorText(e)}); resuming after #${lastSeq}`);
       }
       await new Promise((r) => setTimeout(r, RECONNECT_MS));
     }

@@ -2,7 +2,7 @@
 // pages, so 100,000 tasks cost what 25 do), kept live by WatchTasks.
 
 import { consoleApi, errorText, isAbort } from "../api";
-import { age, clear, h, span, statusBadge, tokens, usd } from "../dom";
+import { age, clear, h, setText, span, statusBadge, tokens, usd } from "../dom";
 import type { ListTasksResponse, TaskRow } from "../gen/agentd/console/v1/console_pb";
 import type { Stop } from "../main";
 
@@ -87,7 +87,7 @@ export function renderTasks(main: HTMLElement): Stop {
       );
     }
     const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
-    info.textContent = `${total} task${total === 1 ? "" : "s"} · page ${page} of ${pages}`;
+    setText(info, `${total} task${total === 1 ? "" : "s"} · page ${page} of ${pages}`);
     newer.disabled = page <= 1;
     older.disabled = page >= pages;
   }
@@ -102,15 +102,15 @@ export function renderTasks(main: HTMLElement): Stop {
   async function watch(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       try {
-        live.textContent = "connecting…";
+        setText(live, "connecting…");
         const query = { status, page, pageSize: PAGE_SIZE };
         for await (const msg of consoleApi.watchTasks({ query }, { signal })) {
-          live.textContent = "live";
+          setText(live, "live");
           if (msg.page) show(msg.page);
         }
       } catch (e) {
         if (signal.aborted || isAbort(e)) return;
-        live.textContent = `reconnecting (${errorText(e)})`;
+        setText(live, `reconnecting (${errorText(e)})`);
       }
       await new Promise((r) => setTimeout(r, 1500));
     }
