@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "agentd/v1/events.proto",
     "agentd/trae/v1/trae.proto",
     "agentd/agent/v1/agent.proto",
+    "agentd/console/v1/console.proto",
     // Envoy needs these to print error details; reflection clients use them too.
     "google/rpc/status.proto",
     "google/rpc/error_details.proto",

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod console;
 pub mod error;
 pub mod host;
 pub mod metrics;

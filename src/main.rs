@@ -135,6 +135,10 @@ enum Command {
         /// it as failed (interrupted).
         #[arg(long, env = "AGENTD_LEASE_SECS", default_value_t = 10)]
         lease_secs: u64,
+        /// The built web console (scripts/setup builds web/console into
+        /// web/console/dist), served at /console/.
+        #[arg(long, env = "AGENTD_CONSOLE_DIR", default_value = "web/console/dist")]
+        console_dir: PathBuf,
     },
     /// Write the protobuf descriptor set (with HTTP annotations) that Envoy's
     /// transcoder loads, to a file or standard output.
@@ -197,6 +201,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             database_url,
             node_id,
             lease_secs,
+            console_dir,
         } => {
             // Logs; spans to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
             let telemetry = telemetry::init()?;
@@ -219,6 +224,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             // Every configured path, absolute from here on (see `paths`).
             let paths = agentd::paths::PathResolver::from_process()?;
             let data_dir = paths.absolute("--data-dir", &data_dir)?;
+            let console_dir = paths.absolute("--console-dir", &console_dir)?;
             let default_config = PathBuf::from(agentd_engine::config::DEFAULT_CONFIG_FILE);
             let trae_config = trae_config.filter(|p| !p.as_os_str().is_empty());
             let trae_config = paths.absolute(
@@ -268,6 +274,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                 database_url,
                 node_id: node_id.filter(|n| !n.is_empty()),
                 lease: secs(lease_secs),
+                console_dir,
             })
             .await;
             telemetry.shutdown().await;

@@ -15,6 +15,11 @@ pub mod agentd {
             tonic::include_proto!("agentd.agent.v1");
         }
     }
+    pub mod console {
+        pub mod v1 {
+            tonic::include_proto!("agentd.console.v1");
+        }
+    }
 }
 
 pub mod google {
@@ -32,5 +37,6 @@ pub const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agentd_descriptor.bin"));
 
 pub use agentd::agent::v1 as ap;
+pub use agentd::console::v1 as console;
 pub use agentd::trae::v1 as trae;
 pub use agentd::v1::TaskEvent;

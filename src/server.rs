@@ -18,16 +18,18 @@ use tower::Layer as _;
 
 use crate::{
     api::{
-        AgentApi, TraeApi,
+        AgentApi, ConsoleApi, TraeApi,
         auth::{self, ApiKeys},
         observe::ObserveLayer,
         rate_limit::{self, RateLimit},
         reject, sse, trae_status, websocket,
     },
+    console,
     error::{Error, Resource},
     metrics::Metrics,
     proto::{
         self, ap::agent_service_server::AgentServiceServer,
+        console::console_service_server::ConsoleServiceServer,
         trae::trae_service_server::TraeServiceServer,
     },
     store::{self, DatabaseUrl, TaskStatus},
@@ -66,6 +68,8 @@ pub struct ServeOptions {
     pub node_id: Option<String>,
     /// With a database URL: how long a run stays a node's without its heartbeat.
     pub lease: Duration,
+    /// The built web console, served at /console/ (it need not exist).
+    pub console_dir: PathBuf,
 }
 
 pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
@@ -126,6 +130,12 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
     let web = GrpcWebLayer::new();
     let grpc = Routes::new(web.layer(TraeServiceServer::new(TraeApi::new(tasks.clone()))))
         .add_service(web.layer(AgentServiceServer::new(AgentApi::new(tasks.clone()))))
+        .add_service(
+            web.layer(
+                ConsoleServiceServer::new(ConsoleApi::new(tasks.clone()))
+                    .max_decoding_message_size(console::MAX_CHUNK_MESSAGE_BYTES),
+            ),
+        )
         .add_service(web.layer(health_service))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -154,6 +164,12 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
         ))
         // Outermost: spans and request metrics see refusals too.
         .layer(ObserveLayer::new(metrics, grpc_methods()));
+    // The console's static files: no key (the page asks for one) and no rate
+    // limit (a page load is a dozen files); its API calls go through the above.
+    if !console::is_built(&opts.console_dir) {
+        tracing::info!(console_dir = %opts.console_dir.display(), "web console not built (scripts/setup builds it); /console/ says how");
+    }
+    let app = console::routes(opts.console_dir.clone()).merge(app);
 
     // TCP_NODELAY: a gRPC response is several small writes (headers, data,
     // trailers); with Nagle, the last waits for the peer's delayed ACK (40 ms).

@@ -353,7 +353,7 @@ fn step(v: &StepView) -> ap::Step {
     }
 }
 
-fn artifact(a: &Artifact) -> ap::Artifact {
+pub(super) fn artifact(a: &Artifact) -> ap::Artifact {
     ap::Artifact {
         artifact_id: a.artifact_id.clone(),
         file_name: a.file_name.clone(),

@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod auth;
+pub mod console;
+mod console_upload;
 mod convert;
 mod event_json;
 mod keys;
@@ -19,6 +21,7 @@ mod upload;
 pub mod websocket;
 
 pub use agent::AgentApi;
+pub use console::ConsoleApi;
 pub use trae::TraeApi;
 
 /// Refuses a request before it reaches a service: gRPC and gRPC-Web callers

@@ -48,7 +48,7 @@ use crate::{
     clock,
     error::{Error, Resource, Result},
     metrics::Metrics,
-    store::{self, Origin, Store, Totals},
+    store::{self, Store, Totals},
 };
 pub use agentd_engine::agent::Budget;
 use agentd_engine::tools::{BashSandbox, ToolSetOptions};
@@ -67,7 +67,7 @@ use processes::ProcessRecords;
 pub use run_config::{ConfigQuery, ConfigReport, ToolInfo};
 pub use stop::StopReason;
 pub use task_event::{EventKind, TaskEvent};
-pub use views::{Artifact, Event, Step, Task, TaskQuery, TaskStatus};
+pub use views::{Artifact, Event, Origin, Step, Task, TaskQuery, TaskStatus};
 pub use workspace::{MAX_UPLOAD_BYTES, Upload, Workspaces, sanitize_relative_path};
 
 /// A task together with its artifacts, as both dialects show it.

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use crate::store;
-pub use crate::store::{Event, TaskStatus};
+pub use crate::store::{Event, Origin, TaskStatus};
 
 /// A task as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,10 @@ pub struct Task {
     pub input: String,
     pub additional_input: Map<String, Value>,
     pub status: TaskStatus,
+    /// Which dialect created it.
+    pub origin: Origin,
+    /// A Trae run's working directory.
+    pub working_dir: Option<String>,
     /// Milliseconds since the epoch, as every time here.
     pub created_at: i64,
     pub modified_at: i64,
@@ -39,6 +43,11 @@ impl From<store::Task> for Task {
             input: t.input,
             additional_input: t.additional_input,
             status: t.status,
+            origin: t.origin,
+            working_dir: t
+                .run_spec
+                .as_ref()
+                .and_then(|s| s.get("working_dir")?.as_str().map(str::to_string)),
             created_at: t.created_at,
             modified_at: t.modified_at,
             started_at: t.started_at,
