@@ -253,7 +253,13 @@ impl Tool for BashTool {
 
         let end = session.run(command, self.timeout).await;
         let output = self.command_output(slot, end, note).await;
-        match self.observer.as_ref().and_then(|o| o.limit_notice()) {
+        // An OOM kill always fails the command (or the shell), so a command
+        // that succeeded costs no read of the group's counters.
+        let notice = output
+            .error
+            .as_ref()
+            .and_then(|_| self.observer.as_ref()?.limit_notice());
+        match notice {
             Some(notice) => output.with_error_note(&notice),
             None => output,
         }

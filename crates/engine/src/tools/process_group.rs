@@ -136,7 +136,7 @@ pub trait ProcessObserver: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
     /// A resource limit the task's processes hit since the last call (an
-    /// OOM kill), in words for the model; asked after every command.
+    /// OOM kill), in words for the model; asked after every failed command.
     fn limit_notice(&self) -> Option<String> {
         None
     }
