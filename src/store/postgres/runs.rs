@@ -58,7 +58,8 @@ async fn insert_run_in(conn: &mut PgConnection, r: &NewRun) -> Result<()> {
     Ok(())
 }
 
-async fn insert_task_in(conn: &mut PgConnection, t: &Task) -> Result<()> {
+/// The task row (the store's `insert_task`, and with a run in one transaction).
+pub(super) async fn insert_task_in(conn: &mut PgConnection, t: &Task) -> Result<()> {
     sqlx::query(
         "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, \
          created_at, modified_at, started_at, finished_at, result, error, input_tokens, \
