@@ -228,31 +228,8 @@ macro_rules! page_of_tasks {
 #[async_trait]
 impl Store for PgStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, \
-             created_at, modified_at, started_at, finished_at, result, error, input_tokens, \
-             output_tokens, cost_usd, owner) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(&t.task_id)
-        .bind(pg_text(&t.input))
-        .bind(json_text(&t.additional_input))
-        .bind(t.status.as_str())
-        .bind(t.origin.as_str())
-        .bind(t.run_spec.as_ref().map(Value::to_string))
-        .bind(t.created_at)
-        .bind(t.modified_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(pg_opt_text(&t.result))
-        .bind(pg_opt_text(&t.error))
-        .bind(t.input_tokens)
-        .bind(t.output_tokens)
-        .bind(t.cost_usd)
-        .bind(&t.owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        runs::insert_task_in(&mut conn, t).await
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {

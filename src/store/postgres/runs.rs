@@ -58,12 +58,13 @@ async fn insert_run_in(conn: &mut PgConnection, r: &NewRun) -> Result<()> {
     Ok(())
 }
 
-async fn insert_task_in(conn: &mut PgConnection, t: &Task) -> Result<()> {
+/// The task row (the store's `insert_task`, and with a run in one transaction).
+pub(super) async fn insert_task_in(conn: &mut PgConnection, t: &Task) -> Result<()> {
     sqlx::query(
         "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, \
          created_at, modified_at, started_at, finished_at, result, error, input_tokens, \
-         output_tokens, cost_usd) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         output_tokens, cost_usd, owner) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(&t.task_id)
     .bind(pg_text(&t.input))
@@ -80,6 +81,7 @@ async fn insert_task_in(conn: &mut PgConnection, t: &Task) -> Result<()> {
     .bind(t.input_tokens)
     .bind(t.output_tokens)
     .bind(t.cost_usd)
+    .bind(&t.owner)
     .execute(conn)
     .await?;
     Ok(())
