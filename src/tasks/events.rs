@@ -49,6 +49,9 @@ const REPLAY_BATCH: i64 = 100;
 /// Live events buffered per task for slow readers; past this a reader
 /// catches up from the store.
 const LIVE_BUFFER: usize = 1024;
+/// Events read back per ring from another node; more (rings were lost)
+/// leave a gap that followers fill from the store.
+const RELAY_MAX: i64 = 1000;
 /// Readers following one task at once (SSE, WebSocket and gRPC together);
 /// more are refused with 429 so one task cannot exhaust the server.
 pub const MAX_FOLLOWERS_PER_TASK: usize = 5000;
@@ -73,10 +76,12 @@ struct Topic {
     last_seq: tokio::sync::Mutex<Option<i64>>,
     live: broadcast::Sender<Arc<Event>>,
     followers: AtomicUsize,
-    /// Rung when another node committed events of the task: followers read
-    /// the store again (a version counter, so a ring is never missed).
+    /// Rung when followers must read the store again: another node's events
+    /// could not be read back, or rings may have been lost (a version
+    /// counter, so a ring is never missed).
     doorbell: tokio::sync::watch::Sender<u64>,
-    /// The highest seq this node wrote (rings for it are its own).
+    /// The highest seq published live here: written by this node, or read
+    /// back after another node's ring (rings up to it are news no more).
     written: AtomicI64,
 }
 
@@ -135,9 +140,13 @@ impl EventLog {
         self.fences.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Another node committed events `first..=seq` of the task: its
-    /// followers here read them from the store, and readers of every task's
-    /// live events (the logs WebSocket) get them too.
+    /// Another node committed events `first..=seq` of the task: they are
+    /// read from the store once and published live here, to the task's
+    /// followers and to readers of every task's live events (the logs
+    /// WebSocket). One read per ring, not one per follower: a task with 50
+    /// followers on this node would otherwise cost 50 queries per commit.
+    /// A follower that sees a gap (a lost ring, a failed read) catches up
+    /// from the store itself, as with local events.
     pub async fn ring(&self, task_id: &str, first: i64, seq: i64) {
         let topic = self
             .topics
@@ -145,24 +154,44 @@ impl EventLog {
             .unwrap_or_else(|e| e.into_inner())
             .get(task_id)
             .cloned();
-        let written = topic
+        let published = topic
             .as_ref()
             .map_or(0, |t| t.written.load(Ordering::Relaxed));
-        if seq <= written {
-            return; // this node's own write
+        if seq <= published {
+            return; // this node's own write, or relayed already
         }
-        if let Some(topic) = topic {
-            topic.doorbell.send_modify(|v| *v += 1);
+        let followed = topic
+            .as_ref()
+            .is_some_and(|t| t.followers.load(Ordering::Relaxed) > 0);
+        if !followed && self.all.receiver_count() == 0 {
+            return;
         }
-        if self.all.receiver_count() > 0 {
-            let from = (first - 1).max(written);
-            match self.store.list_events(task_id, from, seq - from).await {
-                Ok(events) => {
-                    for e in events {
-                        let _ = self.all.send(Arc::new(e));
+        // From what was published here, so the live stream has no gap.
+        let from = if published > 0 { published } else { first - 1 };
+        match self
+            .store
+            .list_events(task_id, from, (seq - from).min(RELAY_MAX))
+            .await
+        {
+            Ok(events) => {
+                let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                if let Some(topic) = &topic {
+                    if let Some(last) = events.last() {
+                        topic.written.fetch_max(last.seq, Ordering::Relaxed);
+                    }
+                    for e in &events {
+                        let _ = topic.live.send(e.clone());
                     }
                 }
-                Err(e) => tracing::debug!(%task_id, error = %e, "cannot read rung events"),
+                for e in events {
+                    let _ = self.all.send(e);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%task_id, error = %e, "cannot read rung events");
+                if let Some(topic) = topic {
+                    topic.doorbell.send_modify(|v| *v += 1);
+                }
             }
         }
     }
@@ -613,8 +642,8 @@ mod tests {
     }
 
     /// A log shared with another node: events that node commits reach a
-    /// follower here through the doorbell alone (nothing is broadcast in
-    /// this process), in order, with no gap, until `end`.
+    /// follower here through the ring alone (nothing is broadcast by a
+    /// writer in this process), in order, with no gap, until `end`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_ring_brings_another_nodes_events_to_followers() {
         let h = Harness::new(RunnerSettings::default()).await;
