@@ -6,8 +6,9 @@
 //! drift). The table is printed and written to bench/RESULTS.md.
 //!
 //! Usage: cargo bench --bench agentd [-- WORKLOAD...]   (reads, writes,
-//! fanout, artifacts, engine, scale; default all)
+//! fanout, artifacts, engine, scale, postgres; default all)
 
+mod cluster;
 mod llm;
 mod load;
 mod report;
@@ -25,7 +26,15 @@ use stack::Stack;
 
 pub type TraeClient = trae::trae_service_client::TraeServiceClient<tonic::transport::Channel>;
 
-const WORKLOADS: &[&str] = &["reads", "writes", "fanout", "artifacts", "engine", "scale"];
+const WORKLOADS: &[&str] = &[
+    "reads",
+    "writes",
+    "fanout",
+    "artifacts",
+    "engine",
+    "scale",
+    "postgres",
+];
 
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; anything else names workloads.
@@ -60,6 +69,7 @@ fn main() -> Result<()> {
                 "artifacts" => workloads::artifacts::run(&mut rows).await,
                 "engine" => workloads::engine::run(&mut rows).await,
                 "scale" => workloads::scale::run(&mut rows).await,
+                "postgres" => workloads::postgres::run(&mut rows).await,
                 _ => unreachable!(),
             };
             if let Err(e) = result {
@@ -81,10 +91,12 @@ fn main() -> Result<()> {
 
 /// Starts a Trae run in a new working directory under the stack's own.
 pub async fn start_run(client: &mut TraeClient, stack: &Stack, task: &str) -> Result<String> {
-    let work = stack
-        .root
-        .path()
-        .join(format!("work-{}", uuid::Uuid::new_v4()));
+    start_run_in(client, stack.root.path(), task).await
+}
+
+/// Starts a Trae run in a new working directory under `root`.
+pub async fn start_run_in(client: &mut TraeClient, root: &Path, task: &str) -> Result<String> {
+    let work = root.join(format!("work-{}", uuid::Uuid::new_v4()));
     Ok(client
         .run(trae::RunRequest {
             task: task.into(),
@@ -105,7 +117,12 @@ pub struct RunEnd {
 
 /// Starts a Trae run and follows its event stream to `end`.
 pub async fn run_to_end(client: &mut TraeClient, stack: &Stack, task: &str) -> Result<RunEnd> {
-    let task_id = start_run(client, stack, task).await?;
+    run_to_end_in(client, stack.root.path(), task).await
+}
+
+/// As [`run_to_end`], with the working directory under `root`.
+pub async fn run_to_end_in(client: &mut TraeClient, root: &Path, task: &str) -> Result<RunEnd> {
+    let task_id = start_run_in(client, root, task).await?;
     let mut events = client
         .stream_task(trae::StreamTaskRequest {
             task_id: task_id.clone(),

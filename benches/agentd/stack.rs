@@ -33,6 +33,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// SIGKILL, as a node lost to a crash would end.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
@@ -70,6 +76,8 @@ pub struct StackOptions {
     /// Envoy also proxies `/bench/proxy` to this 127.0.0.1 port (HTTP/2,
     /// no transcoder), like its routes to agentd.
     pub proxy_upstream: Option<u16>,
+    /// More `agentd serve` flags (the cluster adds its database and node id).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -82,6 +90,7 @@ impl Default for StackOptions {
             trae_config: None,
             read_cache_mb: None,
             proxy_upstream: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -120,7 +129,7 @@ impl Stack {
         };
         if opts.envoy {
             let (envoy, rest_url) =
-                spawn_envoy(stack.root.path(), grpc_port, opts.proxy_upstream).await?;
+                spawn_envoy(stack.root.path(), &[grpc_port], opts.proxy_upstream).await?;
             stack.envoy = Some(envoy);
             stack.rest_url = rest_url;
         }
@@ -163,7 +172,8 @@ pub async fn reference_upstream() -> Result<(u16, tokio::task::JoinHandle<()>)> 
     Ok((port, task))
 }
 
-async fn spawn_agentd(
+/// agentd with its working directory (and log, `agentd.log`) in `root`.
+pub async fn spawn_agentd(
     root: &Path,
     data_dir: &Path,
     port: u16,
@@ -186,6 +196,7 @@ async fn spawn_agentd(
                 .into_iter()
                 .flatten(),
         )
+        .args(&opts.extra_args)
         .current_dir(root)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -241,24 +252,35 @@ async fn serving(url: &str) -> bool {
     matches!(reply, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32)
 }
 
-/// Envoy with the repository's config, plus one `direct_response` route in
-/// the same virtual host (same filter chain): the ceiling for anything
-/// served behind Envoy.
-async fn spawn_envoy(
+/// Envoy with the repository's config in front of the agentd nodes on
+/// `grpc_ports`, plus one `direct_response` route in the same virtual host
+/// (same filter chain): the ceiling for anything served behind Envoy.
+pub async fn spawn_envoy(
     root: &Path,
-    grpc_port: u16,
+    grpc_ports: &[u16],
     proxy_upstream: Option<u16>,
 ) -> Result<(Proc, String)> {
     let (rest, ap, admin) = (free_port(), free_port(), free_port());
     let dir = root.join("envoy");
-    let out = Command::new(Path::new(REPO).join("scripts/envoy-config"))
+    let mut config = Command::new(Path::new(REPO).join("scripts/envoy-config"));
+    config
         .arg(&dir)
         .arg(AGENTD_BIN)
         .env("TRAE_PORT", rest.to_string())
         .env("AP_PORT", ap.to_string())
         .env("ENVOY_ADMIN_PORT", admin.to_string())
-        .env("AGENTD_LISTEN", format!("127.0.0.1:{grpc_port}"))
-        .output()?;
+        .env_remove("AGENTD_UPSTREAMS");
+    match grpc_ports {
+        [one] => config.env("AGENTD_LISTEN", format!("127.0.0.1:{one}")),
+        many => config.env(
+            "AGENTD_UPSTREAMS",
+            many.iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    };
+    let out = config.output()?;
     if !out.status.success() {
         bail!(
             "scripts/envoy-config: {}",

@@ -37,9 +37,9 @@ const TURNS: usize = 910;
 const PACE: Duration = Duration::from_millis(44);
 
 /// What one reader saw: (seq, receive time in ms since the epoch).
-type Seen = Vec<(u32, f64)>;
+pub type Seen = Vec<(u32, f64)>;
 
-fn now_ms() -> f64 {
+pub fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -193,7 +193,7 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
-fn raise_fd_limit() {
+pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
@@ -202,7 +202,11 @@ fn raise_fd_limit() {
 
 /// Reads an SSE stream through `end`; the seq comes from the JSON text
 /// without a full parse (the reader must not be the bottleneck).
-async fn sse_reader(http: reqwest::Client, url: String, ready: Arc<AtomicUsize>) -> Result<Seen> {
+pub async fn sse_reader(
+    http: reqwest::Client,
+    url: String,
+    ready: Arc<AtomicUsize>,
+) -> Result<Seen> {
     let resp = http.get(&url).send().await?.error_for_status()?;
     let mut body = resp.bytes_stream();
     let mut buf = Vec::new();
@@ -265,7 +269,7 @@ async fn ws_reader(url: String, ready: Arc<AtomicUsize>) -> Result<Seen> {
     bail!("WebSocket closed before `end`")
 }
 
-async fn grpc_reader(
+pub async fn grpc_reader(
     channel: tonic::transport::Channel,
     task_id: String,
     ready: Arc<AtomicUsize>,

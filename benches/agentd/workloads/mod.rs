@@ -3,6 +3,7 @@
 pub mod artifacts;
 pub mod engine;
 pub mod fanout;
+pub mod postgres;
 pub mod reads;
 pub mod scale;
 pub mod writes;
