@@ -72,6 +72,9 @@ pub(crate) struct Lakeview {
     worker: Option<JoinHandle<()>>,
     /// The latest step's cancellation: a stop cuts the final wait short.
     stop: CancellationToken,
+    /// The span the run's steps are in (the task's): the worker's spans go
+    /// under it, not under the step that happened to start the worker.
+    span: tracing::Span,
 }
 
 struct Job {
@@ -90,12 +93,14 @@ impl Lakeview {
             jobs: None,
             worker: None,
             stop: CancellationToken::new(),
+            span: tracing::Span::none(),
         }
     }
 
-    /// The run's cancellation for this step.
-    pub fn watch(&mut self, cancel: &CancellationToken) {
+    /// The run's cancellation for this step, and the span its step is in.
+    pub fn watch(&mut self, cancel: &CancellationToken, span: tracing::Span) {
         self.stop = cancel.clone();
+        self.span = span;
     }
 
     /// Queues a finished step (its answer and tool calls) to be summarised.
@@ -112,7 +117,7 @@ impl Lakeview {
                 events: self.events.clone(),
                 spend: self.spend.clone(),
             };
-            self.worker = Some(tokio::spawn(worker.run(rx).in_current_span()));
+            self.worker = Some(tokio::spawn(worker.run(rx).instrument(self.span.clone())));
             tx
         });
         let _ = jobs.send(Job {
@@ -164,7 +169,12 @@ impl Worker {
         // Earlier steps: (step, text).
         let mut history: Vec<(u32, String)> = Vec::new();
         while let Some(job) = jobs.recv().await {
-            match self.summarise(&history, &job).await {
+            let span = tracing::info_span!(
+                "lakeview",
+                otel.name = format_args!("lakeview step {}", job.step),
+                agent.step = i64::from(job.step),
+            );
+            match self.summarise(&history, &job).instrument(span).await {
                 Ok(Some(event)) => self.events.emit(event),
                 Ok(None) => {
                     tracing::warn!(

@@ -316,6 +316,9 @@ impl Agent {
         if self.outcome.is_some() {
             return self.step_traced(cancel, extra_user_input).await;
         }
+        if let Some(lakeview) = self.lakeview.as_mut() {
+            lakeview.watch(cancel, tracing::Span::current());
+        }
         // The step's span: its LLM call and tool calls nest in it. A call
         // that only ends the run (cancelled, out of steps) is `end run`.
         let span = if cancel.is_cancelled() || self.steps_taken >= self.max_steps {
@@ -341,9 +344,6 @@ impl Agent {
     ) -> StepOutcome {
         if let Some(outcome) = &self.outcome {
             return StepOutcome::ended(self.steps_taken, outcome.clone());
-        }
-        if let Some(lakeview) = self.lakeview.as_mut() {
-            lakeview.watch(cancel);
         }
         if cancel.is_cancelled() {
             let outcome = self.finish(stopped()).await;
