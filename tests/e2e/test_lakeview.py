@@ -20,7 +20,7 @@ pytest.register_assert_rewrite("runs_support")
 import helpers  # noqa: E402
 from helpers import AP  # noqa: E402
 from runs_support import RUN_WAIT, assert_well_formed_log  # noqa: E402
-from scripted_llm import error, openai_text, openai_tool_call  # noqa: E402
+from scripted_llm import delayed, error, openai_text, openai_tool_call  # noqa: E402
 
 pytest_plugins = ["runs_support"]
 
@@ -91,6 +91,31 @@ def test_each_step_gets_its_summary_and_tags_and_their_tokens_count(runs, tmp_pa
     assert [u["data"].get("lakeview", False) for u in usage].count(True) == 4, usage
     assert usage[-1]["data"]["total"]["input_tokens"] == 60, usage[-1]
     assert stored_tokens(runs, task_id) == (60, 30)
+
+
+def test_lakeview_tokens_count_toward_the_budget(runs, tmp_path):
+    """Every call reports 10 in / 5 out. With max_tokens_total 50, the agent
+    alone would take step 3 (30 spent, the next call at least 10 more); with
+    step 1's two lakeview calls (30) counted, the run stops before it. Step 2's
+    answer comes a second late, so step 1's summary is in by then."""
+    agent = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "ls"}, text="Let me look."),
+        delayed(openai_tool_call("bash", {"command": "pwd"}), 1.0),
+        openai_tool_call("task_done", {}, text="All done."),
+    )
+    lakeview = runs.llm.route().script(
+        summary("is listing the files.", "It runs ls."), openai_text("EXAMINE_CODE</tags>"),
+        summary("is checking where it is.", "It runs pwd."), openai_text("EXAMINE_CODE</tags>"),
+    )
+    cfg = runs.config(agent, lakeview=lakeview)
+    task_id = runs.run("look around", tmp_path / "wd", route=agent, config_file=cfg, max_tokens_total=50)
+    status = runs.wait_status(task_id, {"completed", "failed"})
+    assert status["task_status"] == "failed", status
+    messages = status["messages"]
+    (exceeded,) = of_type(messages, "budget_exceeded")
+    assert exceeded["data"]["budget"] == "max_tokens_total" and exceeded["data"]["step"] == 2, exceeded
+    assert len(agent.requests) == 2 and agent.remaining() == 1
+    assert of_type(messages, "lakeview")[0]["data"]["step"] == 1
 
 
 def test_a_failing_lakeview_model_leaves_the_run_completed(runs, tmp_path):
