@@ -261,6 +261,7 @@ fn log_message(e: &Event) -> Value {
             ("INFO", format!("tool:{tool}"))
         }
         Some(EventKind::Step | EventKind::Patch) => ("INFO", "agent".to_string()),
+        Some(EventKind::Lakeview) => ("INFO", "lakeview".to_string()),
         _ => ("INFO", "task_manager".to_string()),
     };
     let message = text("message")

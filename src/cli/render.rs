@@ -172,6 +172,34 @@ fn usage(ev: &TaskEvent) -> String {
     s
 }
 
+/// A `lakeview` event: its tags as Trae labels them, then the summary.
+fn lakeview(ev: &TaskEvent) -> String {
+    let tags: Vec<String> = match data(ev, &["tags"]) {
+        Some(Kind::ListValue(list)) => list
+            .values
+            .iter()
+            .filter_map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let summary = [text(ev, &["task"]), text(ev, &["details"])]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let label = agentd_engine::agent::lakeview::tag_label(&tags);
+    let line = match (label.is_empty(), summary.is_empty()) {
+        (false, false) => format!("{label} — {summary}"),
+        (true, _) => summary,
+        (false, true) => label,
+    };
+    one_line(&line, 240)
+}
+
 /// The event's type (None for one this build does not know: printed as is).
 pub fn kind(ev: &TaskEvent) -> Option<EventKind> {
     EventKind::parse(&ev.r#type)
@@ -184,6 +212,7 @@ pub fn detail(ev: &TaskEvent) -> String {
         Some(EventKind::ToolCall) => tool_call(ev),
         Some(EventKind::ToolResult) => tool_result(ev),
         Some(EventKind::Usage) => usage(ev),
+        Some(EventKind::Lakeview) => lakeview(ev),
         Some(EventKind::LlmResponse | EventKind::Nudge | EventKind::LlmDelta) => {
             one_line(&message(), 160)
         }
@@ -303,7 +332,16 @@ impl RunState {
             Some(EventKind::Usage) => {
                 (self.input_tokens, self.output_tokens) = tokens(ev, "total");
                 self.cost_usd = number(ev, &["total_cost_usd"]).unwrap_or(self.cost_usd);
+                // Lakeview's calls count in the totals; their lines would only be noise.
+                if flag(ev, &["lakeview"]) == Some(true) {
+                    return vec![];
+                }
                 vec![at(self, format!("tokens: {}", detail(ev)))]
+            }
+            // Summarises its own step, which may be behind the current one.
+            Some(EventKind::Lakeview) => {
+                let step = count(ev, &["step"]).unwrap_or_default();
+                vec![format!("lakeview step {step}: {}", detail(ev))]
             }
             Some(EventKind::Nudge) => vec![at(self, format!("nudge: {}", detail(ev)))],
             Some(EventKind::Complete) => vec![labelled("completed", &detail(ev))],
@@ -379,8 +417,12 @@ mod tests {
             ev(8, "tool_result", "", json!({"step": 2, "name": "bash", "success": false, "error": "boom"})),
             ev(9, "usage", "", json!({"usage": {"input_tokens": 10, "output_tokens": 5},
                 "total": {"input_tokens": 20, "output_tokens": 10}, "total_cost_usd": 0.5})),
-            ev(10, "complete", "", json!({})),
-            ev(11, "end", "Stream ended", json!({"status": "completed"})),
+            ev(10, "lakeview", "", json!({"step": 1, "task": "The agent is listing files.",
+                "details": "Runs ls.", "tags": ["EXAMINE_CODE", "THINK"]})),
+            ev(11, "usage", "", json!({"step": 1, "lakeview": true, "usage": {"input_tokens": 3, "output_tokens": 1},
+                "total": {"input_tokens": 23, "output_tokens": 11}, "total_cost_usd": 0.5})),
+            ev(12, "complete", "", json!({})),
+            ev(13, "end", "Stream ended", json!({"status": "completed"})),
         ]
         .iter()
         .flat_map(|e| st.apply(e))
@@ -397,16 +439,17 @@ mod tests {
                 "step 2/7",
                 "step 2/7 result: bash failed: boom",
                 "step 2/7 tokens: 10 in / 5 out; total 20 in / 10 out ($0.5000)",
+                "lakeview step 1: 👁️EXAMINE_CODE · 🧠THINK — The agent is listing files. Runs ls.",
                 "completed",
             ]
         );
         assert_eq!(st.outcome, Some(Outcome::Completed));
         assert_eq!(
             (st.input_tokens, st.output_tokens, st.last_seq),
-            (20, 10, 11)
+            (23, 11, 13)
         );
         assert_eq!(st.tool.as_deref(), Some("bash"));
-        assert_eq!(st.tokens_label(), "tokens 20 in / 10 out ($0.5000)");
+        assert_eq!(st.tokens_label(), "tokens 23 in / 11 out ($0.5000)");
     }
 
     #[test]

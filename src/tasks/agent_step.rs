@@ -80,7 +80,7 @@ impl TaskManager {
             )?;
             let llm = self.llm_client(&cfg)?;
             let sink = self.runner.sink(task_id);
-            let agent = Agent::new(
+            let mut agent = Agent::new(
                 &cfg,
                 llm,
                 task.input.clone(),
@@ -95,6 +95,9 @@ impl TaskManager {
             )
             .await
             .map_err(|e| Error::invalid(e.to_string()))?;
+            if let Some(lakeview) = self.lakeview_client(task_id, &cfg) {
+                agent.set_lakeview(lakeview);
+            }
             let mut running = task.clone();
             let now = clock::now_ms();
             running.status = TaskStatus::Running;

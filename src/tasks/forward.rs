@@ -114,10 +114,12 @@ async fn forward(
                     total,
                     total_cost_usd,
                     cost_usd,
+                    lakeview,
                     ..
                 } => {
                     usage = Some((*total, *total_cost_usd));
-                    if let Some(llm) = &llm {
+                    // The metrics are the agent model's; lakeview's model is another.
+                    if let Some(llm) = llm.as_ref().filter(|_| !*lakeview) {
                         llm.cost_usd.inc_by(*cost_usd);
                     }
                 }

@@ -99,6 +99,24 @@ impl TaskManager {
         Ok(llm::client_with_options(cfg, &options)?)
     }
 
+    /// The lakeview model's client, when the run summarises its steps. A
+    /// lakeview model that cannot be reached as configured (no API key, no
+    /// base URL) only costs the summaries: lakeview never fails a run.
+    pub(super) fn lakeview_client(
+        &self,
+        task_id: &str,
+        cfg: &ResolvedConfig,
+    ) -> Option<Arc<dyn llm::LlmClient>> {
+        let lakeview = cfg.lakeview_config()?;
+        match self.llm_client(&lakeview) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(%task_id, error = %e, "lakeview is off for this run");
+                None
+            }
+        }
+    }
+
     /// Resolves the configuration of a run (a named file must exist), with
     /// the server's default budget under the file's limits and `requested`
     /// (the run request's) over them.

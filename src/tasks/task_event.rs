@@ -35,6 +35,7 @@ pub enum EventKind {
     Nudge,
     StepFailed,
     BudgetExceeded,
+    Lakeview,
     Patch,
     Trajectory,
     Complete,
@@ -46,7 +47,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Start,
         EventKind::Step,
         EventKind::LlmDelta,
@@ -57,6 +58,7 @@ impl EventKind {
         EventKind::Nudge,
         EventKind::StepFailed,
         EventKind::BudgetExceeded,
+        EventKind::Lakeview,
         EventKind::Patch,
         EventKind::Trajectory,
         EventKind::Complete,
@@ -78,6 +80,7 @@ impl EventKind {
             EventKind::Nudge => "nudge",
             EventKind::StepFailed => "step_failed",
             EventKind::BudgetExceeded => "budget_exceeded",
+            EventKind::Lakeview => "lakeview",
             EventKind::Patch => "patch",
             EventKind::Trajectory => "trajectory",
             EventKind::Complete => "complete",
@@ -185,6 +188,8 @@ pub enum TaskEvent {
         total: TokenUsage,
         cost_usd: f64,
         total_cost_usd: f64,
+        /// The call was lakeview's, summarising `step`.
+        lakeview: bool,
     },
     ToolCall {
         step: u32,
@@ -219,6 +224,13 @@ pub enum TaskEvent {
         spent: f64,
         next_call_at_least: f64,
         message: String,
+    },
+    /// Lakeview's summary and tags of a finished step.
+    Lakeview {
+        step: u32,
+        task: String,
+        details: String,
+        tags: Vec<String>,
     },
     Patch {
         path: String,
@@ -258,6 +270,7 @@ impl TaskEvent {
             TaskEvent::Nudge { .. } => EventKind::Nudge,
             TaskEvent::StepFailed { .. } => EventKind::StepFailed,
             TaskEvent::BudgetExceeded { .. } => EventKind::BudgetExceeded,
+            TaskEvent::Lakeview { .. } => EventKind::Lakeview,
             TaskEvent::Patch { .. } => EventKind::Patch,
             TaskEvent::Trajectory { .. } => EventKind::Trajectory,
             TaskEvent::Complete { .. } => EventKind::Complete,
@@ -313,12 +326,25 @@ impl TaskEvent {
                 total,
                 cost_usd,
                 total_cost_usd,
+                lakeview,
             } => TaskEvent::Usage {
                 step: *step,
                 usage: usage.into(),
                 total: total.into(),
                 cost_usd: *cost_usd,
                 total_cost_usd: *total_cost_usd,
+                lakeview: *lakeview,
+            },
+            EngineEvent::Lakeview {
+                step,
+                task,
+                details,
+                tags,
+            } => TaskEvent::Lakeview {
+                step: *step,
+                task: task.clone(),
+                details: details.clone(),
+                tags: tags.clone(),
             },
             EngineEvent::StepFailed {
                 step,
@@ -397,18 +423,36 @@ impl TaskEvent {
                 total,
                 cost_usd,
                 total_cost_usd,
-            } => (
-                format!(
-                    "{} input, {} output tokens so far",
-                    total.input_tokens, total.output_tokens
-                ),
-                None,
-                None,
-                Some(json!({
+                lakeview,
+            } => {
+                let mut data = json!({
                     "step": step, "usage": usage, "total": total, "cost_usd": cost_usd,
                     "total_cost_usd": total_cost_usd,
-                })),
-            ),
+                });
+                if lakeview {
+                    data["lakeview"] = true.into();
+                }
+                let message = format!(
+                    "{} input, {} output tokens so far",
+                    total.input_tokens, total.output_tokens
+                );
+                (message, None, None, Some(data))
+            }
+            TaskEvent::Lakeview {
+                step,
+                task,
+                details,
+                tags,
+            } => {
+                let message = match (task.is_empty(), details.is_empty()) {
+                    (true, true) => tags.join(", "),
+                    (false, true) => task.clone(),
+                    (true, false) => details.clone(),
+                    (false, false) => format!("{task} {details}"),
+                };
+                let data = json!({ "step": step, "task": task, "details": details, "tags": tags });
+                (message, None, None, Some(data))
+            }
             TaskEvent::ToolCall { step, call } => {
                 let message = format!("Calling {}", call.name);
                 let mut data = to_map(&call);
@@ -546,6 +590,13 @@ mod tests {
                 total: TokenUsage::default(),
                 cost_usd: 0.0,
                 total_cost_usd: 0.0,
+                lakeview: true,
+            },
+            EventKind::Lakeview => TaskEvent::Lakeview {
+                step: 1,
+                task: "The agent is examining source code.".into(),
+                details: "It reads main.rs.".into(),
+                tags: vec!["EXAMINE_CODE".into()],
             },
             EventKind::ToolCall => TaskEvent::ToolCall { step: 1, call },
             EventKind::ToolResult => TaskEvent::ToolResult {

@@ -161,7 +161,7 @@ impl TaskManager {
             budget: Default::default(),
         };
         let sink = self.runner.sink(&task_id);
-        let agent = Agent::new(
+        let mut agent = Agent::new(
             &p.cfg,
             p.llm,
             req.task.clone(),
@@ -171,6 +171,9 @@ impl TaskManager {
         )
         .await
         .map_err(|e| Error::invalid(e.to_string()))?;
+        if let Some(lakeview) = self.lakeview_client(&task_id, &p.cfg) {
+            agent.set_lakeview(lakeview);
+        }
         if insert {
             match &self.cluster {
                 Some(cluster) => {

@@ -97,20 +97,34 @@ class Route:
             return len(self.llm._routes[self.name])
 
 
-def trae_config_yaml(base_url: str, max_retries: int | None = None, max_steps: int = 20) -> str:
+def trae_config_yaml(base_url: str, max_retries: int | None = None, max_steps: int = 20,
+                     lakeview_url: str | None = None, lakeview_retries: int = 0,
+                     enable_lakeview: bool | None = None) -> str:
     """A Trae YAML config whose agent uses the `openai` provider at
-    `base_url`; the API key comes from OPENAI_API_KEY in agentd's environment."""
+    `base_url`; the API key comes from OPENAI_API_KEY in agentd's environment.
+    With `lakeview_url`, a lakeview model there (lakeview on unless
+    `enable_lakeview` is False); without it, lakeview off."""
     retries = f"    max_retries: {max_retries}\n" if max_retries is not None else ""
-    return (
+    if enable_lakeview is None:
+        enable_lakeview = lakeview_url is not None
+    text = (
         "agents:\n"
         "  trae_agent:\n"
         "    model: scripted_model\n"
         f"    max_steps: {max_steps}\n"
-        "    enable_lakeview: false\n"
+        f"    enable_lakeview: {'true' if enable_lakeview else 'false'}\n"
         "model_providers:\n"
         "  openai:\n"
         "    provider: openai\n"
         f"    base_url: {base_url}\n"
+    )
+    if lakeview_url is not None:
+        text += (
+            "  lakeview_provider:\n"
+            "    provider: openai\n"
+            f"    base_url: {lakeview_url}\n"
+        )
+    text += (
         "models:\n"
         "  scripted_model:\n"
         "    model_provider: openai\n"
@@ -119,6 +133,17 @@ def trae_config_yaml(base_url: str, max_retries: int | None = None, max_steps: i
         "    temperature: 0.0\n"
         "    top_p: 1.0\n" + retries
     )
+    if lakeview_url is not None:
+        text += (
+            "  lakeview_model:\n"
+            "    model_provider: lakeview_provider\n"
+            "    model: scripted-lakeview\n"
+            "    max_tokens: 256\n"
+            f"    max_retries: {lakeview_retries}\n"
+            "lakeview:\n"
+            "  model: lakeview_model\n"
+        )
+    return text
 
 
 # ---- a stack wired to the scripted LLM --------------------------------------
@@ -137,12 +162,15 @@ class Runs:
 
     # ---- configuration ----
 
-    def config(self, route: Route, max_retries: int | None = None, max_steps: int = 20) -> str:
-        """Writes a config file for `route`; returns its absolute path (for
+    def config(self, route: Route, max_retries: int | None = None, max_steps: int = 20,
+               lakeview: Route | None = None, **lakeview_options) -> str:
+        """Writes a config file for `route` (and a lakeview model on
+        `lakeview`, see `trae_config_yaml`); returns its absolute path (for
         `config_file` on /api/run or in an Agent Protocol task's
         additional_input)."""
         path = self.configs_dir / f"{route.name}-{next(self._config_ids)}.yaml"
-        path.write_text(trae_config_yaml(route.base_url, max_retries=max_retries, max_steps=max_steps))
+        path.write_text(trae_config_yaml(route.base_url, max_retries=max_retries, max_steps=max_steps,
+                                         lakeview_url=lakeview and lakeview.base_url, **lakeview_options))
         return str(path)
 
     # ---- Trae runs ----

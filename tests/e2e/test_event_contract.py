@@ -7,7 +7,8 @@ The runs between them produce every stored type: a Trae run that is nudged,
 gets malformed tool arguments, edits a git repo and writes a patch and a
 trajectory; a stopped run; a run whose provider fails; an Agent Protocol task
 whose first step's model call gives up (`step_failed`) and whose next step
-completes it; a streamed run that reaches its token budget."""
+completes it; a streamed run that reaches its token budget; a run with a
+lakeview model (`lakeview`, and `usage` with `lakeview`)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,15 @@ def test_every_event_on_every_transport_is_as_events_proto_documents(runs, git_r
         budgeted = runs.run("over budget", tmp_path / "budget", route=thinking, max_tokens_total=15)
         tasks.append(budgeted)
         runs.wait_status(budgeted, "failed")
+
+        # 6. A run whose steps lakeview summarises (a second route is its model).
+        agent = runs.llm.route().script(openai_tool_call("task_done", {}, text="Done."))
+        lakeview = runs.llm.route().script(openai_text(" is finishing.</task><details>It calls task_done.</details>"),
+                                           openai_text("REPORT</tags>"))
+        summarised = runs.run("summarise me", tmp_path / "lakeview", route=agent,
+                              config_file=runs.config(agent, lakeview=lakeview))
+        tasks.append(summarised)
+        runs.wait_status(summarised, "completed")
 
         log_msgs, _ = reader.result()
 

@@ -42,13 +42,27 @@ pub enum EngineEvent {
     /// empty patch under `must_patch`.
     Nudge { step: u32, message: String },
     /// Token usage and estimated cost after an LLM call: this call's and the
-    /// run's running totals.
+    /// run's running totals (the agent's calls and lakeview's together).
     Usage {
         step: u32,
         usage: Usage,
         total: Usage,
         cost_usd: f64,
         total_cost_usd: f64,
+        /// The call was lakeview's (summarising `step`), not the agent's.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lakeview: bool,
+    },
+    /// Lakeview's summary of a finished step (see `agent::lakeview`), made
+    /// beside the loop, so it may arrive after later steps' events. `task`
+    /// is the general what (at most ~10 words), `details` the specifics;
+    /// `tags` are Trae's step tags (`WRITE_TEST`, `EXAMINE_CODE`, …). Either
+    /// part may be empty when the model's answer could not be read.
+    Lakeview {
+        step: u32,
+        task: String,
+        details: String,
+        tags: Vec<String>,
     },
     /// A step's wall time: in the model call, in its tools, and the rest
     /// (the engine's own work: history, events, trajectory). Telemetry: the

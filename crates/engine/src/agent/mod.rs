@@ -14,7 +14,9 @@
 
 mod budget;
 mod deltas;
+pub mod lakeview;
 mod prompt;
+mod spend;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +36,9 @@ use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult, Usage};
 use crate::patch::{GitWorkspace, PatchError};
 use crate::tools::{TASK_DONE, ToolSet, ToolSetError, ToolSetOptions};
 use crate::trajectory::{StepRecord, TrajectoryRecorder};
+
+use lakeview::Lakeview;
+use spend::{Call, Ledger};
 
 pub use budget::{Budget, BudgetExceeded, BudgetLimit, call_tokens as budget_tokens};
 pub use prompt::MAX_STEPS_EXCEEDED;
@@ -155,13 +160,13 @@ pub struct Agent {
     /// trajectory input).
     recorded: usize,
     steps_taken: u32,
-    usage: Usage,
-    cost_usd: f64,
+    /// Tokens and cost of every model call of the run, lakeview's included.
+    spend: Ledger,
+    /// Summarises each finished step beside the loop (see [`Agent::set_lakeview`]).
+    lakeview: Option<Lakeview>,
     budget: Budget,
     /// When the agent was made: the start of `max_wall_secs`.
     created: Instant,
-    /// Tokens counted toward `max_tokens_total` so far.
-    tokens_spent: u64,
     /// The last model call's usage (the floor of the next call's cost).
     last_usage: Option<Usage>,
     outcome: Option<RunOutcome>,
@@ -259,11 +264,10 @@ impl Agent {
             messages,
             recorded: 0,
             steps_taken: 0,
-            usage: Usage::default(),
-            cost_usd: 0.0,
+            spend: Ledger::default(),
+            lakeview: None,
             budget: options.budget.or(config.budget),
             created: Instant::now(),
-            tokens_spent: 0,
             last_usage: None,
             outcome: None,
         })
@@ -283,6 +287,17 @@ impl Agent {
         }
     }
 
+    /// Summarise each finished step with this model (lakeview, see
+    /// [`lakeview`]): beside the loop, its tokens and cost counted in the
+    /// run's. Build the client from `ResolvedConfig::lakeview_config`.
+    pub fn set_lakeview(&mut self, client: Arc<dyn LlmClient>) {
+        self.lakeview = Some(Lakeview::new(
+            client,
+            self.events.clone(),
+            self.spend.clone(),
+        ));
+    }
+
     /// Bounds every later model call of this agent, retries and backoff
     /// included, until changed (`None`: only the client's own timeouts). A
     /// call that runs out of time fails like any provider failure.
@@ -300,6 +315,9 @@ impl Agent {
     ) -> StepOutcome {
         if self.outcome.is_some() {
             return self.step_traced(cancel, extra_user_input).await;
+        }
+        if let Some(lakeview) = self.lakeview.as_mut() {
+            lakeview.watch(cancel, tracing::Span::current());
         }
         // The step's span: its LLM call and tool calls nest in it. A call
         // that only ends the run (cancelled, out of steps) is `end run`.
@@ -501,6 +519,9 @@ impl Agent {
                 .saturating_sub(llm_time + tool_time)
                 .as_secs_f64(),
         });
+        if let Some(lakeview) = self.lakeview.as_mut() {
+            lakeview.summarise(step, &response, self.deadline);
+        }
         let outcome = if completed {
             Some(
                 self.finish(RunOutcome::Completed {
@@ -555,14 +576,14 @@ impl Agent {
         self.max_steps
     }
 
-    /// Token usage summed over the run.
+    /// Token usage summed over the run (lakeview's calls included).
     pub fn usage(&self) -> Usage {
-        self.usage
+        self.spend.totals().usage
     }
 
     /// Estimated cost of the run so far, in USD (0 for unknown models).
     pub fn cost_usd(&self) -> f64 {
-        self.cost_usd
+        self.spend.totals().cost_usd
     }
 
     /// The conversation so far.
@@ -598,11 +619,12 @@ impl Agent {
         let (next_tokens, next_cost_usd) = self.last_usage.map_or((0, 0.0), |last| {
             budget::next_call_floor(&self.provider, &self.model, &last)
         });
+        let spent = self.spend.totals();
         budget::check(
             &self.budget,
             &budget::Spent {
-                tokens: self.tokens_spent,
-                cost_usd: self.cost_usd,
+                tokens: spent.tokens,
+                cost_usd: spent.cost_usd,
                 wall_secs: self.created.elapsed().as_secs_f64(),
                 next_tokens,
                 next_cost_usd,
@@ -639,11 +661,7 @@ impl Agent {
 
     fn account(&mut self, step: u32, response: &LlmResponse) {
         let usage = response.usage;
-        self.usage += usage;
-        self.tokens_spent += budget::call_tokens(&self.provider, &usage);
         self.last_usage = Some(usage);
-        let cost_usd = llm::estimate_cost_usd(&self.provider, &self.model, &usage);
-        self.cost_usd += cost_usd;
         self.events.emit(EngineEvent::LlmResponse {
             step,
             content: response.content.clone(),
@@ -652,13 +670,16 @@ impl Agent {
             model: response.model.clone(),
             finish_reason: response.finish_reason.clone(),
         });
-        self.events.emit(EngineEvent::Usage {
-            step,
-            usage,
-            total: self.usage,
-            cost_usd,
-            total_cost_usd: self.cost_usd,
-        });
+        self.spend.record(
+            Call {
+                step,
+                provider: &self.provider,
+                model: &self.model,
+                usage,
+                lakeview: false,
+            },
+            &*self.events,
+        );
     }
 
     fn nudge(&mut self, step: u32, message: &str) {
@@ -859,6 +880,11 @@ impl Agent {
                     path: rec.path().display().to_string(),
                 });
             }
+        }
+        if let Some(lakeview) = self.lakeview.as_mut() {
+            // The last steps' summaries before the end (none once stopped).
+            let stopped = matches!(outcome, RunOutcome::Stopped { .. });
+            lakeview.finish(stopped).await;
         }
         self.events.emit(match &outcome {
             RunOutcome::Completed { result } => EngineEvent::Completed {

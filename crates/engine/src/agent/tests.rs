@@ -932,3 +932,194 @@ async fn wall_time_and_cost_budgets_are_checked_before_each_call() {
     );
     assert_eq!(model.conversations().len(), 2);
 }
+
+// ---- lakeview ---------------------------------------------------------------
+
+/// A lakeview model whose calls wait until it is opened.
+struct GatedModel {
+    inner: Arc<ScriptedModel>,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl LlmClient for GatedModel {
+    async fn chat(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<LlmResponse, LlmError> {
+        let _open = self.gate.acquire().await.unwrap();
+        self.inner.chat(messages, tools, deadline).await
+    }
+    fn provider(&self) -> &str {
+        "openai"
+    }
+    fn model(&self) -> &str {
+        "gpt-4o-mini"
+    }
+}
+
+fn lakeview_events(events: &[EngineEvent]) -> Vec<(u32, String, String, Vec<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Lakeview {
+                step,
+                task,
+                details,
+                tags,
+            } => Some((*step, task.clone(), details.clone(), tags.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lakeview_summarises_each_step_beside_the_loop_and_counts_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![
+        Ok(calls("Let me look.", &[("bash", json!({"command": "ls"}))])),
+        Ok(done("done")),
+    ]);
+    let lakeview = Arc::new(GatedModel {
+        inner: ScriptedModel::new(vec![
+            Ok(text(
+                " is listing files.</task><details>Runs ls in the repo.</details>",
+            )),
+            Ok(text("EXAMINE_CODE</tags>")),
+            // Unreadable at first: asked again.
+            Ok(text("no idea")),
+            Ok(text(
+                " is finishing.</task><details>Calls task_done.</details>",
+            )),
+            Ok(text("REPORT</tags>")),
+        ]),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    agent.set_lakeview(lakeview.clone());
+    let run = tokio::spawn(async move {
+        let outcome = agent.run(&CancellationToken::new()).await;
+        (agent, outcome)
+    });
+    // Both steps run while the lakeview model has not answered once.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while model.conversations().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the second step did not wait for lakeview");
+    assert!(lakeview.inner.conversations().is_empty());
+    lakeview.gate.add_permits(100);
+    let (agent, outcome) = run.await.unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+
+    let events = drain(&mut rx);
+    assert_eq!(
+        lakeview_events(&events),
+        [
+            (
+                1,
+                "The agent is listing files.".to_string(),
+                "Runs ls in the repo.".to_string(),
+                vec!["EXAMINE_CODE".to_string()]
+            ),
+            (
+                2,
+                "The agent is finishing.".to_string(),
+                "Calls task_done.".to_string(),
+                vec!["REPORT".to_string()]
+            ),
+        ]
+    );
+    // Before the run's end.
+    let last_lakeview = events
+        .iter()
+        .rposition(|e| matches!(e, EngineEvent::Lakeview { .. }));
+    let completed = events
+        .iter()
+        .position(|e| matches!(e, EngineEvent::Completed { .. }));
+    assert!(last_lakeview < completed, "{events:#?}");
+
+    // The second step's summary saw the first step; its tagger saw it too.
+    let asked = lakeview.inner.conversations();
+    assert_eq!(asked.len(), 5);
+    assert!(
+        asked[0][0]
+            .content
+            .contains("<previous_step>(none)</previous_step>")
+    );
+    assert!(
+        asked[0][0]
+            .content
+            .contains("[`bash`] `{\"command\":\"ls\"}`")
+    );
+    assert!(asked[2][0].content.contains("<previous_step>Let me look."));
+    assert!(
+        asked[4][0]
+            .content
+            .contains("<step id=\"1\">\nLet me look.")
+    );
+    assert_eq!(asked[0].last().unwrap().role, Role::Assistant);
+
+    // 2 agent calls and 5 lakeview calls of 100 input tokens each, in order.
+    assert_eq!(agent.usage().input_tokens, 700);
+    let usage: Vec<(u64, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Usage {
+                total, lakeview, ..
+            } => Some((total.input_tokens, *lakeview)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(usage.len(), 7);
+    assert_eq!(usage.iter().filter(|(_, lv)| *lv).count(), 5);
+    assert!(usage.windows(2).all(|w| w[0].0 < w[1].0), "{usage:?}");
+}
+
+#[tokio::test]
+async fn a_failing_lakeview_model_does_not_fail_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![
+        Ok(calls("Let me look.", &[("bash", json!({"command": "ls"}))])),
+        Ok(done("done")),
+    ]);
+    let lakeview = ScriptedModel::new(vec![Err("down".into()), Err("down".into())]);
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    agent.set_lakeview(lakeview.clone());
+    let outcome = agent.run(&CancellationToken::new()).await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    let events = drain(&mut rx);
+    assert!(lakeview_events(&events).is_empty(), "{events:#?}");
+    // One failed summary call per step; no tag call after it.
+    assert_eq!(lakeview.conversations().len(), 2);
+    assert_eq!(agent.usage().input_tokens, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_lakeview() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::new(vec![Ok(calls(
+        "Let me look.",
+        &[("bash", json!({"command": "ls"}))],
+    ))]);
+    let lakeview = Arc::new(GatedModel {
+        inner: ScriptedModel::new(vec![]),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let (mut agent, mut rx) = agent(&model, dir.path(), &config(5, false), options()).await;
+    agent.set_lakeview(lakeview.clone());
+    let cancel = CancellationToken::new();
+    let step = agent.step(&cancel, None).await;
+    assert!(!step.is_last);
+    cancel.cancel();
+    let outcome = tokio::time::timeout(lakeview::DRAIN / 2, agent.run(&cancel))
+        .await
+        .expect("the stop waited for lakeview");
+    assert!(matches!(outcome, RunOutcome::Stopped { .. }), "{outcome:?}");
+    assert!(lakeview_events(&drain(&mut rx)).is_empty());
+    assert!(lakeview.inner.conversations().is_empty());
+}

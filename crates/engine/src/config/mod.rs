@@ -157,6 +157,15 @@ pub struct ResolvedConfig {
     pub enable_lakeview: bool,
     /// `lakeview.model` (a key into `models`), YAML only.
     pub lakeview_model: Option<String>,
+    /// The model that summarises each step (see `agent::lakeview`), when
+    /// `enable_lakeview` is on and there is one: in YAML the entry
+    /// `lakeview.model` names (without it, no summaries: upstream refuses
+    /// such a file, agentd runs without them); in the legacy JSON the
+    /// agent's own model, as upstream's conversion of that format does.
+    /// Its provider's key and base URL come from the environment as the
+    /// agent's do; a run request's provider/model do not change it (YAML).
+    #[serde(skip)]
+    pub lakeview: Option<Box<ResolvedConfig>>,
     pub tools: Vec<String>,
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     pub allow_mcp_servers: Vec<String>,
@@ -204,6 +213,7 @@ impl ResolvedConfig {
             stream: true,
             enable_lakeview: true,
             lakeview_model: None,
+            lakeview: None,
             tools: DEFAULT_TOOLS.map(str::to_string).to_vec(),
             mcp_servers: BTreeMap::new(),
             allow_mcp_servers: vec![],
@@ -214,6 +224,17 @@ impl ResolvedConfig {
     /// The provider as a kind (always valid for a config built by [`resolve`]).
     pub fn provider_kind(&self) -> Result<Provider, ConfigError> {
         self.provider.parse()
+    }
+
+    /// The configuration of the lakeview model's client, if this run
+    /// summarises its steps: its entry with temperature 0.1, as upstream's
+    /// lakeview calls set it.
+    pub fn lakeview_config(&self) -> Option<ResolvedConfig> {
+        let lakeview = self.lakeview.as_deref().filter(|_| self.enable_lakeview)?;
+        Some(ResolvedConfig {
+            temperature: 0.1,
+            ..lakeview.clone()
+        })
     }
 
     pub fn api_key_set(&self) -> bool {
@@ -312,6 +333,32 @@ pub fn resolve(
     cfg.config_exists = exists;
 
     // Environment beats the file; request values beat both.
+    apply_env(&mut cfg, &env)?;
+    if let Some(lakeview) = cfg.lakeview.as_mut() {
+        apply_env(lakeview, &env)?;
+    }
+    if let Some(model) = non_empty(req.model.as_deref()) {
+        cfg.model = model;
+    }
+    if let Some(steps) = req.max_steps {
+        cfg.max_steps = steps;
+    }
+    if cfg.format == ConfigFormat::LegacyJson && cfg.enable_lakeview {
+        // Upstream's legacy conversion gives lakeview the agent's model
+        // itself, overrides included.
+        cfg.lakeview = Some(Box::new(ResolvedConfig {
+            lakeview: None,
+            ..cfg.clone()
+        }));
+    }
+    Ok(cfg)
+}
+
+/// A provider's key and base URL from the environment, over the file's.
+fn apply_env(
+    cfg: &mut ResolvedConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
     let kind = cfg.provider_kind()?;
     if let Some(key) = env(&kind.api_key_env()) {
         cfg.api_key = Some(Secret::new(key));
@@ -322,13 +369,7 @@ pub fn resolve(
     if cfg.base_url.is_none() {
         cfg.base_url = kind.default_base_url().map(str::to_string);
     }
-    if let Some(model) = non_empty(req.model.as_deref()) {
-        cfg.model = model;
-    }
-    if let Some(steps) = req.max_steps {
-        cfg.max_steps = steps;
-    }
-    Ok(cfg)
+    Ok(())
 }
 
 /// A missing `.yaml`/`.yml` falls back to a `.json` with the same stem.
@@ -426,7 +467,7 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
         )
     };
 
-    let mut cfg = ResolvedConfig::defaults(kind);
+    let mut cfg = model_config(kind, &provider, model, model_key).map_err(invalid)?;
     cfg.format = ConfigFormat::Yaml;
     cfg.default_provider = agent_kind.as_str().into();
     cfg.max_steps = agent.max_steps.unwrap_or(DEFAULT_MAX_STEPS);
@@ -434,6 +475,43 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
     if let Some(tools) = agent.tools {
         cfg.tools = tools;
     }
+    cfg.lakeview_model = f.lakeview.and_then(|l| l.model);
+    if cfg.enable_lakeview
+        && let Some(key) = &cfg.lakeview_model
+    {
+        let model = f
+            .models
+            .get(key)
+            .ok_or_else(|| invalid(format!("lakeview.model refers to unknown model '{key}'")))?;
+        let provider = f
+            .model_providers
+            .get(&model.model_provider)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "models.{key}.model_provider refers to unknown model provider '{}'",
+                    model.model_provider
+                ))
+            })?;
+        let kind: Provider = provider.provider.parse()?;
+        let mut lakeview = model_config(kind, provider, model.clone(), key).map_err(invalid)?;
+        lakeview.format = ConfigFormat::Yaml;
+        cfg.lakeview = Some(Box::new(lakeview));
+    }
+    cfg.mcp_servers = f.mcp_servers;
+    cfg.allow_mcp_servers = f.allow_mcp_servers;
+    agent.budget.validate().map_err(invalid)?;
+    cfg.budget = agent.budget;
+    Ok(cfg)
+}
+
+/// A model entry of the YAML and its provider, over the built-in defaults.
+fn model_config(
+    kind: Provider,
+    provider: &YamlProvider,
+    model: YamlModel,
+    model_key: &str,
+) -> Result<ResolvedConfig, String> {
+    let mut cfg = ResolvedConfig::defaults(kind);
     cfg.model = model.model;
     cfg.base_url = non_empty(provider.base_url.as_deref());
     cfg.api_version = non_empty(provider.api_version.as_deref());
@@ -454,14 +532,8 @@ fn from_yaml(path: &Path, f: YamlFile, req: &ConfigRequest) -> Result<ResolvedCo
     cfg.request_timeout_secs = model
         .timeout
         .map(|t| timeout_secs(t, &format!("models.{model_key}.timeout")))
-        .transpose()
-        .map_err(invalid)?;
+        .transpose()?;
     cfg.stream = model.stream.unwrap_or(true);
-    cfg.lakeview_model = f.lakeview.and_then(|l| l.model);
-    cfg.mcp_servers = f.mcp_servers;
-    cfg.allow_mcp_servers = f.allow_mcp_servers;
-    agent.budget.validate().map_err(invalid)?;
-    cfg.budget = agent.budget;
     Ok(cfg)
 }
 

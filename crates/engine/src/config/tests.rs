@@ -497,3 +497,80 @@ fn budgets_are_read_from_both_formats_and_must_be_positive() {
         "{err}"
     );
 }
+
+#[test]
+fn yaml_lakeview_model_is_resolved_with_its_own_provider() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = YAML
+        .replace("enable_lakeview: false", "enable_lakeview: true")
+        .replace(
+            "lakeview:\n  model: trae_agent_model",
+            "lakeview:\n  model: gpt",
+        );
+    let path = write(&dir, "c.yaml", &text);
+    let env = env_of(&[("OPENAI_BASE_URL", "https://env.example/v1")]);
+    // The request's model is the agent's, not lakeview's.
+    let r = ConfigRequest {
+        model: Some("claude-other".into()),
+        ..req(&path)
+    };
+    let cfg = resolve(&r, &env).expect("resolve");
+    assert_eq!(cfg.model, "claude-other");
+    let lv = cfg.lakeview_config().expect("lakeview is on");
+    assert_eq!(
+        (lv.provider.as_str(), lv.model.as_str()),
+        ("openai", "gpt-4.1")
+    );
+    assert_eq!(lv.base_url.as_deref(), Some("https://env.example/v1"));
+    assert_eq!(
+        lv.api_key.as_ref().map(Secret::expose),
+        Some("sk-openai-file-key")
+    );
+    assert_eq!((lv.max_retries, lv.temperature), (3, 0.1));
+
+    // Off by the agent's switch, or without a lakeview model.
+    let off = resolve(&req(&write(&dir, "off.yaml", YAML)), &no_env).expect("resolve");
+    assert!(off.lakeview_config().is_none());
+    let none = text.replace("lakeview:\n  model: gpt\n", "");
+    let none = resolve(&req(&write(&dir, "none.yaml", &none)), &no_env).expect("resolve");
+    assert!(none.enable_lakeview && none.lakeview_config().is_none());
+}
+
+#[test]
+fn yaml_lakeview_naming_an_unknown_model_is_invalid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = YAML
+        .replace("enable_lakeview: false", "enable_lakeview: true")
+        .replace(
+            "lakeview:\n  model: trae_agent_model",
+            "lakeview:\n  model: nope",
+        );
+    let err = resolve(&req(&write(&dir, "c.yaml", &text)), &no_env).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("lakeview.model refers to unknown model 'nope'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn legacy_lakeview_uses_the_agents_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let on = LEGACY.replace("\"enable_lakeview\": false,", "");
+    let r = ConfigRequest {
+        model: Some("gpt-4.1-mini".into()),
+        ..req(&write(&dir, "c.json", &on))
+    };
+    let cfg = resolve(&r, &no_env).expect("resolve");
+    let lv = cfg.lakeview_config().expect("on by default");
+    assert_eq!(
+        (lv.provider.as_str(), lv.model.as_str()),
+        ("openai", "gpt-4.1-mini")
+    );
+    assert_eq!(
+        lv.api_key.as_ref().map(Secret::expose),
+        Some("sk-legacy-key")
+    );
+    let off = resolve(&req(&write(&dir, "off.json", LEGACY)), &no_env).expect("resolve");
+    assert!(off.lakeview_config().is_none());
+}
