@@ -92,6 +92,15 @@ export function renderEvent(e: TaskEvent): HTMLElement {
       body = [folded(`${d.name ?? "tool"} ${ok ? "returned" : "failed"}${d.error ? `: ${d.error}` : ""}`, e.message ?? "")];
       break;
     }
+    case "lakeview": {
+      const tags = Array.isArray(d.tags) ? d.tags.map(String).join(" · ") : "";
+      body = [
+        h("strong", {}, `Step ${d.step ?? "?"}`),
+        tags ? h("span", { class: "muted" }, ` ${tags}`) : "",
+        d.details ? folded(String(d.task ?? ""), String(d.details)) : h("div", {}, String(d.task ?? "")),
+      ];
+      break;
+    }
     case "patch":
       body = [e.message ?? "patch", patchView(e.taskId)];
       break;
