@@ -11,7 +11,9 @@ use super::{
     paging::{self, Window},
     trae_status::TraeStatus,
 };
-use crate::tasks::{Budget, ConfigQuery, RunRequest, TaskManager, ToolInfo};
+use crate::tasks::{
+    Budget, CgroupLimits, ConfigQuery, RunRequest, TaskManager, ToolInfo, parse_bytes,
+};
 use crate::{
     clock,
     error::Error,
@@ -64,6 +66,12 @@ impl TraeService for TraeApi {
             }
             n => n.map(|n| n as u32),
         };
+        let memory_max = match r.task_memory_max.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => {
+                parse_bytes(text).map_err(|e| Error::invalid(format!("task_memory_max: {e}")))?
+            }
+        };
         let task_id = self
             .tasks
             .run_trae(
@@ -83,6 +91,11 @@ impl TraeService for TraeApi {
                         max_tokens_total: r.max_tokens_total,
                         max_cost_usd: r.max_cost_usd,
                         max_wall_secs: r.max_wall_secs,
+                    },
+                    limits: CgroupLimits {
+                        memory_max,
+                        pids_max: r.task_pids_max,
+                        cpu_max: r.task_cpu_max,
                     },
                 },
             )

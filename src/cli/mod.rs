@@ -61,6 +61,8 @@ pub struct Connection {
     pub api_key: Option<String>,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Submit a task (TraeService.Run) and print its id; with --follow, show

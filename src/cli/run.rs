@@ -40,6 +40,15 @@ pub struct RunArgs {
     /// Budget: the same for the run's wall time, in seconds.
     #[arg(long, value_name = "SECS")]
     pub max_wall_secs: Option<f64>,
+    /// The task's memory limit (e.g. 512M), at most the server's.
+    #[arg(long, value_name = "SIZE")]
+    pub task_memory_max: Option<String>,
+    /// The task's process limit, at most the server's.
+    #[arg(long, value_name = "N")]
+    pub task_pids_max: Option<u64>,
+    /// The task's CPU limit in CPUs (e.g. 0.5), at most the server's.
+    #[arg(long, value_name = "CPUS")]
+    pub task_cpu_max: Option<f64>,
     /// Finish only once the git diff of the working directory is non-empty.
     #[arg(long)]
     pub must_patch: bool,
@@ -95,6 +104,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         max_tokens_total: args.max_tokens_total,
         max_cost_usd: args.max_cost_usd,
         max_wall_secs: args.max_wall_secs,
+        task_memory_max: args.task_memory_max,
+        task_pids_max: args.task_pids_max,
+        task_cpu_max: args.task_cpu_max,
     };
     let task_id = client
         .trae

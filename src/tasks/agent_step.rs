@@ -78,6 +78,7 @@ impl TaskManager {
                 },
                 requested_budget(&task.additional_input)?,
             )?;
+            let limits = self.task_limits(&requested_limits(&task.additional_input)?)?;
             let llm = self.llm_client(&cfg)?;
             let sink = self.runner.sink(task_id);
             let mut agent = Agent::new(
@@ -86,7 +87,7 @@ impl TaskManager {
                 task.input.clone(),
                 &ws,
                 AgentOptions {
-                    tools: self.tool_options(task_id),
+                    tools: self.tool_options(task_id, &limits),
                     // A provider outage fails the step (502), not the task.
                     retry_failed_steps: true,
                     ..AgentOptions::default()
@@ -230,6 +231,40 @@ impl TaskManager {
             artifacts,
         })
     }
+}
+
+/// The control-group limits an Agent Protocol task asks for in its
+/// `additional_input`: `task_memory_max` (bytes, or a size such as "512M"),
+/// `task_pids_max` (a whole number), `task_cpu_max` (CPUs, e.g. 0.5).
+fn requested_limits(input: &Map<String, Value>) -> Result<crate::tasks::CgroupLimits> {
+    let bad =
+        |key: &str, what: &str| Error::invalid(format!("additional_input.{key} must be {what}"));
+    let memory_max = match input.get("task_memory_max") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| bad("task_memory_max", "a size"))?),
+        Some(Value::String(s)) => crate::tasks::parse_bytes(s)
+            .map_err(|e| Error::invalid(format!("additional_input.task_memory_max: {e}")))?,
+        Some(_) => return Err(bad("task_memory_max", "a size (bytes, or e.g. \"512M\")")),
+    };
+    let number = |key: &str| -> Result<Option<f64>> {
+        match input.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad(key, "a number")),
+            Some(_) => Err(bad(key, "a number")),
+        }
+    };
+    let pids_max = match number("task_pids_max")? {
+        Some(n) if n.fract() != 0.0 || n < 0.0 => {
+            return Err(bad("task_pids_max", "a whole number"));
+        }
+        n => n.map(|n| n as u64),
+    };
+    Ok(crate::tasks::CgroupLimits {
+        memory_max,
+        pids_max,
+        cpu_max: number("task_cpu_max")?,
+    })
 }
 
 /// The budget an Agent Protocol task asks for in its `additional_input`

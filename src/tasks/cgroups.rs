@@ -164,6 +164,8 @@ pub enum CgroupStatus {
 pub struct Cgroups {
     layout: Option<Arc<Layout>>,
     status: CgroupStatus,
+    /// The server's limits: each task's default, and the most a run may ask.
+    limits: CgroupLimits,
 }
 
 impl Cgroups {
@@ -174,6 +176,7 @@ impl Cgroups {
             status: CgroupStatus::Off {
                 reason: reason.into(),
             },
+            limits: CgroupLimits::default(),
         }
     }
 
@@ -190,9 +193,13 @@ impl Cgroups {
                 Self {
                     layout: Some(Arc::new(layout)),
                     status,
+                    limits,
                 }
             }
-            Err(reason) => Self::off(&reason),
+            Err(reason) => Self {
+                limits,
+                ..Self::off(&reason)
+            },
         }
     }
 
@@ -200,10 +207,49 @@ impl Cgroups {
         &self.status
     }
 
-    /// Makes (or reuses) the task's groups, with the limits set.
-    pub fn create(&self, task_id: &str) -> Option<TaskCgroup> {
+    /// A run's limits: what it asks for (`asked`, lower than the server's
+    /// or where the server sets none), else the server's. Asking for more
+    /// than the server allows is refused: the server's limits protect the
+    /// host and every other task.
+    pub fn limits_for(&self, asked: &CgroupLimits) -> Result<CgroupLimits, String> {
+        fn pick<T: PartialOrd + Copy>(
+            name: &str,
+            asked: Option<T>,
+            max: Option<T>,
+            zero: T,
+            shown: impl Fn(T) -> String,
+        ) -> Result<Option<T>, String> {
+            match (asked, max) {
+                (Some(a), _) if a <= zero => Err(format!("{name} must be above {}", shown(zero))),
+                (Some(a), Some(m)) if a > m => Err(format!(
+                    "{name} {} is above this server's maximum {} (--{})",
+                    shown(a),
+                    shown(m),
+                    name.replace('_', "-")
+                )),
+                (Some(a), _) => Ok(Some(a)),
+                (None, m) => Ok(m),
+            }
+        }
+        let s = &self.limits;
+        Ok(CgroupLimits {
+            memory_max: pick("task_memory_max", asked.memory_max, s.memory_max, 0, |b| {
+                format!("{} MiB", b as f64 / 1048576.0)
+            })?,
+            pids_max: pick("task_pids_max", asked.pids_max, s.pids_max, 0, |n| {
+                n.to_string()
+            })?,
+            cpu_max: pick("task_cpu_max", asked.cpu_max, s.cpu_max, 0.0, |c| {
+                format!("{c} CPUs")
+            })?,
+        })
+    }
+
+    /// Makes (or reuses) the task's groups, with `limits` set (see
+    /// [`Cgroups::limits_for`]).
+    pub fn create(&self, task_id: &str, limits: &CgroupLimits) -> Option<TaskCgroup> {
         let layout = self.layout.as_ref()?;
-        match layout.create(task_id) {
+        match layout.create(task_id, limits) {
             Ok(group) => Some(group),
             Err(e) => {
                 tracing::warn!(%task_id, error = %e, "could not make the task's control group; its processes run without one");
@@ -236,7 +282,7 @@ impl Cgroups {
             }
         }
         for name in &names {
-            layout.group(name).remove();
+            layout.group(name, &CgroupLimits::default()).remove();
         }
         names.len()
     }
@@ -350,26 +396,24 @@ impl Layout {
     }
 
     /// The task's directories (not created).
-    fn group(&self, task_id: &str) -> TaskCgroup {
+    fn group(&self, task_id: &str, limits: &CgroupLimits) -> TaskCgroup {
         TaskCgroup {
             v2: self.v2.as_ref().map(|b| b.join(task_id)),
             v1: self.v1.iter().map(|(c, b)| (*c, b.join(task_id))).collect(),
-            memory_max: self
-                .limits
-                .memory_max
-                .filter(|_| self.has(Controller::Memory)),
+            memory_max: limits.memory_max.filter(|_| self.has(Controller::Memory)),
+            pids_max: limits.pids_max.filter(|_| self.has(Controller::Pids)),
         }
     }
 
-    fn create(&self, task_id: &str) -> std::io::Result<TaskCgroup> {
-        let group = self.group(task_id);
+    fn create(&self, task_id: &str, limits: &CgroupLimits) -> std::io::Result<TaskCgroup> {
+        let group = self.group(task_id, limits);
         for dir in group.dirs() {
             match std::fs::create_dir(dir) {
                 Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e),
                 _ => {}
             }
         }
-        let l = &self.limits;
+        let l = limits;
         if let Some(dir) = &group.v2 {
             for c in &self.v2_controllers {
                 match (c, l) {
@@ -441,6 +485,8 @@ pub struct TaskCgroup {
     v1: Vec<(Controller, PathBuf)>,
     /// The memory limit in force, for the model's notice of an OOM kill.
     pub memory_max: Option<u64>,
+    /// The process limit in force, for the notice of a refused fork.
+    pub pids_max: Option<u64>,
 }
 
 /// How long a kill may take to empty the group.
@@ -543,6 +589,28 @@ impl TaskCgroup {
             .iter()
             .find(|(c, _)| *c == Controller::Memory)
             .and_then(|(_, d)| counted(d, "memory.oom_control"))
+            .unwrap_or(0)
+    }
+}
+
+impl TaskCgroup {
+    /// Forks refused by `pids.max` so far (`pids.events`: "max N").
+    pub fn pids_refusals(&self) -> u64 {
+        let counted = |dir: &Path| {
+            let text = std::fs::read_to_string(dir.join("pids.events")).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("max "))
+                .and_then(|n| n.trim().parse().ok())
+        };
+        self.v2
+            .iter()
+            .chain(
+                self.v1
+                    .iter()
+                    .filter(|(c, _)| *c == Controller::Pids)
+                    .map(|(_, d)| d),
+            )
+            .find_map(|d| counted(d))
             .unwrap_or(0)
     }
 }
@@ -704,6 +772,53 @@ mod tests {
         );
     }
 
+    /// A run may lower the server's limits or set one the server leaves
+    /// open, never raise one; with nothing asked it gets the server's.
+    #[test]
+    fn a_run_asks_for_limits_within_the_servers() {
+        let server = Cgroups {
+            limits: CgroupLimits {
+                memory_max: Some(1 << 30),
+                pids_max: Some(4096),
+                cpu_max: None,
+            },
+            ..Cgroups::off("test")
+        };
+        assert_eq!(
+            server.limits_for(&CgroupLimits::default()).unwrap(),
+            server.limits
+        );
+        let lower = CgroupLimits {
+            memory_max: Some(64 << 20),
+            pids_max: None,
+            cpu_max: Some(0.5),
+        };
+        assert_eq!(
+            server.limits_for(&lower).unwrap(),
+            CgroupLimits {
+                pids_max: Some(4096),
+                ..lower
+            }
+        );
+        let more = CgroupLimits {
+            memory_max: Some(2 << 30),
+            ..CgroupLimits::default()
+        };
+        let err = server.limits_for(&more).unwrap_err();
+        assert_eq!(
+            err,
+            "task_memory_max 2048 MiB is above this server's maximum 1024 MiB (--task-memory-max)"
+        );
+        let zero = CgroupLimits {
+            pids_max: Some(0),
+            ..CgroupLimits::default()
+        };
+        assert_eq!(
+            server.limits_for(&zero).unwrap_err(),
+            "task_pids_max must be above 0"
+        );
+    }
+
     /// On a machine where agentd may make groups (root here and in CI),
     /// a process that left its process group is still killed with the task.
     #[tokio::test]
@@ -716,7 +831,8 @@ mod tests {
                 ..CgroupLimits::default()
             },
         );
-        let Some(group) = cgroups.create("task-1") else {
+        let limits = cgroups.limits_for(&CgroupLimits::default()).unwrap();
+        let Some(group) = cgroups.create("task-1", &limits) else {
             eprintln!("no control groups here: {:?}", cgroups.status());
             return;
         };

@@ -108,6 +108,9 @@ pub struct RunRequest {
     pub patch_path: Option<String>,
     /// Limits over the config's and the server's.
     pub budget: agentd_engine::agent::Budget,
+    /// The task's control-group limits, each at most the server's
+    /// (`--task-memory-max`, ...); unset: the server's.
+    pub limits: CgroupLimits,
 }
 
 /// What one executed Agent Protocol step returns.
@@ -257,6 +260,12 @@ impl TaskManager {
         cluster::start(self, cluster).await
     }
 
+    /// A run's control-group limits: what it asks for within the server's
+    /// (400 for more, or for zero), else the server's.
+    fn task_limits(&self, asked: &CgroupLimits) -> Result<CgroupLimits> {
+        self.cgroups.limits_for(asked).map_err(Error::invalid)
+    }
+
     /// Whether tasks run in control groups, with which limits (`/api/config`, `/ap/v1/agent/status`).
     pub fn cgroup_status(&self) -> &CgroupStatus {
         self.cgroups.status()
@@ -267,11 +276,12 @@ impl TaskManager {
         &self.sandbox_status
     }
 
-    /// The tool options of a task's run: its process groups are recorded,
+    /// The tool options of a task's run: its process groups are recorded
+    /// (in a control group with `limits`, from [`TaskManager::task_limits`]),
     /// and bash runs in the sandbox when it is on.
-    fn tool_options(&self, task_id: &str) -> ToolSetOptions {
+    fn tool_options(&self, task_id: &str, limits: &CgroupLimits) -> ToolSetOptions {
         ToolSetOptions {
-            process_observer: Some(self.processes.observer(task_id)),
+            process_observer: Some(self.processes.observer(task_id, limits)),
             sandbox: self.sandbox.clone(),
             ..ToolSetOptions::default()
         }

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::cgroups::{Cgroups, TaskCgroup};
+use super::cgroups::{CgroupLimits, Cgroups, TaskCgroup};
 use agentd_engine::tools::{GroupCleanup, ProcessGroup, ProcessObserver, end_recorded_group};
 use anyhow::Context as _;
 
@@ -84,7 +84,9 @@ impl ProcessRecords {
 
     /// The observer for one task's tools (every run or session of the task:
     /// they share the task's one record while any of them lives).
-    pub fn observer(&self, task_id: &str) -> Arc<dyn ProcessObserver> {
+    /// A task's first run or session makes its control group with `limits`
+    /// (checked by `Cgroups::limits_for`); later ones share it.
+    pub fn observer(&self, task_id: &str, limits: &CgroupLimits) -> Arc<dyn ProcessObserver> {
         let mut live = self.live();
         live.retain(|_, record| record.strong_count() > 0);
         let record = match live.get(task_id).and_then(Weak::upgrade) {
@@ -96,8 +98,9 @@ impl ProcessRecords {
                     boot_id: self.boot_id.clone(),
                     groups: Mutex::new(BTreeSet::new()),
                     write: Mutex::new(()),
-                    cgroup: self.cgroups.create(task_id),
+                    cgroup: self.cgroups.create(task_id, limits),
                     oom_told: Default::default(),
+                    pids_told: Default::default(),
                 });
                 live.insert(task_id.to_string(), Arc::downgrade(&record));
                 record
@@ -225,6 +228,8 @@ struct Record {
     cgroup: Option<TaskCgroup>,
     /// OOM kills in the group the model has been told of.
     oom_told: std::sync::atomic::AtomicU64,
+    /// Forks refused by the pids limit the model has been told of.
+    pids_told: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Record {
@@ -290,20 +295,30 @@ impl ProcessObserver for TaskGroups {
     }
 
     fn limit_notice(&self) -> Option<String> {
+        use std::sync::atomic::Ordering::Relaxed;
         let cgroup = self.0.cgroup.as_ref()?;
         let kills = cgroup.oom_kills();
-        let told = self
-            .0
-            .oom_told
-            .swap(kills, std::sync::atomic::Ordering::Relaxed);
-        (kills > told).then(|| {
+        let oom = (kills > self.0.oom_told.swap(kills, Relaxed)).then(|| {
             let limit = cgroup
                 .memory_max
                 .map_or_else(|| "its".into(), |b| format!("its {} MiB", b >> 20));
             format!(
                 "The task reached {limit} memory limit: the kernel killed a process of the command (out of memory)."
             )
-        })
+        });
+        let refused = cgroup.pids_refusals();
+        let pids = (refused > self.0.pids_told.swap(refused, Relaxed)).then(|| {
+            let limit = cgroup
+                .pids_max
+                .map_or_else(|| "its".into(), |n| format!("its {n}"));
+            format!(
+                "The task reached {limit} process limit: the kernel refused to start more processes (fork failed)."
+            )
+        });
+        match (oom, pids) {
+            (Some(a), Some(b)) => Some(format!("{a} {b}")),
+            (a, b) => a.or(b),
+        }
     }
 
     async fn group_started(&self, group: ProcessGroup) -> std::io::Result<()> {
@@ -408,7 +423,7 @@ mod tests {
     async fn records_follow_groups_and_are_removed_when_none_are_left() {
         let dir = temp_dir();
         let records = ProcessRecords::open(&dir.0, Cgroups::off("test")).unwrap();
-        let obs = records.observer("task-1");
+        let obs = records.observer("task-1", &CgroupLimits::default());
         let a = ProcessGroup {
             pgid: 100,
             start_time: 7,
@@ -442,9 +457,9 @@ mod tests {
         let records = ProcessRecords::open(&dir.0, Cgroups::off("test")).unwrap();
         let (mut child, group) = spawn_group();
         let (mut other, other_group) = spawn_group();
-        let first = records.observer("stopped");
-        let second = records.observer("stopped");
-        let bystander = records.observer("bystander");
+        let first = records.observer("stopped", &CgroupLimits::default());
+        let second = records.observer("stopped", &CgroupLimits::default());
+        let bystander = records.observer("bystander", &CgroupLimits::default());
         second.group_started(group).await.unwrap();
         bystander.group_started(other_group).await.unwrap();
         assert_eq!(records.end_task("unknown", Duration::ZERO).await, 0);
@@ -475,7 +490,7 @@ mod tests {
         let (mut other, other_group) = spawn_group();
         tokio::time::sleep(Duration::from_millis(100)).await;
         records
-            .observer("crashed")
+            .observer("crashed", &CgroupLimits::default())
             .group_started(group)
             .await
             .unwrap();

@@ -191,7 +191,9 @@ impl Harness {
             self.dir.path(),
             AgentOptions {
                 tools: ToolSetOptions {
-                    process_observer: Some(self.runner.processes.observer(task_id)),
+                    process_observer: Some(
+                        self.runner.processes.observer(task_id, &Default::default()),
+                    ),
                     ..ToolSetOptions::default()
                 },
                 ..AgentOptions::default()

@@ -10,7 +10,9 @@ use agentd_engine::{
 };
 use serde_json::{Map, Value};
 
-use super::{Caller, RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan};
+use super::{
+    Caller, CgroupLimits, RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan,
+};
 use crate::{
     clock,
     error::{Error, Result},
@@ -24,6 +26,7 @@ struct PreparedRun {
     working_dir: PathBuf,
     patch_path: Option<PathBuf>,
     trajectory_file: Option<PathBuf>,
+    limits: CgroupLimits,
 }
 
 impl TaskManager {
@@ -94,6 +97,7 @@ impl TaskManager {
             )));
         }
         config::validate_agent_type(&req.agent_type)?;
+        let limits = self.task_limits(&req.limits)?;
         let cfg = self.run_config(
             &ConfigRequest {
                 config_file: req.config_file.clone(),
@@ -135,6 +139,7 @@ impl TaskManager {
             working_dir,
             patch_path,
             trajectory_file,
+            limits,
         })
     }
 
@@ -154,7 +159,7 @@ impl TaskManager {
             patch_path: p.patch_path,
             trajectory_file: p.trajectory_file,
             max_steps: None,
-            tools: self.tool_options(&task_id),
+            tools: self.tool_options(&task_id, &p.limits),
             // A background run has nobody to retry a step: a provider failure ends it.
             retry_failed_steps: false,
             // The request's limits are in `cfg.budget` already.
@@ -223,6 +228,8 @@ fn spec_of(req: &RunRequest) -> Value {
         "agent_type": req.agent_type, "config_file": req.config_file,
         "trajectory_file": req.trajectory_file, "patch_path": req.patch_path,
         "budget": req.budget,
+        "limits": {"memory_max": req.limits.memory_max, "pids_max": req.limits.pids_max,
+                   "cpu_max": req.limits.cpu_max},
     })
 }
 
@@ -249,6 +256,11 @@ fn request_of(spec: Value) -> RunRequest {
             .get("budget")
             .and_then(|b| serde_json::from_value(b.clone()).ok())
             .unwrap_or_default(),
+        limits: CgroupLimits {
+            memory_max: spec.pointer("/limits/memory_max").and_then(Value::as_u64),
+            pids_max: spec.pointer("/limits/pids_max").and_then(Value::as_u64),
+            cpu_max: spec.pointer("/limits/cpu_max").and_then(Value::as_f64),
+        },
     }
 }
 
@@ -273,6 +285,11 @@ mod tests {
                 max_tokens_total: Some(1000),
                 max_cost_usd: None,
                 max_wall_secs: Some(60.0),
+            },
+            limits: CgroupLimits {
+                memory_max: Some(64 << 20),
+                pids_max: None,
+                cpu_max: Some(0.5),
             },
         };
         let back = request_of(spec_of(&req));

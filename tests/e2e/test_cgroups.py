@@ -2,7 +2,9 @@
 task's process group (`setsid`) is still ended by a stop, on each layout this
 machine can arrange (v2's cgroup.kill beside the v1 controllers, and the v1
 hierarchies alone, killed by signals); a command past `--task-memory-max` is
-killed, the model is told, and the run goes on; nothing is left behind.
+killed, the model is told, and the run goes on; a run may ask for lower limits
+than the server's (never higher), and a fork refused by the pids limit is told to
+the model; nothing is left behind.
 
 Where agentd may not make control groups (no permission), it says so in
 /api/config and these tests are skipped; as root (here and in CI) they run."""
@@ -175,3 +177,82 @@ def test_a_fork_bomb_is_bounded_by_the_pids_limit_and_ended_by_a_stop(fresh_runs
         for pid in children + [bash]:
             if alive(pid):
                 os.kill(pid, 9)
+
+
+def test_a_run_may_lower_the_memory_limit_but_not_raise_it(fresh_runs, tmp_path):
+    runs = fresh_runs({"AGENTD_TASK_MEMORY_MAX": "256M"})
+    report = cgroup_report(runs)
+    if not any(limit.startswith("memory=") for limit in report["task_limits"]):
+        pytest.skip(f"no memory controller here: {report}")
+    wd = tmp_path / "wd"
+    r = requests.post(f"{runs.stack.trae_url}/api/run", json={
+        "task": "t", "working_dir": str(wd), "task_memory_max": "2G"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "task_memory_max 2048 MiB is above this server's maximum 256 MiB" in r.json()["error"], r.text
+    r = requests.post(f"{runs.stack.trae_url}/api/run", json={
+        "task": "t", "working_dir": str(wd), "task_memory_max": "lots"}, timeout=30)
+    assert r.status_code == 400 and "task_memory_max" in r.json()["error"], r.text
+
+    # 128 MiB fits the server's 256 but not the run's own 48.
+    hog = "python3 -c 'b = bytearray(128 * 1024 * 1024); print(len(b))'"
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": hog}, text="allocating"),
+        openai_tool_call("task_done", {}, text="done"),
+    )
+    task_id = runs.run("allocate", wd, route=route, task_memory_max="48M")
+    status = runs.wait_status(task_id, {"completed", "failed", "stopped"})
+    assert status["task_status"] == "completed", status
+    (first, *_) = [m for m in status["messages"] if m["type"] == "tool_result"]
+    assert first["data"]["success"] is False, first
+    assert "48 MiB memory limit" in first["data"].get("error", ""), first
+
+
+BOUNDED_BOMB = r"""
+import os, signal, sys
+children = []
+try:
+    while len(children) < 10000:
+        pid = os.fork()
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        children.append(pid)
+except OSError as e:
+    print("refused after", len(children), e.errno)
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+open(sys.argv[1], "w").write(str(len(children)))
+sys.exit(1)
+"""
+
+
+def test_an_agent_protocol_task_asks_for_a_pids_limit_and_the_model_hears_of_a_refused_fork(fresh_runs, tmp_path):
+    runs = fresh_runs()
+    report = cgroup_report(runs)
+    if not any(limit.startswith("pids=") for limit in report["task_limits"]):
+        pytest.skip(f"no pids controller here: {report}")
+    bomb, count = tmp_path / "bomb.py", tmp_path / "forked"
+    bomb.write_text(BOUNDED_BOMB)
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": f"python3 {bomb} {count}"}, text="forking"),
+        openai_tool_call("task_done", {}, text="done"),
+    )
+    ap = f"{runs.stack.ap_url}/ap/v1/agent/tasks"
+    # More than the server's 4096 is refused when the agent would start.
+    over = runs.stack.create_task("too many", config_file=runs.config(route), task_pids_max=100000)
+    r = requests.post(f"{ap}/{over['task_id']}/steps", json={}, timeout=120)
+    assert r.status_code == 400, r.text
+    assert "task_pids_max 100000 is above this server's maximum 4096" in r.text, r.text
+    assert route.requests == []
+
+    task = runs.stack.create_task("fork", config_file=runs.config(route), task_pids_max=30)
+    step = requests.post(f"{ap}/{task['task_id']}/steps", json={}, timeout=120)
+    assert step.status_code == 200, step.text
+    assert 0 < int(wait_file(count)) < 30
+    status = runs.status(task["task_id"])
+    (result, *_) = [m for m in status["messages"] if m["type"] == "tool_result"]
+    assert result["data"]["success"] is False, result
+    assert "reached its 30 process limit" in result["data"].get("error", ""), result
+    requests.post(f"{ap}/{task['task_id']}/steps", json={}, timeout=120)
+    assert "process limit" in str(route.requests[1]["body"]["messages"]), route.requests[1]["body"]["messages"][-1]
