@@ -494,3 +494,32 @@ fn deep_nesting_does_not_overflow_the_stack() {
     assert_eq!(entries.functions.len(), 1);
     assert_eq!(entries.functions[0].name, "after");
 }
+
+/// Indexing cost on a real tree (a measurement, not a check):
+/// `CKG_BENCH_DIR=/some/repo cargo test -p agentd-engine --release ckg_index_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn ckg_index_timing() {
+    let Some(dir) = std::env::var_os("CKG_BENCH_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let index = index::Index::new(Limits::default());
+    for round in ["cold", "warm"] {
+        let started = std::time::Instant::now();
+        let snapshot = index.snapshot(&dir);
+        let (functions, classes) = snapshot.files.iter().fold((0, 0), |(f, c), (_, e)| {
+            (f + e.functions.len(), c + e.classes.len())
+        });
+        println!(
+            "{round}: {} files, {functions} functions, {classes} classes, {} parses so far, {:?}{}",
+            snapshot.files.len(),
+            index.parses(),
+            started.elapsed(),
+            snapshot
+                .incomplete
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
+}
