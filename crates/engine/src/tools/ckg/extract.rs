@@ -19,6 +19,7 @@
 //!   variants; methods gathered from the file's `impl` blocks); an `fn` in an
 //!   `impl` or `trait` is a class method of that type, any other `fn` a function.
 
+use std::ops::Range;
 use std::rc::Rc;
 
 use tree_sitter::{Node, Parser};
@@ -28,7 +29,8 @@ use super::lang::Lang;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FunctionEntry {
     pub(crate) name: String,
-    pub(crate) body: String,
+    /// Where the definition is in [`FileEntries::source`].
+    pub(crate) body: Range<usize>,
     pub(crate) start_line: usize,
     pub(crate) end_line: usize,
     /// Set for a class method (its class), `None` for a function.
@@ -38,7 +40,7 @@ pub(crate) struct FunctionEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ClassEntry {
     pub(crate) name: String,
-    pub(crate) body: String,
+    pub(crate) body: Range<usize>,
     pub(crate) start_line: usize,
     pub(crate) end_line: usize,
     /// `- field` lines.
@@ -47,30 +49,48 @@ pub(crate) struct ClassEntry {
     pub(crate) methods: Option<String>,
 }
 
-/// The definitions of one file, in source order.
+/// The definitions of one file, in source order, with the file's text: the
+/// bodies are ranges of it (nested definitions share their text).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct FileEntries {
+    pub(crate) source: String,
     pub(crate) functions: Vec<FunctionEntry>,
     pub(crate) classes: Vec<ClassEntry>,
 }
 
+impl FileEntries {
+    pub(crate) fn text(&self, range: &Range<usize>) -> &str {
+        self.source.get(range.clone()).unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct Definitions {
+    functions: Vec<FunctionEntry>,
+    classes: Vec<ClassEntry>,
+}
+
 /// Parses `source` and extracts its definitions. `parser` may hold any
 /// language; it is switched to `lang`.
-pub(crate) fn extract(parser: &mut Parser, lang: Lang, source: &str) -> FileEntries {
-    if parser.set_language(&lang.grammar()).is_err() {
-        return FileEntries::default();
+pub(crate) fn extract(parser: &mut Parser, lang: Lang, source: String) -> FileEntries {
+    let mut found = Definitions::default();
+    if parser.set_language(&lang.grammar()).is_ok()
+        && let Some(tree) = parser.parse(&source, None)
+    {
+        let mut extractor = Extractor {
+            lang,
+            src: &source,
+            out: Definitions::default(),
+            impl_methods: Vec::new(),
+        };
+        extractor.walk(tree.root_node());
+        found = extractor.finish();
     }
-    let Some(tree) = parser.parse(source, None) else {
-        return FileEntries::default();
-    };
-    let mut extractor = Extractor {
-        lang,
-        src: source,
-        out: FileEntries::default(),
-        impl_methods: Vec::new(),
-    };
-    extractor.walk(tree.root_node());
-    extractor.finish()
+    FileEntries {
+        functions: found.functions,
+        classes: found.classes,
+        source,
+    }
 }
 
 /// Where a node sits: its nearest enclosing class, and whether that class is
@@ -111,7 +131,7 @@ impl Scope {
 struct Extractor<'s> {
     lang: Lang,
     src: &'s str,
-    out: FileEntries,
+    out: Definitions,
     /// Rust: (type, signature) of each `fn` in an `impl` block.
     impl_methods: Vec<(String, String)>,
 }
@@ -357,7 +377,7 @@ impl<'s> Extractor<'s> {
         }
     }
 
-    fn finish(mut self) -> FileEntries {
+    fn finish(mut self) -> Definitions {
         if !self.impl_methods.is_empty() {
             for class in &mut self.out.classes {
                 let from_impls: Vec<&str> = self
@@ -378,7 +398,7 @@ impl<'s> Extractor<'s> {
         let (start_line, end_line) = lines(node);
         self.out.functions.push(FunctionEntry {
             name: name.to_string(),
-            body: self.text(node).to_string(),
+            body: node.byte_range(),
             start_line,
             end_line,
             parent_class,
@@ -389,7 +409,7 @@ impl<'s> Extractor<'s> {
         let (start_line, end_line) = lines(node);
         self.out.classes.push(ClassEntry {
             name: name.to_string(),
-            body: self.text(node).to_string(),
+            body: node.byte_range(),
             start_line,
             end_line,
             fields: bullet_list(fields),

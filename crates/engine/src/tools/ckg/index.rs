@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ignore::WalkBuilder;
 use tree_sitter::Parser;
@@ -38,6 +38,9 @@ pub(crate) struct Limits {
     pub(crate) max_file_bytes: u64,
     /// Directory entries looked at per query, source or not.
     pub(crate) max_entries: usize,
+    /// Parsing stops after this long (at least one file is parsed per query);
+    /// what was parsed stays cached, so the next query goes on from there.
+    pub(crate) max_parse_time: Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             max_files: 20_000,
             max_file_bytes: 1024 * 1024,
             max_entries: 200_000,
+            max_parse_time: Duration::from_secs(30),
         }
     }
 }
@@ -93,6 +97,9 @@ impl Index {
         let mut files = Vec::new();
         let mut seen = HashSet::new();
         let mut incomplete = None;
+        // Set once parsing took too long: cached files are still answered from.
+        let mut out_of_time = None;
+        let started = Instant::now();
         for (walked, entry) in self.walker(dir).enumerate() {
             if walked >= self.limits.max_entries {
                 incomplete = Some(format!(
@@ -119,9 +126,11 @@ impl Index {
             }
             let Ok(meta) = entry.metadata() else { continue };
             let path = entry.into_path();
+            seen.insert(path.clone());
             let (len, modified) = (meta.len(), meta.modified().ok());
             let entries = match cache.get(&path) {
                 Some(c) if c.len == len && c.modified == modified => c.entries.clone(),
+                _ if out_of_time.is_some() => continue,
                 _ => {
                     let Ok(bytes) = std::fs::read(&path) else {
                         continue;
@@ -129,7 +138,7 @@ impl Index {
                     // Offsets stay valid: the parser reads the same (repaired) text.
                     let source = String::from_utf8(bytes)
                         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    let entries = Arc::new(extract(&mut parser, lang, &source));
+                    let entries = Arc::new(extract(&mut parser, lang, source));
                     self.parses.fetch_add(1, Ordering::Relaxed);
                     cache.insert(
                         path.clone(),
@@ -139,11 +148,21 @@ impl Index {
                             entries: entries.clone(),
                         },
                     );
+                    if out_of_time.is_none() && started.elapsed() > self.limits.max_parse_time {
+                        out_of_time = Some(path.clone());
+                    }
                     entries
                 }
             };
-            seen.insert(path.clone());
             files.push((path, entries));
+        }
+        if let Some(last) = out_of_time {
+            incomplete.get_or_insert(format!(
+                "parsing stopped after {} s (last parsed: {}); files not parsed yet are left out, ask again to \
+                 index more",
+                self.limits.max_parse_time.as_secs(),
+                last.display()
+            ));
         }
         // Forget deleted (or newly ignored) files, unless the walk stopped early.
         if incomplete.is_none() {

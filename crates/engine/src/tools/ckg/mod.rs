@@ -21,7 +21,7 @@ use super::args::{Args, optional_bool, optional_str};
 use super::clip::MAX_RESPONSE_CHARS;
 use super::{Tool, ToolOutput};
 use crate::messages::ToolSpec;
-use extract::{ClassEntry, FunctionEntry};
+use extract::{ClassEntry, FileEntries, FunctionEntry};
 pub(crate) use index::Limits;
 use index::{Index, Snapshot};
 
@@ -186,28 +186,34 @@ impl Tool for CkgTool {
     }
 }
 
+/// One definition found.
+enum Hit<'a> {
+    Function(&'a Path, &'a FileEntries, &'a FunctionEntry),
+    Class(&'a Path, &'a FileEntries, &'a ClassEntry),
+}
+
 /// Trae's answer: a count, then `n. path:start-end` per entry (with fields,
 /// methods and bodies as asked), cut after [`MAX_RESPONSE_CHARS`] characters.
 fn answer(snapshot: &Snapshot, query: &Query) -> String {
     let id = query.identifier.as_str();
-    let mut entries: Vec<String> = Vec::new();
-    match query.command {
-        Command::Function | Command::ClassMethod => {
-            let methods = matches!(query.command, Command::ClassMethod);
-            for (path, file) in &snapshot.files {
-                for f in file.functions.iter().filter(|f| f.name == id) {
-                    if f.parent_class.is_some() == methods {
-                        entries.push(function_entry(path, f, query.print_body));
-                    }
-                }
+    let mut hits = Vec::new();
+    for (path, file) in &snapshot.files {
+        match query.command {
+            Command::Function | Command::ClassMethod => {
+                let methods = matches!(query.command, Command::ClassMethod);
+                hits.extend(
+                    file.functions
+                        .iter()
+                        .filter(|f| f.name == id && f.parent_class.is_some() == methods)
+                        .map(|f| Hit::Function(path, file, f)),
+                );
             }
-        }
-        Command::Class => {
-            for (path, file) in &snapshot.files {
-                for c in file.classes.iter().filter(|c| c.name == id) {
-                    entries.push(class_entry(path, c, query.print_body));
-                }
-            }
+            Command::Class => hits.extend(
+                file.classes
+                    .iter()
+                    .filter(|c| c.name == id)
+                    .map(|c| Hit::Class(path, file, c)),
+            ),
         }
     }
     let kind = match query.command {
@@ -215,12 +221,13 @@ fn answer(snapshot: &Snapshot, query: &Query) -> String {
         Command::Class => "classes",
         Command::ClassMethod => "class methods",
     };
-    let mut out = if entries.is_empty() {
+    let mut out = if hits.is_empty() {
         format!("No {kind} named {id} found.")
     } else {
         clipped_list(
-            format!("Found {} {kind} named {id}:\n", entries.len()),
-            &entries,
+            format!("Found {} {kind} named {id}:\n", hits.len()),
+            &hits,
+            query.print_body,
         )
     };
     if let Some(note) = &snapshot.incomplete {
@@ -229,38 +236,42 @@ fn answer(snapshot: &Snapshot, query: &Query) -> String {
     out
 }
 
-fn function_entry(path: &Path, f: &FunctionEntry, print_body: bool) -> String {
-    let mut s = format!("{}:{}-{}", path.display(), f.start_line, f.end_line);
-    if let Some(class) = &f.parent_class {
-        let _ = write!(s, " within class {class}");
+fn render(hit: &Hit<'_>, print_body: bool) -> String {
+    match *hit {
+        Hit::Function(path, file, f) => {
+            let mut s = format!("{}:{}-{}", path.display(), f.start_line, f.end_line);
+            if let Some(class) = &f.parent_class {
+                let _ = write!(s, " within class {class}");
+            }
+            s.push('\n');
+            if print_body {
+                let _ = write!(s, "{}\n\n", file.text(&f.body));
+            }
+            s
+        }
+        Hit::Class(path, file, c) => {
+            let mut s = format!("{}:{}-{}\n", path.display(), c.start_line, c.end_line);
+            if let Some(fields) = &c.fields {
+                let _ = writeln!(s, "Fields:\n{fields}");
+            }
+            if let Some(methods) = &c.methods {
+                let _ = writeln!(s, "Methods:\n{methods}");
+            }
+            if print_body {
+                let _ = write!(s, "{}\n\n", file.text(&c.body));
+            }
+            s
+        }
     }
-    s.push('\n');
-    if print_body {
-        let _ = write!(s, "{}\n\n", f.body);
-    }
-    s
-}
-
-fn class_entry(path: &Path, c: &ClassEntry, print_body: bool) -> String {
-    let mut s = format!("{}:{}-{}\n", path.display(), c.start_line, c.end_line);
-    if let Some(fields) = &c.fields {
-        let _ = writeln!(s, "Fields:\n{fields}");
-    }
-    if let Some(methods) = &c.methods {
-        let _ = writeln!(s, "Methods:\n{methods}");
-    }
-    if print_body {
-        let _ = write!(s, "{}\n\n", c.body);
-    }
-    s
 }
 
 /// Numbers the entries; once the text passes the limit it is cut there and
 /// the entries not reached are counted (Trae's rule).
-fn clipped_list(mut out: String, entries: &[String]) -> String {
+/// Entries are rendered only until then.
+fn clipped_list(mut out: String, hits: &[Hit<'_>], print_body: bool) -> String {
     let mut chars = out.chars().count();
-    for (i, entry) in entries.iter().enumerate() {
-        let numbered = format!("{}. {entry}", i + 1);
+    for (i, hit) in hits.iter().enumerate() {
+        let numbered = format!("{}. {}", i + 1, render(hit, print_body));
         chars += numbered.chars().count();
         out.push_str(&numbered);
         if chars > MAX_RESPONSE_CHARS {
@@ -272,7 +283,7 @@ fn clipped_list(mut out: String, entries: &[String]) -> String {
             let _ = write!(
                 out,
                 "\n<response clipped> {} more entries not shown",
-                entries.len() - i - 1
+                hits.len() - i - 1
             );
             break;
         }

@@ -458,6 +458,7 @@ async fn limits_bound_the_index_and_say_so() {
         max_files: 3,
         max_file_bytes: 1_000,
         max_entries: 1_000,
+        ..Limits::default()
     };
     let tool = CkgTool::with_limits(root.to_path_buf(), limits);
     let out = search(&tool, root, "search_function", "big", false).await;
@@ -476,6 +477,39 @@ async fn limits_bound_the_index_and_say_so() {
     );
 }
 
+#[tokio::test]
+async fn a_parse_time_limit_indexes_a_little_more_each_call() {
+    let dir = fixture();
+    let root = dir.path();
+    let limits = Limits {
+        max_parse_time: std::time::Duration::ZERO,
+        ..Limits::default()
+    };
+    // Out of time after every parse: one more file each call, cached ones still answered from.
+    let tool = CkgTool::with_limits(root.to_path_buf(), limits);
+    let out = search(&tool, root, "search_function", "clamp", false).await;
+    assert!(out.starts_with("Found 1 functions named clamp:\n"), "{out}");
+    assert!(
+        out.contains("\n(The index is incomplete: parsing stopped after 0 s (last parsed: "),
+        "{out}"
+    );
+    assert_eq!(tool.parses(), 1);
+    for parsed in 2..=8 {
+        let out = search(&tool, root, "search_class", "Counter", false).await;
+        assert_eq!(tool.parses(), parsed);
+        // rs/counter.rs sorts sixth of the eight (c, cpp, java, js, py, rs, ts, ts).
+        assert_eq!(
+            out.starts_with("Found 1 classes"),
+            parsed >= 6,
+            "{parsed}: {out}"
+        );
+    }
+    // All parsed: complete answers from the cache.
+    let out = search(&tool, root, "search_class", "Counter", false).await;
+    assert!(!out.contains("incomplete"), "{out}");
+    assert_eq!(tool.parses(), 8);
+}
+
 #[test]
 fn deep_nesting_does_not_overflow_the_stack() {
     // 20,000 nested lists: a recursive walk would need far more stack.
@@ -487,7 +521,7 @@ fn deep_nesting_does_not_overflow_the_stack() {
     let mut parser = tree_sitter::Parser::new();
     let entries = std::thread::Builder::new()
         .stack_size(256 * 1024)
-        .spawn(move || extract::extract(&mut parser, lang::Lang::Python, &source))
+        .spawn(move || extract::extract(&mut parser, lang::Lang::Python, source))
         .unwrap()
         .join()
         .unwrap();
