@@ -7,7 +7,7 @@ import requests
 
 from helpers import SECRETS, assert_trae_error
 
-EXPECTED_TOOLS = {"bash", "str_replace_based_edit_tool", "sequentialthinking", "task_done", "json_edit_tool"}
+EXPECTED_TOOLS = {"bash", "str_replace_based_edit_tool", "sequentialthinking", "task_done", "json_edit_tool", "ckg"}
 
 
 def get_config(base: str, query: str = "") -> dict:

@@ -828,11 +828,16 @@ async fn bad_working_dirs_and_tools_are_refused() {
     assert!(matches!(err, AgentError::BadWorkingDir(_)));
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(3, false);
-    cfg.tools = vec!["bash".into(), "ckg".into()];
+    cfg.tools = vec!["bash".into(), "lsp".into()];
     let err = Agent::new(&cfg, llm.clone(), "t", dir.path(), options(), sink.clone())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("unknown tool `ckg`"), "{err}");
+    assert!(err.to_string().contains("unknown tool `lsp`"), "{err}");
+    cfg.tools = vec!["bash".into(), "ckg".into()];
+    let agent = Agent::new(&cfg, llm.clone(), "t", dir.path(), options(), sink.clone())
+        .await
+        .unwrap();
+    assert_eq!(agent.tools().names(), ["bash", "ckg", "task_done"]);
     // task_done is always offered.
     cfg.tools = vec!["bash".into()];
     let agent = Agent::new(&cfg, llm, "t", dir.path(), options(), sink)

@@ -6,6 +6,7 @@
 
 mod args;
 mod bash;
+mod ckg;
 mod clip;
 mod edit;
 mod json_edit;
@@ -35,12 +36,13 @@ pub use sandbox::BashSandbox;
 pub use task_done::NAME as TASK_DONE;
 
 /// Every built-in tool, in the order they are listed to clients and models.
-pub const BUILTIN_TOOL_NAMES: [&str; 5] = [
+pub const BUILTIN_TOOL_NAMES: [&str; 6] = [
     bash::NAME,
     edit::NAME,
     thinking::NAME,
     task_done::NAME,
     json_edit::NAME,
+    ckg::NAME,
 ];
 
 /// Specs of all built-in tools in [`BUILTIN_TOOL_NAMES`] order (what
@@ -52,6 +54,7 @@ pub fn builtin_tool_specs() -> Vec<ToolSpec> {
         thinking::spec(),
         task_done::spec(),
         json_edit::spec(),
+        ckg::spec(),
     ]
 }
 
@@ -220,6 +223,7 @@ impl ToolSet {
                 thinking::NAME => Box::new(thinking::ThinkingTool::default()),
                 task_done::NAME => Box::new(task_done::TaskDoneTool),
                 json_edit::NAME => Box::new(json_edit::JsonEditTool),
+                ckg::NAME => Box::new(ckg::CkgTool::new(working_dir.clone())),
                 other => {
                     return Err(ToolSetError::UnknownTool {
                         name: other.to_string(),
@@ -404,7 +408,8 @@ mod tests {
                 "str_replace_based_edit_tool",
                 "sequentialthinking",
                 "task_done",
-                "json_edit_tool"
+                "json_edit_tool",
+                "ckg"
             ]
         );
         for spec in builtin_tool_specs() {
@@ -416,9 +421,12 @@ mod tests {
     #[test]
     fn unknown_tool_names_and_bad_dirs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = ToolSet::new(&["bash", "ckg"], dir.path()).unwrap_err();
-        assert_eq!(err, ToolSetError::UnknownTool { name: "ckg".into() });
-        assert!(err.to_string().contains("unknown tool `ckg`"));
+        let err = ToolSet::new(&["bash", "lsp"], dir.path()).unwrap_err();
+        assert_eq!(err, ToolSetError::UnknownTool { name: "lsp".into() });
+        assert!(err.to_string().contains("unknown tool `lsp`"));
+        assert!(err.to_string().ends_with("json_edit_tool, ckg"), "{err}");
+        let set = ToolSet::new(&["bash", "ckg"], dir.path()).unwrap();
+        assert_eq!(set.names(), ["bash", "ckg"]);
         assert!(matches!(
             ToolSet::new(&["bash"], "relative"),
             Err(ToolSetError::BadWorkingDir(_))

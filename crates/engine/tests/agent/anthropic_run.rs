@@ -48,7 +48,7 @@ async fn view_edit_create_run_and_finish() {
     assert_eq!(requests.len(), 5);
     assert_eq!(
         requests[0].json()["tools"].as_array().map(Vec::len),
-        Some(5)
+        Some(agentd_engine::tools::BUILTIN_TOOL_NAMES.len())
     );
     for (i, request) in requests.iter().enumerate().skip(1) {
         let body = request.json();

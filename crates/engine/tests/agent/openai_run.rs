@@ -61,7 +61,8 @@ async fn view_edit_create_run_and_finish() {
             "str_replace_based_edit_tool",
             "sequentialthinking",
             "task_done",
-            "json_edit_tool"
+            "json_edit_tool",
+            "ckg"
         ]
     );
     for (i, request) in requests.iter().enumerate().skip(1) {

@@ -132,7 +132,10 @@ pub fn check_trajectory(repo: &Repo, provider: &str) -> Value {
             .unwrap_or("")
             .starts_with("[Project root path]:\n")
     );
-    assert_eq!(first["tools_available"].as_array().map(Vec::len), Some(5));
+    assert_eq!(
+        first["tools_available"].as_array().map(Vec::len),
+        Some(BUILTIN_TOOL_NAMES.len())
+    );
     assert_eq!(first["response"]["usage"]["input_tokens"], 100);
     assert_eq!(
         first["response"]["tool_calls"][0]["name"],
