@@ -345,7 +345,8 @@ impl TaskEvent {
             EngineEvent::Completed { .. }
             | EngineEvent::Failed { .. }
             | EngineEvent::Stopped { .. }
-            | EngineEvent::StepFinished { .. } => return None,
+            | EngineEvent::StepFinished { .. }
+            | EngineEvent::Checkpoint(_) => return None,
         })
     }
 
