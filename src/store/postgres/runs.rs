@@ -100,6 +100,22 @@ impl PgStore {
     }
 }
 
+/// Whether `f` still holds its run, locking the run row until the end of
+/// the transaction: that orders the write against a take-over of the run
+/// (whichever commits second sees the other's attempt or status).
+pub(super) async fn fence_holds(conn: &mut PgConnection, f: &Fence) -> Result<bool> {
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM runs WHERE run_id = $1 AND node_id = $2 AND attempt = $3 \
+         AND status = 'running' FOR UPDATE",
+    )
+    .bind(&f.run_id)
+    .bind(&f.node_id)
+    .bind(f.attempt)
+    .fetch_optional(conn)
+    .await?;
+    Ok(held.is_some())
+}
+
 #[async_trait]
 impl RunStore for PgStore {
     async fn register_node(&self, n: &Node) -> Result<()> {
@@ -290,18 +306,7 @@ impl RunStore for PgStore {
         finish: bool,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        // The row lock orders this write against a take-over of the run:
-        // whichever commits second sees the other's attempt or status.
-        let held: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM runs WHERE run_id = $1 AND node_id = $2 AND attempt = $3 \
-             AND status = 'running' FOR UPDATE",
-        )
-        .bind(&f.run_id)
-        .bind(&f.node_id)
-        .bind(f.attempt)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
+        if !fence_holds(&mut tx, f).await? {
             return Ok(false);
         }
         append_in(&mut tx, events, task).await?;

@@ -42,7 +42,7 @@ async fn insert_run_in(conn: &mut sqlx::SqliteConnection, r: &NewRun) -> Result<
     Ok(())
 }
 
-async fn fence_holds(conn: &mut sqlx::SqliteConnection, f: &Fence) -> Result<bool> {
+pub(super) async fn fence_holds(conn: &mut sqlx::SqliteConnection, f: &Fence) -> Result<bool> {
     let held: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM runs WHERE run_id = ? AND node_id = ? AND attempt = ? AND status = 'running'",
     )
