@@ -11,7 +11,7 @@ use super::{
     paging::{self, Window},
     trae_status::TraeStatus,
 };
-use crate::tasks::{Budget, ConfigQuery, RunRequest, TaskManager, ToolInfo};
+use crate::tasks::{Budget, ConfigQuery, OnInterrupt, RunRequest, TaskManager, ToolInfo};
 use crate::{
     clock,
     error::Error,
@@ -64,6 +64,10 @@ impl TraeService for TraeApi {
             }
             n => n.map(|n| n as u32),
         };
+        let on_interrupt = match r.on_interrupt.as_str() {
+            "" => None,
+            p => Some(OnInterrupt::parse(p).map_err(Error::invalid)?),
+        };
         let task_id = self
             .tasks
             .run_trae(
@@ -79,6 +83,7 @@ impl TraeService for TraeApi {
                     config_file: non_empty(r.config_file),
                     trajectory_file: non_empty(r.trajectory_file),
                     patch_path: non_empty(r.patch_path),
+                    on_interrupt,
                     budget: Budget {
                         max_tokens_total: r.max_tokens_total,
                         max_cost_usd: r.max_cost_usd,

@@ -95,6 +95,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         max_tokens_total: args.max_tokens_total,
         max_cost_usd: args.max_cost_usd,
         max_wall_secs: args.max_wall_secs,
+        on_interrupt: String::new(),
     };
     let task_id = client
         .trae

@@ -37,6 +37,8 @@ pub enum EventKind {
     BudgetExceeded,
     Patch,
     Trajectory,
+    Interrupted,
+    Resumed,
     Complete,
     Error,
     Stopped,
@@ -46,7 +48,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Start,
         EventKind::Step,
         EventKind::LlmDelta,
@@ -59,6 +61,8 @@ impl EventKind {
         EventKind::BudgetExceeded,
         EventKind::Patch,
         EventKind::Trajectory,
+        EventKind::Interrupted,
+        EventKind::Resumed,
         EventKind::Complete,
         EventKind::Error,
         EventKind::Stopped,
@@ -80,6 +84,8 @@ impl EventKind {
             EventKind::BudgetExceeded => "budget_exceeded",
             EventKind::Patch => "patch",
             EventKind::Trajectory => "trajectory",
+            EventKind::Interrupted => "interrupted",
+            EventKind::Resumed => "resumed",
             EventKind::Complete => "complete",
             EventKind::Error => "error",
             EventKind::Stopped => "stopped",
@@ -227,6 +233,18 @@ pub enum TaskEvent {
     Trajectory {
         path: String,
     },
+    /// The run's attempt `attempt` was cut off (agentd stopped, or its node
+    /// was lost); `step`: the last step its checkpoint has.
+    Interrupted {
+        attempt: u32,
+        step: u32,
+        reason: String,
+    },
+    /// The run goes on as attempt `attempt` from its checkpoint at `step`.
+    Resumed {
+        attempt: u32,
+        step: u32,
+    },
     Complete {
         result: String,
     },
@@ -260,6 +278,8 @@ impl TaskEvent {
             TaskEvent::BudgetExceeded { .. } => EventKind::BudgetExceeded,
             TaskEvent::Patch { .. } => EventKind::Patch,
             TaskEvent::Trajectory { .. } => EventKind::Trajectory,
+            TaskEvent::Interrupted { .. } => EventKind::Interrupted,
+            TaskEvent::Resumed { .. } => EventKind::Resumed,
             TaskEvent::Complete { .. } => EventKind::Complete,
             TaskEvent::Error { .. } => EventKind::Error,
             TaskEvent::Stopped { .. } => EventKind::Stopped,
@@ -473,6 +493,22 @@ impl TaskEvent {
                 None,
                 Some(json!({ "path": path })),
             ),
+            TaskEvent::Interrupted {
+                attempt,
+                step,
+                reason,
+            } => (
+                reason,
+                None,
+                None,
+                Some(json!({ "attempt": attempt, "step": step })),
+            ),
+            TaskEvent::Resumed { attempt, step } => (
+                format!("Resumed after step {step} (attempt {attempt})"),
+                None,
+                None,
+                Some(json!({ "attempt": attempt, "step": step })),
+            ),
             TaskEvent::Complete { result } => ("Task completed".into(), Some(result), None, None),
             TaskEvent::Error { error } => ("Task failed".into(), None, Some(error), None),
             TaskEvent::Stopped { reason } => (reason, None, None, None),
@@ -579,6 +615,15 @@ mod tests {
                 bytes: 3,
             },
             EventKind::Trajectory => TaskEvent::Trajectory { path: "/t".into() },
+            EventKind::Interrupted => TaskEvent::Interrupted {
+                attempt: 1,
+                step: 2,
+                reason: "interrupted".into(),
+            },
+            EventKind::Resumed => TaskEvent::Resumed {
+                attempt: 2,
+                step: 2,
+            },
             EventKind::Complete => TaskEvent::Complete {
                 result: "done".into(),
             },

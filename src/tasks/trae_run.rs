@@ -10,7 +10,10 @@ use agentd_engine::{
 };
 use serde_json::{Map, Value};
 
-use super::{Caller, RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan};
+use super::{
+    Caller, OnInterrupt, RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan,
+    resume::Resumption,
+};
 use crate::{
     clock,
     error::{Error, Result},
@@ -138,6 +141,54 @@ impl TaskManager {
         })
     }
 
+    /// The agent options of a Trae run.
+    fn trae_options(&self, task_id: &str, req: &RunRequest, p: &PreparedRun) -> AgentOptions {
+        AgentOptions {
+            must_patch: req.must_patch,
+            patch_path: p.patch_path.clone(),
+            trajectory_file: p.trajectory_file.clone(),
+            max_steps: None,
+            tools: self.tool_options(task_id),
+            // A background run has nobody to retry a step: a provider failure ends it.
+            retry_failed_steps: false,
+            // The request's limits are in `cfg.budget` already.
+            budget: Default::default(),
+        }
+    }
+
+    /// Continues an interrupted run (see `resume`): its request is checked
+    /// and its configuration resolved again (the API key is never stored),
+    /// `interrupted` and `resumed` are logged, and the agent goes on from
+    /// the checkpoint in a fresh tool environment.
+    pub(super) async fn resume_trae(&self, task: Task, plan: Resumption) -> Result<()> {
+        let req = stored_request(&task).ok_or_else(|| Error::invalid("no stored request"))?;
+        let prepared = self.prepare_trae(&req).await?;
+        let slot = self.runner.admission.reserve()?;
+        let task_id = task.task_id.clone();
+        self.record_resumption(&task_id, &plan).await?;
+        let options = self.trae_options(&task_id, &req, &prepared);
+        let sink = self.runner.sink(&task_id);
+        let agent = Agent::resume(
+            &prepared.cfg,
+            prepared.llm,
+            req.task.clone(),
+            &prepared.working_dir,
+            options,
+            Arc::new(sink.clone()),
+            plan.checkpoint,
+            plan.started_ago,
+        )
+        .await
+        .map_err(|e| Error::invalid(e.to_string()))?;
+        let plan = RunPlan {
+            agent,
+            sink,
+            started_ago: plan.started_ago,
+        };
+        self.runner.spawn_run(task, plan, slot);
+        Ok(())
+    }
+
     /// Builds the agent and starts the run in `slot`; with `insert`, the
     /// task row is stored first (in a cluster, with its run claimed here).
     async fn launch_trae(
@@ -149,17 +200,7 @@ impl TaskManager {
         insert: bool,
     ) -> Result<()> {
         let task_id = task.task_id.clone();
-        let options = AgentOptions {
-            must_patch: req.must_patch,
-            patch_path: p.patch_path,
-            trajectory_file: p.trajectory_file,
-            max_steps: None,
-            tools: self.tool_options(&task_id),
-            // A background run has nobody to retry a step: a provider failure ends it.
-            retry_failed_steps: false,
-            // The request's limits are in `cfg.budget` already.
-            budget: Default::default(),
-        };
+        let options = self.trae_options(&task_id, req, &p);
         let sink = self.runner.sink(&task_id);
         let agent = Agent::new(
             &p.cfg,
@@ -185,7 +226,12 @@ impl TaskManager {
         self.runner
             .record_start(&task_id, &req.task, &p.cfg, &p.working_dir)
             .await?;
-        self.runner.spawn_run(task, RunPlan { agent, sink }, slot);
+        let plan = RunPlan {
+            agent,
+            sink,
+            started_ago: std::time::Duration::ZERO,
+        };
+        self.runner.spawn_run(task, plan, slot);
         Ok(())
     }
 }
@@ -197,6 +243,9 @@ fn running_task(task_id: &str, req: &RunRequest, p: &PreparedRun) -> Task {
         "working_dir": p.working_dir, "provider": p.cfg.provider, "model": p.cfg.model,
         "max_steps": p.cfg.max_steps, "must_patch": req.must_patch,
         "patch_path": req.patch_path, "trajectory_file": req.trajectory_file,
+        // What resuming the run after a crash starts from again (no API key:
+        // the configuration is resolved again).
+        "request": spec_of(req),
     });
     Task {
         status: TaskStatus::Running,
@@ -220,7 +269,15 @@ fn spec_of(req: &RunRequest) -> Value {
         "agent_type": req.agent_type, "config_file": req.config_file,
         "trajectory_file": req.trajectory_file, "patch_path": req.patch_path,
         "budget": req.budget,
+        "on_interrupt": req.on_interrupt.map(OnInterrupt::as_str),
     })
+}
+
+/// The request a Trae task was started with, when it was stored (by an
+/// agentd with durable runs).
+pub(super) fn stored_request(task: &Task) -> Option<RunRequest> {
+    let spec = task.run_spec.as_ref()?.get("request")?;
+    Some(request_of(spec.clone()))
 }
 
 fn request_of(spec: Value) -> RunRequest {
@@ -246,6 +303,7 @@ fn request_of(spec: Value) -> RunRequest {
             .get("budget")
             .and_then(|b| serde_json::from_value(b.clone()).ok())
             .unwrap_or_default(),
+        on_interrupt: text("on_interrupt").and_then(|p| OnInterrupt::parse(&p).ok()),
     }
 }
 
@@ -271,6 +329,7 @@ mod tests {
                 max_cost_usd: None,
                 max_wall_secs: Some(60.0),
             },
+            on_interrupt: Some(OnInterrupt::Fail),
         };
         let back = request_of(spec_of(&req));
         assert_eq!(format!("{back:?}"), format!("{req:?}"));
