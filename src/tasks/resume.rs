@@ -9,6 +9,11 @@
 //! step that was cut off (answered as interrupted) and the remaining steps;
 //! no second `start`, one `end`. A stopped or deleted task is never running,
 //! so never resumed.
+//!
+//! An Agent Protocol task has no background run to restart: its session is
+//! rebuilt from the checkpoint by its next `POST .../steps` (see
+//! `agent_step`), which continues the conversation. Its policy is
+//! `additional_input.on_interrupt`.
 
 use std::time::Duration;
 
@@ -84,6 +89,11 @@ impl TaskManager {
     /// is not resumed. True when resumed.
     pub(super) async fn resume_or_fail(&self, task: Task, why: &str) -> Result<bool> {
         let failure = match self.resumption(&task, why).await {
+            // Its next step rebuilds the session.
+            Ok(plan) if task.origin == Origin::AgentProtocol => {
+                self.record_resumption(&task.task_id, &plan).await?;
+                return Ok(true);
+            }
             Ok(plan) => match self.resume_trae(task.clone(), plan).await {
                 Ok(()) => return Ok(true),
                 Err(e) => format!("{why}; it could not be resumed: {e}"),
@@ -98,14 +108,15 @@ impl TaskManager {
 
     /// Whether and how `task` is resumed; Err: the error it fails with.
     async fn resumption(&self, task: &Task, why: &str) -> std::result::Result<Resumption, String> {
-        if task.origin != Origin::Trae {
-            return Err(why.to_string());
-        }
-        let Some(req) = super::trae_run::stored_request(task) else {
-            return Err(why.to_string()); // stored before durable runs
+        let asked = match task.origin {
+            Origin::Trae => match super::trae_run::stored_request(task) {
+                Some(req) => req.on_interrupt,
+                None => return Err(why.to_string()), // stored before durable runs
+            },
+            Origin::AgentProtocol => ap_on_interrupt(&task.additional_input).unwrap_or(None),
         };
         let settings = &self.runner.settings;
-        if req.on_interrupt.unwrap_or(settings.on_interrupt) == OnInterrupt::Fail {
+        if asked.unwrap_or(settings.on_interrupt) == OnInterrupt::Fail {
             return Err(why.to_string());
         }
         let log = self
@@ -133,24 +144,34 @@ impl TaskManager {
                 timeout.as_secs()
             ));
         }
-        let rows = self
-            .store
-            .checkpoints(&task.task_id)
+        let checkpoint = self
+            .checkpoint(&task.task_id)
             .await
-            .map_err(|e| e.to_string())?;
-        let deltas = rows
-            .iter()
-            .map(|r| serde_json::from_str::<CheckpointDelta>(&r.body))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| format!("{why}; not resumed: its checkpoint cannot be read: {e}"))?;
-        let checkpoint = Checkpoint::from_deltas(deltas)
-            .map_err(|e| format!("{why}; not resumed: its checkpoint is incomplete: {e}"))?;
+            .map_err(|e| format!("{why}; not resumed: {e}"))?;
         Ok(Resumption {
             attempt: resumes + 1,
             checkpoint,
             started_ago,
             reason: why.to_string(),
         })
+    }
+
+    /// The task's checkpoints folded into one (None: it has none).
+    pub(super) async fn checkpoint(
+        &self,
+        task_id: &str,
+    ) -> std::result::Result<Option<Checkpoint>, String> {
+        let rows = self
+            .store
+            .checkpoints(task_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let deltas = rows
+            .iter()
+            .map(|r| serde_json::from_str::<CheckpointDelta>(&r.body))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("its checkpoint cannot be read: {e}"))?;
+        Checkpoint::from_deltas(deltas).map_err(|e| format!("its checkpoint is incomplete: {e}"))
     }
 
     /// The `interrupted` and `resumed` events of a resumption.
@@ -170,6 +191,22 @@ impl TaskManager {
         self.events.append_all(task_id, entries, None).await?;
         tracing::warn!(%task_id, attempt = plan.attempt + 1, step, "resumed an interrupted run");
         Ok(())
+    }
+}
+
+/// An Agent Protocol task's `additional_input.on_interrupt`.
+pub(super) fn ap_on_interrupt(
+    input: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<OnInterrupt>> {
+    match input.get("on_interrupt") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => OnInterrupt::parse(s)
+            .map(Some)
+            .map_err(|e| crate::error::Error::invalid(format!("additional_input.{e}"))),
+        Some(_) => Err(crate::error::Error::invalid(
+            "additional_input.on_interrupt must be \"resume\" or \"fail\"",
+        )),
     }
 }
 

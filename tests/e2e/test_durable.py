@@ -158,3 +158,45 @@ def test_a_run_past_max_resumes_fails_with_the_reason(fresh_runs, tmp_path):
         assert error.startswith(INTERRUPTED) and "resumed 0 times already" in error, error
     finally:
         procs.kill_leftovers()
+
+
+def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh_runs):
+    """Two steps, SIGKILL between steps, restart: the third step continues
+    the same conversation (the model receives the earlier turns) instead of
+    failing, and the task's log stays one log."""
+    runs = fresh_runs()
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo first > notes.txt"}, text="step one"),
+        openai_tool_call("bash", {"command": "echo second >> notes.txt"}, text="step two"),
+        openai_tool_call("task_done", {}, text="notes complete"),
+    )
+    task = runs.stack.create_task("keep notes", config_file=runs.config(route))
+    url = f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}"
+    for _ in range(2):
+        s = requests.post(f"{url}/steps", json={"input": "go on"}, timeout=120)
+        assert s.status_code == 200 and not s.json()["is_last"], s.text
+    assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+    runs.stack.start_agentd()
+
+    assert requests.get(url, timeout=30).json()["status"] == "running"
+    third = requests.post(f"{url}/steps", json={"input": "finish up"}, timeout=120)
+    assert third.status_code == 200, third.text
+    assert third.json()["is_last"] is True and third.json()["output"] == "notes complete", third.json()
+    assert third.json()["additional_output"]["step_number"] == 3, third.json()
+
+    calls = route.requests
+    assert len(calls) == 3
+    resumed = calls[2]["body"]["messages"]
+    # The earlier turns, as the model saw them, then the new input.
+    assert resumed[: len(calls[1]["body"]["messages"])] == calls[1]["body"]["messages"]
+    contents = [str(m.get("content")) for m in resumed]
+    assert any("step one" in c for c in contents) and any("step two" in c for c in contents), contents
+    assert "restarted" in contents[-2] and contents[-1] == "finish up", contents[-2:]
+
+    events = runs.sse(task["task_id"], after_seq=0)
+    assert_well_formed_log(events, task["task_id"])
+    types = [e["type"] for e in events]
+    for once in ("start", "interrupted", "resumed", "complete", "end"):
+        assert types.count(once) == 1, (once, types)
+    assert [e["data"]["step"] for e in events if e["type"] == "step"] == [1, 2, 3]
+    assert events[types.index("resumed")]["data"] == {"attempt": 2, "step": 2}
