@@ -87,7 +87,7 @@ impl TaskManager {
 
     /// Resumes an interrupted run, or fails it with `why` and the reason it
     /// is not resumed. True when resumed.
-    pub(super) async fn resume_or_fail(&self, task: Task, why: &str) -> Result<bool> {
+    pub(in crate::tasks) async fn resume_or_fail(&self, task: Task, why: &str) -> Result<bool> {
         let failure = match self.resumption(&task, why).await {
             // Its next step rebuilds the session.
             Ok(plan) if task.origin == Origin::AgentProtocol => {
