@@ -391,6 +391,42 @@ mod tests {
         assert_eq!(h.runner.stop_all(StopReason::Shutdown).await, 0);
     }
 
+    /// A run's steps leave their checkpoints in the store, in order: each
+    /// step with tools twice (in flight, completed); folded, they are the
+    /// whole conversation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runs_steps_are_checkpointed_in_the_store() {
+        use agentd_engine::agent::{Checkpoint, CheckpointDelta};
+        let h = Harness::new(settings()).await;
+        let bash = crate::tasks::testkit::tool_call("bash", serde_json::json!({"command": "true"}));
+        let llm = GatedLlm::new(vec![bash, task_done()]);
+        h.start_run("t", llm.clone(), &["bash"]).await;
+        for _ in 0..2 {
+            llm.called().await;
+            llm.release();
+        }
+        h.wait_ended("t").await;
+        let rows = h.store.checkpoints("t").await.unwrap();
+        let deltas: Vec<CheckpointDelta> = rows
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect();
+        let shape: Vec<(i64, i64, bool)> = rows
+            .iter()
+            .zip(&deltas)
+            .map(|(r, d)| (r.n, r.step, d.in_flight))
+            .collect();
+        assert_eq!(
+            shape,
+            [(1, 1, true), (2, 1, false), (3, 2, true), (4, 2, false)]
+        );
+        let cp = Checkpoint::from_deltas(deltas).unwrap().unwrap();
+        let last = cp.messages.last().unwrap().tool_result.as_ref().unwrap();
+        assert_eq!(last.name, "task_done");
+        // System prompt, task, then two turns of an answer and its result.
+        assert_eq!(cp.messages.len(), 6);
+    }
+
     #[test]
     fn only_a_requested_stop_is_stopped() {
         let stopped = RunOutcome::Stopped {

@@ -1082,3 +1082,51 @@ async fn a_run_resumed_between_steps_is_told_so() {
     assert_eq!(conversation.last().unwrap().content, RESUMED_BETWEEN_STEPS);
     assert_eq!(resumed.steps_taken(), 2);
 }
+
+/// A crash while the last checkpoint was being written leaves the ones
+/// before it: resuming from any prefix of the deltas is a consistent run
+/// (here: step 2's in-flight checkpoint lost, so step 2 is taken again).
+#[tokio::test]
+async fn a_lost_last_checkpoint_resumes_from_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ScriptedModel::new(vec![
+        Ok(calls(
+            "",
+            &[("bash", json!({"command": "echo one >> log.txt"}))],
+        )),
+        Ok(calls(
+            "",
+            &[("bash", json!({"command": "echo two >> log.txt"}))],
+        )),
+    ]);
+    let (mut agent, mut rx) = agent(&first, dir.path(), &config(10, false), options()).await;
+    let cancel = CancellationToken::new();
+    agent.step(&cancel, None).await;
+    agent.step(&cancel, None).await;
+    drop(agent);
+    let deltas = checkpoints(&drain(&mut rx));
+    assert_eq!(deltas.len(), 4);
+    let cp = Checkpoint::from_deltas(deltas[..2].to_vec())
+        .unwrap()
+        .unwrap();
+    assert_eq!((cp.step, cp.in_flight), (1, false));
+    let second = ScriptedModel::new(vec![Ok(done("ok"))]);
+    let llm: Arc<dyn LlmClient> = second.clone();
+    let mut resumed = Agent::resume(
+        &config(10, false),
+        llm,
+        "Fix the bug.",
+        dir.path(),
+        options(),
+        Arc::new(crate::events::NoEvents),
+        Some(cp),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert!(resumed.run(&CancellationToken::new()).await.is_success());
+    assert_eq!(resumed.steps_taken(), 2);
+    // One tool result (step 1's) before the note: step 2 never reached the model.
+    assert_eq!(tool_results_in(&second.conversations()[0]).len(), 1);
+    assert_eq!(resumed.usage().input_tokens, 200);
+}
