@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import time
 
 import pytest
 import requests
@@ -215,3 +216,28 @@ def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh
         assert types.count(once) == 1, (once, types)
     assert [e["data"]["step"] for e in events if e["type"] == "step"] == [1, 2, 3]
     assert events[types.index("resumed")]["data"] == {"attempt": 2, "step": 2}
+
+
+def test_a_run_whose_time_ran_out_while_agentd_was_down_is_not_resumed(fresh_runs, tmp_path):
+    """The timeout counts from the run's first start, downtime included."""
+    runs = fresh_runs({"AGENTD_TASK_TIMEOUT_SECS": "3"})
+    task_id, _, procs = start_three_step_run(runs, tmp_path / "wd")
+    try:
+        started = runs.status(task_id)["messages"][0]["timestamp"]
+        runs.stack.stop_agentd(signal.SIGKILL)
+        while time.time() < started + 3.5:
+            time.sleep(0.1)
+        runs.stack.start_agentd()
+        st = runs.status(task_id)
+        assert st["task_status"] == "failed", st
+        error = runs.sse(task_id)[-2]["error"]
+        assert error.startswith(INTERRUPTED) and "timed out after 3s" in error, error
+    finally:
+        procs.kill_leftovers()
+
+
+def test_an_agent_protocol_task_with_a_bad_policy_is_refused(fresh_runs):
+    runs = fresh_runs()
+    task = runs.stack.create_task("bad policy", on_interrupt="sometimes")
+    r = requests.post(f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}/steps", timeout=60)
+    assert r.status_code == 400 and "on_interrupt" in r.text, r.text
