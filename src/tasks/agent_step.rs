@@ -61,11 +61,12 @@ impl TaskManager {
         let ws = self.workspaces.dir(task_id);
         tokio::fs::create_dir_all(&ws).await?;
         let before = Snapshot::take(&ws).await?;
-        // A task that was running before agentd restarted: its session
-        // comes back from the checkpoint (see `resume`), with no new `start`.
-        // (In a cluster a running task's session lives on the node holding
-        // its run, where its steps are sent.)
-        let resumed = task.status == TaskStatus::Running && self.cluster.is_none();
+        // A task that was running before agentd restarted (or, in a cluster,
+        // whose session this node took over from a dead node: it holds the
+        // run, and steps are sent to its holder): its session comes back
+        // from the checkpoint (see `resume`), with no new `start`.
+        let resumed = task.status == TaskStatus::Running
+            && (self.cluster.is_none() || self.events.fence(task_id).is_some());
         let make_session = || async {
             super::resume::ap_on_interrupt(&task.additional_input)?;
             let overrides = |k: &str| {

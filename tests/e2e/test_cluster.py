@@ -432,6 +432,44 @@ def test_a_step_asked_of_any_node_runs_in_the_tasks_session(cluster):
     assert [e["type"] for e in events].count("start") == 1
 
 
+def test_an_agent_protocol_session_outlives_its_node(cluster):
+    """Two steps on one node, that node killed: a survivor takes the session
+    over, and the third step, asked of any node, continues the conversation."""
+    runs = cluster.runs
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo one"}, text="one"),
+        openai_tool_call("bash", {"command": "echo two"}, text="two"),
+        openai_tool_call("task_done", {}, text="three"),
+    )
+    victim_id, victim = "n1", cluster.nodes[1]
+    task_id = cluster.front.create_task("session outlives node", config_file=runs.config(route))["task_id"]
+    for _ in range(2):
+        grpc_call(victim.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=task_id)
+    assert cluster.owner(task_id) == victim_id
+    try:
+        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        deadline = time.monotonic() + RUN_WAIT
+        while cluster.owner(task_id) == victim_id and time.monotonic() < deadline:
+            time.sleep(0.1)
+        new_owner = cluster.owner(task_id)
+        assert new_owner != victim_id, "nobody took the session over"
+        asked = next(n for i, n in enumerate(cluster.nodes) if f"n{i}" not in (victim_id, new_owner))
+        third = grpc_call(asked.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=task_id)
+        assert third["output"] == "three" and third.get("is_last") is True, third
+        assert third["additional_output"]["step_number"] == 3, third
+        calls = route.requests
+        assert len(calls) == 3
+        assert calls[2]["body"]["messages"][: len(calls[1]["body"]["messages"])] == calls[1]["body"]["messages"]
+        events = sse_from(asked, task_id, path=f"{AP}/tasks/{task_id}/events")
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        for once in ("start", "interrupted", "resumed", "complete", "end"):
+            assert types.count(once) == 1, (once, types)
+    finally:
+        if victim.agentd is None or victim.agentd.poll() is not None:
+            victim.start_agentd()
+
+
 def test_the_trae_documents_python_example_through_the_cluster(cluster, git_repo):
     trae_flows.test_document_python_example_runs_a_task_in_a_git_repo(cluster.runs, git_repo)
 

@@ -206,10 +206,10 @@ impl TaskManager {
     }
 
     /// Takes over a run from a node that stopped heartbeating (or from this
-    /// node's previous life), under the new attempt: a Trae run nobody asked
-    /// to stop is resumed here from its checkpoint when its policy allows
-    /// (see `resume`); otherwise it ends, `error` + `end`, status failed,
-    /// written once.
+    /// node's previous life), under the new attempt: a run nobody asked to
+    /// stop is resumed here from its checkpoint when its policy allows (see
+    /// `resume`); otherwise it ends, `error` + `end`, status failed, written
+    /// once.
     pub(in crate::tasks) async fn end_taken_over(&self, run: Run, error: &str) -> Result<()> {
         let task_id = run.task_id.clone();
         let Some(fence) = run.fence() else {
@@ -231,8 +231,10 @@ impl TaskManager {
             self.events.release(&task_id);
             return Ok(());
         }
-        if run.kind == crate::store::RunKind::Trae && run.cancel_reason.is_none() {
-            // Resumed, or failed with the reason it was not.
+        if run.cancel_reason.is_none() {
+            // Resumed (a Trae run here and now, a session at its next step,
+            // which is routed here as this node holds it now), or failed
+            // with the reason it was not.
             self.resume_or_fail(task, error).await?;
             return Ok(());
         }
