@@ -113,6 +113,7 @@ contract!(
     queueing_counts_the_slots_of_live_nodes,
     rings_follow_commits_of_other_connections,
     checkpoints_are_appended_with_their_events_or_not_at_all,
+    a_held_run_goes_back_to_the_queue_for_another_node,
 );
 
 // ---- fixtures ----------------------------------------------------------
@@ -1556,4 +1557,50 @@ async fn checkpoints_are_appended_with_their_events_or_not_at_all(db: &dyn TestD
     assert!(store.checkpoints("other").await.unwrap().is_empty());
     assert!(store.delete_task("t").await.unwrap());
     assert!(store.checkpoints("t").await.unwrap().is_empty());
+}
+
+/// A node that took a run over without a free slot puts it back in the
+/// queue: nobody holds it, another node claims it (next attempt), and the
+/// fence that requeued it writes nothing more.
+async fn a_held_run_goes_back_to_the_queue_for_another_node(db: &dyn TestDb) {
+    let store = db.open().await;
+    store
+        .insert_run(&new_run("t", Some(("a", 1_000)), 1), Some(&task("t", 1)))
+        .await
+        .unwrap();
+    let held = store
+        .active_run("t")
+        .await
+        .unwrap()
+        .unwrap()
+        .fence()
+        .unwrap();
+    assert!(store.requeue_run(&held).await.unwrap());
+    let queued = store.active_run("t").await.unwrap().unwrap();
+    assert_eq!(
+        (queued.status, queued.node_id, queued.busy),
+        (RunStatus::Queued, None, false)
+    );
+    assert!(!store.requeue_run(&held).await.unwrap());
+    let claimed = store
+        .claim_queued_run("b", 5_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (claimed.node_id.as_deref(), claimed.attempt),
+        (Some("b"), 2)
+    );
+    assert!(
+        !store
+            .append_fenced(&events("t", 1..=1), None, &held, false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_fenced(&events("t", 1..=1), None, &claimed.fence().unwrap(), false)
+            .await
+            .unwrap()
+    );
 }

@@ -15,6 +15,8 @@ use crate::{
 };
 
 pub const INTERRUPTED: &str = "interrupted: agentd stopped while the task was running";
+/// What a run taken over from a dead node says (in a cluster).
+pub const NODE_LOST: &str = "interrupted: the agentd node running the task stopped";
 
 /// Ends every recorded process group still running (see `processes`),
 /// then whatever is left in the tasks' control groups (see `cgroups`).

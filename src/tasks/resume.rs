@@ -94,8 +94,13 @@ impl TaskManager {
                 self.record_resumption(&task.task_id, &plan).await?;
                 return Ok(true);
             }
-            Ok(plan) => match self.resume_trae(task.clone(), plan).await {
-                Ok(()) => return Ok(true),
+            Ok(plan) => match self.runner.admission.reserve() {
+                Ok(slot) => match self.resume_trae(task.clone(), plan, slot).await {
+                    Ok(()) => return Ok(true),
+                    Err(e) => format!("{why}; it could not be resumed: {e}"),
+                },
+                // In a cluster, a node with a free slot claims it and resumes it.
+                Err(_) if self.requeue(&task.task_id).await? => return Ok(true),
                 Err(e) => format!("{why}; it could not be resumed: {e}"),
             },
             Err(reason) => reason,
@@ -106,8 +111,26 @@ impl TaskManager {
         Ok(false)
     }
 
+    /// Puts the run this node holds for the task back in the cluster's
+    /// queue; false on a single node (or when the run is no longer held).
+    async fn requeue(&self, task_id: &str) -> Result<bool> {
+        let (Some(_), Some(fence)) = (&self.cluster, self.events.fence(task_id)) else {
+            return Ok(false);
+        };
+        if !self.store.requeue_run(&fence).await? {
+            return Ok(false);
+        }
+        self.events.release(task_id);
+        tracing::warn!(%task_id, "no free run slot here to resume an interrupted run: queued for another node");
+        Ok(true)
+    }
+
     /// Whether and how `task` is resumed; Err: the error it fails with.
-    async fn resumption(&self, task: &Task, why: &str) -> std::result::Result<Resumption, String> {
+    pub(super) async fn resumption(
+        &self,
+        task: &Task,
+        why: &str,
+    ) -> std::result::Result<Resumption, String> {
         let asked = match task.origin {
             Origin::Trae => match super::trae_run::stored_request(task) {
                 Some(req) => req.on_interrupt,

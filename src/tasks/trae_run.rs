@@ -73,9 +73,17 @@ impl TaskManager {
         spec: Option<Value>,
         slot: RunSlot,
     ) -> Result<()> {
+        let task = self.task_row(task_id).await?;
+        if self.store.last_event_seq(task_id).await? > 0 {
+            // An interrupted run queued again (see `resume`): it goes on.
+            let plan = self
+                .resumption(&task, super::recovery::NODE_LOST)
+                .await
+                .map_err(Error::invalid)?;
+            return self.resume_trae(task, plan, slot).await;
+        }
         let req = request_of(spec.unwrap_or_default());
         let prepared = self.prepare_trae(&req).await?;
-        let task = self.task_row(task_id).await?;
         self.launch_trae(task, &req, prepared, slot, false).await
     }
 
@@ -160,10 +168,14 @@ impl TaskManager {
     /// and its configuration resolved again (the API key is never stored),
     /// `interrupted` and `resumed` are logged, and the agent goes on from
     /// the checkpoint in a fresh tool environment.
-    pub(super) async fn resume_trae(&self, task: Task, plan: Resumption) -> Result<()> {
+    pub(super) async fn resume_trae(
+        &self,
+        task: Task,
+        plan: Resumption,
+        slot: RunSlot,
+    ) -> Result<()> {
         let req = stored_request(&task).ok_or_else(|| Error::invalid("no stored request"))?;
         let prepared = self.prepare_trae(&req).await?;
-        let slot = self.runner.admission.reserve()?;
         let task_id = task.task_id.clone();
         self.record_resumption(&task_id, &plan).await?;
         let options = self.trae_options(&task_id, &req, &prepared);

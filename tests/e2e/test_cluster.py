@@ -432,6 +432,54 @@ def test_a_step_asked_of_any_node_runs_in_the_tasks_session(cluster):
     assert [e["type"] for e in events].count("start") == 1
 
 
+def test_a_killed_nodes_run_waits_in_the_queue_for_a_free_slot(cluster, tmp_path):
+    """Every survivor is busy when the node dies: the run taken over goes
+    back to the queue, and the first node with a free slot resumes it."""
+    runs = cluster.runs
+    victim_id, victim = "n1", cluster.nodes[1]
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo one >> steps.txt"}),
+        long_bash(),
+        openai_tool_call("task_done", {}, text="resumed after waiting"),
+    )
+    wd = tmp_path / "wd"
+    task_id = run_on(victim, runs, "waits for a slot", wd, route)
+    procs = [TaskProcesses.of(int(wait_file(wd / "bash.pid")))]
+    survivors = cluster.others(victim_id)
+    blockers = []
+    try:
+        for i, node in enumerate(survivors):
+            bwd = tmp_path / f"blocker{i}"
+            blockers.append(run_on(node, runs, f"blocker {i}", bwd, runs.llm.route().script(long_bash())))
+            procs.append(TaskProcesses.of(int(wait_file(bwd / "bash.pid"))))
+        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        deadline = time.monotonic() + RUN_WAIT
+        status = ""
+        while time.monotonic() < deadline:
+            status = cluster.pg.psql(f"SELECT status FROM runs WHERE task_id = '{task_id}'", "agentd")
+            if status == "queued":
+                break
+            time.sleep(0.1)
+        assert status == "queued", status
+        assert runs.status(task_id)["task_status"] == "running"
+        runs.stop(blockers[0])  # a slot frees up on that node
+        st = runs.wait_status(task_id, {"completed", "failed", "stopped"})
+        assert st["task_status"] == "completed", [(m["type"], m.get("error")) for m in st["messages"]]
+        events = runs.sse(task_id)
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        assert types.count("start") == 1 and types.count("resumed") == 1, types
+        assert cluster.owner(task_id) == survivors[0].env["AGENTD_NODE_ID"]
+    finally:
+        for b in blockers:
+            runs.stop(b)
+        if victim.agentd is None or victim.agentd.poll() is not None:
+            victim.start_agentd()
+        for p in procs:
+            p.wait_gone()
+            p.kill_leftovers()
+
+
 def test_an_agent_protocol_session_outlives_its_node(cluster):
     """Two steps on one node, that node killed: a survivor takes the session
     over, and the third step, asked of any node, continues the conversation."""

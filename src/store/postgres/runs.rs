@@ -255,6 +255,19 @@ impl RunStore for PgStore {
         rows.iter().map(decode_run).collect()
     }
 
+    async fn requeue_run(&self, f: &Fence) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'queued', node_id = NULL, busy = FALSE, lease_until = 0 \
+             WHERE run_id = $1 AND node_id = $2 AND attempt = $3 AND status = 'running'",
+        )
+        .bind(&f.run_id)
+        .bind(&f.node_id)
+        .bind(f.attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn set_run_busy(&self, f: &Fence, busy: bool) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE runs SET busy = $1 WHERE run_id = $2 AND node_id = $3 AND attempt = $4 \

@@ -241,6 +241,27 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    async fn requeue_run(&self, fence: &Fence) -> Result<bool> {
+        let f = fence.clone();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE runs SET status = 'queued', node_id = NULL, busy = 0, \
+                         lease_until = 0 WHERE run_id = ? AND node_id = ? AND attempt = ? \
+                         AND status = 'running'",
+                    )
+                    .bind(&f.run_id)
+                    .bind(&f.node_id)
+                    .bind(f.attempt)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                })
+            })
+            .await
+    }
+
     async fn request_cancel(&self, task_id: Option<&str>, reason: &str) -> Result<Vec<Run>> {
         let (task_id, reason) = (task_id.map(str::to_string), reason.to_string());
         self.writer
