@@ -110,6 +110,11 @@ impl EventLog {
         }
     }
 
+    /// Whether other nodes write to the same logs.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// From now on, appends to the task's log are fenced by `fence`, and
     /// its `end` finishes the run (see `store::runs`).
     pub fn hold(&self, task_id: &str, fence: Fence) {

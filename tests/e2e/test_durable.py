@@ -241,3 +241,23 @@ def test_an_agent_protocol_task_with_a_bad_policy_is_refused(fresh_runs):
     task = runs.stack.create_task("bad policy", on_interrupt="sometimes")
     r = requests.post(f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}/steps", timeout=60)
     assert r.status_code == 400 and "on_interrupt" in r.text, r.text
+
+
+def test_a_stopped_agent_protocol_task_is_never_resumed(fresh_runs):
+    """Stopped while its session waits to be rebuilt (after a restart): it
+    ends `stopped` there, and its next step is refused, not resumed."""
+    runs = fresh_runs()
+    route = runs.llm.route().script(openai_tool_call("bash", {"command": "echo first"}, text="one"))
+    task = runs.stack.create_task("stop me", config_file=runs.config(route))
+    url = f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}"
+    assert requests.post(f"{url}/steps", timeout=120).status_code == 200
+    runs.stack.stop_agentd(signal.SIGKILL)
+    runs.stack.start_agentd()
+    assert runs.stop(task["task_id"])["message"] == "Task stopped successfully"
+    assert requests.get(url, timeout=30).json()["status"] == "stopped"
+    again = requests.post(f"{url}/steps", timeout=120)
+    assert again.status_code == 400 and "no more steps" in again.text, again.text
+    events = runs.sse(task["task_id"])
+    assert_well_formed_log(events, task["task_id"])
+    assert [e["type"] for e in events][-4:] == ["interrupted", "resumed", "stopped", "end"]
+    assert len(route.requests) == 1
