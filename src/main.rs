@@ -47,6 +47,15 @@ enum Command {
         /// Wall-clock limit of one task's run, in seconds.
         #[arg(long, env = "AGENTD_TASK_TIMEOUT_SECS", default_value_t = 3600)]
         task_timeout_secs: u64,
+        /// What becomes of a run agentd was running when it stopped (a crash,
+        /// SIGKILL) or whose node was lost: `resume` continues it from its
+        /// last completed step, `fail` fails it. A request may choose for itself.
+        #[arg(long, env = "AGENTD_ON_INTERRUPT", default_value = "resume", value_parser = agentd::tasks::OnInterrupt::parse)]
+        on_interrupt: agentd::tasks::OnInterrupt,
+        /// How many times one run is resumed at most; interrupted once more,
+        /// it fails.
+        #[arg(long, env = "AGENTD_MAX_RESUMES", default_value_t = 3)]
+        max_resumes: u32,
         /// Wall-clock limit of one synchronous Agent Protocol step, in seconds:
         /// agentd answers the step itself before Envoy's 900 s idle timeout.
         #[arg(long, env = "AGENTD_STEP_TIMEOUT_SECS", default_value_t = 840)]
@@ -182,6 +191,8 @@ async fn run() -> anyhow::Result<ExitCode> {
             trae_config,
             max_running_tasks,
             task_timeout_secs,
+            on_interrupt,
+            max_resumes,
             step_timeout_secs,
             llm_timeout_secs,
             max_tokens_total,
@@ -216,6 +227,8 @@ async fn run() -> anyhow::Result<ExitCode> {
                     max_cost_usd,
                     max_wall_secs,
                 },
+                on_interrupt,
+                max_resumes,
             };
             runner
                 .default_budget

@@ -12,7 +12,7 @@ use super::{
     trae_status::TraeStatus,
 };
 use crate::tasks::{
-    Budget, CgroupLimits, ConfigQuery, RunRequest, TaskManager, ToolInfo, parse_bytes,
+    Budget, CgroupLimits, ConfigQuery, OnInterrupt, RunRequest, TaskManager, ToolInfo, parse_bytes,
 };
 use crate::{
     clock,
@@ -72,6 +72,10 @@ impl TraeService for TraeApi {
                 parse_bytes(text).map_err(|e| Error::invalid(format!("task_memory_max: {e}")))?
             }
         };
+        let on_interrupt = match r.on_interrupt.as_str() {
+            "" => None,
+            p => Some(OnInterrupt::parse(p).map_err(Error::invalid)?),
+        };
         let task_id = self
             .tasks
             .run_trae(
@@ -87,6 +91,7 @@ impl TraeService for TraeApi {
                     config_file: non_empty(r.config_file),
                     trajectory_file: non_empty(r.trajectory_file),
                     patch_path: non_empty(r.patch_path),
+                    on_interrupt,
                     budget: Budget {
                         max_tokens_total: r.max_tokens_total,
                         max_cost_usd: r.max_cost_usd,

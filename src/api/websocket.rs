@@ -250,6 +250,9 @@ fn log_message(e: &Event) -> Value {
         Some(EventKind::Error) => ("ERROR", "task_manager".to_string()),
         Some(EventKind::StepFailed) => ("ERROR", "llm".to_string()),
         Some(EventKind::Stopped | EventKind::Nudge) => ("WARNING", "agent".to_string()),
+        Some(EventKind::Interrupted | EventKind::Resumed) => {
+            ("WARNING", "task_manager".to_string())
+        }
         Some(EventKind::LlmResponse | EventKind::LlmDelta | EventKind::Usage) => {
             ("INFO", "llm".to_string())
         }

@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         task_memory_max: args.task_memory_max,
         task_pids_max: args.task_pids_max,
         task_cpu_max: args.task_cpu_max,
+        on_interrupt: String::new(),
     };
     let task_id = client
         .trae

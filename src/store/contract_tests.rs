@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Artifact, DEFAULT_READ_CACHE_BYTES, DatabaseUrl, Event, Fence, NewRun, Node, Origin, PgStore,
-    Ring, RunKind, RunStatus, SqliteStore, Step, Store, Task, TaskQuery, TaskStatus, test_cluster,
+    Artifact, Checkpoint, DEFAULT_READ_CACHE_BYTES, DatabaseUrl, Event, Fence, NewRun, Node,
+    Origin, PgStore, Ring, RunKind, RunStatus, SqliteStore, Step, Store, Task, TaskQuery,
+    TaskStatus, test_cluster,
 };
 
 /// One database of a backend; `open` may be called again (after the last
@@ -111,6 +112,8 @@ contract!(
     cancel_requests_are_durable_and_reach_the_holder,
     queueing_counts_the_slots_of_live_nodes,
     rings_follow_commits_of_other_connections,
+    checkpoints_are_appended_with_their_events_or_not_at_all,
+    a_held_run_goes_back_to_the_queue_for_another_node,
 );
 
 // ---- fixtures ----------------------------------------------------------
@@ -1480,5 +1483,124 @@ async fn rings_follow_commits_of_other_connections(db: &dyn TestDb) {
                 reason: "requested".into()
             },
         ]
+    );
+}
+
+fn checkpoint(task_id: &str, step: i64, body: &str) -> Checkpoint {
+    Checkpoint {
+        task_id: task_id.into(),
+        n: 0,
+        step,
+        body: body.into(),
+        created_at: 100 + step,
+    }
+}
+
+/// Checkpoints are appended in order, each in the transaction of its
+/// events: a batch that fails (a seq clash, a lost fence) writes neither,
+/// so the last checkpoint stored is always a whole one whose events are
+/// all there. They survive a reopen and go with their task.
+async fn checkpoints_are_appended_with_their_events_or_not_at_all(db: &dyn TestDb) {
+    let store = db.open().await;
+    store
+        .insert_run(&new_run("t", Some(("a", 1_000)), 1), Some(&task("t", 1)))
+        .await
+        .unwrap();
+    let fence = store
+        .active_run("t")
+        .await
+        .unwrap()
+        .unwrap()
+        .fence()
+        .unwrap();
+    let first = checkpoint("t", 1, r#"{"messages":["a"]}"#);
+    assert!(
+        store
+            .append_checkpointed(&events("t", 1..=2), &first, Some(&fence))
+            .await
+            .unwrap()
+    );
+    // Without events, and unfenced.
+    let second = checkpoint("t", 1, r#"{"messages":["b"]}"#);
+    assert!(store.append_checkpointed(&[], &second, None).await.unwrap());
+    // seq 2 exists: neither the events nor the checkpoint are written.
+    let torn = checkpoint("t", 2, "torn");
+    assert!(
+        store
+            .append_checkpointed(&events("t", 2..=3), &torn, None)
+            .await
+            .is_err()
+    );
+    let bodies = |cps: Vec<Checkpoint>| -> Vec<(i64, i64, String)> {
+        cps.into_iter().map(|c| (c.n, c.step, c.body)).collect()
+    };
+    let want = vec![(1, 1, first.body.clone()), (2, 1, second.body.clone())];
+    assert_eq!(bodies(store.checkpoints("t").await.unwrap()), want);
+    assert_eq!(store.checkpoints("t").await.unwrap()[0].created_at, 101);
+    // A holder that lost the run writes nothing either.
+    let taken = store
+        .take_over_runs("b", 2_000, 12_000, None)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(
+        !store
+            .append_checkpointed(&events("t", 3..=3), &torn, Some(&fence))
+            .await
+            .unwrap()
+    );
+    assert_eq!(seqs(&store.event_log("t").await.unwrap()), [1, 2]);
+    drop(store);
+
+    let store = db.open().await;
+    assert_eq!(bodies(store.checkpoints("t").await.unwrap()), want);
+    assert!(store.checkpoints("other").await.unwrap().is_empty());
+    assert!(store.delete_task("t").await.unwrap());
+    assert!(store.checkpoints("t").await.unwrap().is_empty());
+}
+
+/// A node that took a run over without a free slot puts it back in the
+/// queue: nobody holds it, another node claims it (next attempt), and the
+/// fence that requeued it writes nothing more.
+async fn a_held_run_goes_back_to_the_queue_for_another_node(db: &dyn TestDb) {
+    let store = db.open().await;
+    store
+        .insert_run(&new_run("t", Some(("a", 1_000)), 1), Some(&task("t", 1)))
+        .await
+        .unwrap();
+    let held = store
+        .active_run("t")
+        .await
+        .unwrap()
+        .unwrap()
+        .fence()
+        .unwrap();
+    assert!(store.requeue_run(&held).await.unwrap());
+    let queued = store.active_run("t").await.unwrap().unwrap();
+    assert_eq!(
+        (queued.status, queued.node_id, queued.busy),
+        (RunStatus::Queued, None, false)
+    );
+    assert!(!store.requeue_run(&held).await.unwrap());
+    let claimed = store
+        .claim_queued_run("b", 5_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (claimed.node_id.as_deref(), claimed.attempt),
+        (Some("b"), 2)
+    );
+    assert!(
+        !store
+            .append_fenced(&events("t", 1..=1), None, &held, false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_fenced(&events("t", 1..=1), None, &claimed.fence().unwrap(), false)
+            .await
+            .unwrap()
     );
 }

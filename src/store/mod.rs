@@ -7,6 +7,7 @@
 //! task's workspace directory (see `tasks::workspace`).
 
 mod cache;
+mod checkpoints;
 mod database_url;
 mod decode;
 mod model;
@@ -25,6 +26,7 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
+pub use checkpoints::{Checkpoint, CheckpointStore};
 pub use database_url::DatabaseUrl;
 pub use model::*;
 pub use postgres::PgStore;
@@ -56,7 +58,7 @@ pub async fn open(
 }
 
 #[async_trait]
-pub trait Store: RunStore + Send + Sync + 'static {
+pub trait Store: RunStore + CheckpointStore + Send + Sync + 'static {
     async fn insert_task(&self, task: &Task) -> Result<()>;
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>>;
     /// Writes every mutable field of the task (status, times, result, usage).

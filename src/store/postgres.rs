@@ -39,6 +39,7 @@ const MAX_CONNECTIONS: u32 = 10;
 /// How long the first connection may take before start-up gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+mod checkpoints;
 mod runs;
 
 pub struct PgStore {

@@ -198,6 +198,10 @@ pub trait RunStore: Send + Sync {
     ) -> Result<Vec<Run>>;
     /// Whether the run holds a slot; false when the fence no longer holds.
     async fn set_run_busy(&self, fence: &Fence, busy: bool) -> Result<bool>;
+    /// Puts a running run back in the queue (nobody holds it, no slot
+    /// taken), for a node with a free slot to claim: a run taken over by a
+    /// node that has none. False when the fence no longer holds.
+    async fn requeue_run(&self, fence: &Fence) -> Result<bool>;
     /// Records a stop request on the unfinished runs of the task (every
     /// task's with None; a first reason is kept) and rings their holders.
     /// Returns those runs.

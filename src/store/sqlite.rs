@@ -25,6 +25,7 @@ use super::{
 };
 use crate::error::Result;
 
+mod checkpoints;
 mod runs;
 
 pub struct SqliteStore {

@@ -61,7 +61,14 @@ impl TaskManager {
         let ws = self.workspaces.dir(task_id);
         tokio::fs::create_dir_all(&ws).await?;
         let before = Snapshot::take(&ws).await?;
+        // A task that was running before agentd restarted (or, in a cluster,
+        // whose session this node took over from a dead node: it holds the
+        // run, and steps are sent to its holder): its session comes back
+        // from the checkpoint (see `resume`), with no new `start`.
+        let resumed = task.status == TaskStatus::Running
+            && (self.cluster.is_none() || self.events.fence(task_id).is_some());
         let make_session = || async {
+            super::resume::ap_on_interrupt(&task.additional_input)?;
             let overrides = |k: &str| {
                 task.additional_input.get(k).and_then(|v| match v {
                     Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -81,23 +88,31 @@ impl TaskManager {
             let limits = self.task_limits(&requested_limits(&task.additional_input)?)?;
             let llm = self.llm_client(&cfg)?;
             let sink = self.runner.sink(task_id);
-            let mut agent = Agent::new(
-                &cfg,
-                llm,
-                task.input.clone(),
-                &ws,
-                AgentOptions {
-                    tools: self.tool_options(task_id, &limits),
-                    // A provider outage fails the step (502), not the task.
-                    retry_failed_steps: true,
-                    ..AgentOptions::default()
-                },
-                Arc::new(sink.clone()),
-            )
-            .await
+            let options = AgentOptions {
+                tools: self.tool_options(task_id, &limits),
+                // A provider outage fails the step (502), not the task.
+                retry_failed_steps: true,
+                ..AgentOptions::default()
+            };
+            let events = Arc::new(sink.clone());
+            let mut agent = if resumed {
+                let checkpoint = self.checkpoint(task_id).await.map_err(|e| {
+                    Error::invalid(format!("task {task_id} cannot be resumed: {e}"))
+                })?;
+                let started = task.started_at.unwrap_or(task.created_at);
+                let ago = u64::try_from(clock::now_ms() - started).unwrap_or(0);
+                let ago = std::time::Duration::from_millis(ago);
+                let input = task.input.clone();
+                Agent::resume(&cfg, llm, input, &ws, options, events, checkpoint, ago).await
+            } else {
+                Agent::new(&cfg, llm, task.input.clone(), &ws, options, events).await
+            }
             .map_err(|e| Error::invalid(e.to_string()))?;
             if let Some(lakeview) = self.lakeview_client(task_id, &cfg) {
                 agent.set_lakeview(lakeview);
+            }
+            if resumed {
+                return Ok(Session::new(agent, sink, cfg.max_steps));
             }
             let mut running = task.clone();
             let now = clock::now_ms();

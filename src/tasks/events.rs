@@ -26,7 +26,7 @@ use crate::{
     clock,
     error::{Error, Result},
     metrics::Metrics,
-    store::{Event, Fence, Store, Task, is_transient},
+    store::{Checkpoint, Event, Fence, Store, Task, is_transient},
 };
 
 /// Whether `e` is the `end` that closes every finished task's log.
@@ -113,6 +113,11 @@ impl EventLog {
             shared: true,
             ..Self::new(store, metrics)
         }
+    }
+
+    /// Whether other nodes write to the same logs.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// From now on, appends to the task's log are fenced by `fence`, and
@@ -270,6 +275,36 @@ impl EventLog {
         entries: Vec<TaskEvent>,
         task: Option<&Task>,
     ) -> Result<Vec<Arc<Event>>> {
+        self.append_inner(task_id, entries, task, None).await
+    }
+
+    /// Appends events (none is fine) with a checkpoint of the task's run
+    /// after them, in one transaction (see `store::checkpoints`).
+    pub async fn append_checkpointed(
+        &self,
+        task_id: &str,
+        entries: Vec<TaskEvent>,
+        step: u32,
+        body: String,
+    ) -> Result<Vec<Arc<Event>>> {
+        let checkpoint = Checkpoint {
+            task_id: task_id.to_string(),
+            n: 0,
+            step: i64::from(step),
+            body,
+            created_at: clock::now_ms(),
+        };
+        self.append_inner(task_id, entries, None, Some(&checkpoint))
+            .await
+    }
+
+    async fn append_inner(
+        &self,
+        task_id: &str,
+        entries: Vec<TaskEvent>,
+        task: Option<&Task>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<Vec<Arc<Event>>> {
         let topic = self.topic(task_id);
         let mut last = topic.last_seq.lock().await;
         let fence = self.fence(task_id);
@@ -298,9 +333,12 @@ impl EventLog {
             .collect();
         let ends = events.iter().any(|e| is_end(e));
         match &fence {
-            None => _ = self.write(&events, task, None, false).await?,
+            None => _ = self.write(&events, task, None, false, checkpoint).await?,
             Some(fence) => {
-                if !self.write(&events, task, Some(fence), ends).await? {
+                if !self
+                    .write(&events, task, Some(fence), ends, checkpoint)
+                    .await?
+                {
                     *last = None;
                     return Err(anyhow::anyhow!(
                         "task {task_id}: this node no longer holds the task's run (its lease \
@@ -338,13 +376,17 @@ impl EventLog {
         task: Option<&Task>,
         fence: Option<&Fence>,
         ends: bool,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + OUTAGE_WAIT;
         let mut pause = Duration::from_millis(100);
         loop {
-            let written = match fence {
-                None => self.store.append_events(events, task).await.map(|()| true),
-                Some(f) => self.store.append_fenced(events, task, f, ends).await,
+            let written = match (fence, checkpoint) {
+                // A retry may store a checkpoint twice: folding the same
+                // delta again gives the same conversation.
+                (_, Some(cp)) => self.store.append_checkpointed(events, cp, fence).await,
+                (None, None) => self.store.append_events(events, task).await.map(|()| true),
+                (Some(f), None) => self.store.append_fenced(events, task, f, ends).await,
             };
             match written {
                 Err(e)

@@ -97,6 +97,8 @@ async fn forward(
         let mut entries = Vec::new();
         let mut usage = None;
         let mut flushed = Vec::new();
+        // Checkpoints met on the way, each with the entries before it.
+        let mut checkpointed = Vec::new();
         for msg in inbox.drain(..) {
             let (event, at) = match msg {
                 Forward::Flush(done) => {
@@ -166,6 +168,17 @@ async fn forward(
                     metrics.step_tools.observe(*tool_seconds);
                     metrics.step_overhead.observe(*overhead_seconds);
                 }
+                EngineEvent::Checkpoint(delta) => {
+                    match serde_json::to_string(delta) {
+                        Ok(body) => {
+                            checkpointed.push((std::mem::take(&mut entries), delta.step, body))
+                        }
+                        Err(e) => {
+                            tracing::error!(%task_id, error = %e, "cannot encode a checkpoint")
+                        }
+                    }
+                    continue;
+                }
                 _ => {}
             }
             entries.extend(TaskEvent::from_engine(&event));
@@ -181,6 +194,14 @@ async fn forward(
             }
         };
         let append = async {
+            for (before, step, body) in checkpointed {
+                if let Err(e) = events
+                    .append_checkpointed(&task_id, before, step, body)
+                    .await
+                {
+                    tracing::error!(%task_id, error = %e, "could not append a checkpoint to the event log");
+                }
+            }
             if !entries.is_empty()
                 && let Err(e) = events.append_all(&task_id, entries, None).await
             {

@@ -31,6 +31,7 @@ use super::{
     events::EventLog,
     forward::LogSink,
     processes::ProcessRecords,
+    resume::OnInterrupt,
     stop::{Active, Cancellation, StopReason},
     task_event::TaskEvent,
 };
@@ -57,6 +58,10 @@ pub struct RunnerSettings {
     /// Each task's budget where neither its request nor its Trae config
     /// sets a limit (`--max-tokens-total`, `--max-cost-usd`, `--max-wall-secs`).
     pub default_budget: agentd_engine::agent::Budget,
+    /// What becomes of an interrupted run, unless its request says (see `resume`).
+    pub on_interrupt: OnInterrupt,
+    /// Resumes of one run at most; interrupted again, it fails.
+    pub max_resumes: u32,
 }
 
 impl Default for RunnerSettings {
@@ -67,6 +72,8 @@ impl Default for RunnerSettings {
             step_timeout: Duration::from_secs(840),
             llm_request_timeout: Duration::from_secs(600),
             default_budget: agentd_engine::agent::Budget::default(),
+            on_interrupt: OnInterrupt::Resume,
+            max_resumes: 3,
         }
     }
 }
@@ -89,6 +96,9 @@ pub struct Runner {
 pub struct RunPlan {
     pub agent: Agent,
     pub sink: LogSink,
+    /// Since the run first started (a resumed run's earlier attempts count
+    /// toward its timeout).
+    pub started_ago: Duration,
 }
 
 impl Runner {
@@ -161,18 +171,23 @@ impl Runner {
             .observe_llm(self.metrics.llm(plan.agent.provider(), plan.agent.model()));
         let span = task_span(&task.task_id, &plan.agent);
         let run = async move {
-            let RunPlan { mut agent, sink } = plan;
+            let RunPlan {
+                mut agent,
+                sink,
+                started_ago,
+            } = plan;
             let timeout = runner.settings.task_timeout;
+            let left = timeout.saturating_sub(started_ago);
             // No model call (retries included) outlives the run's timeout; a
             // moment later than it, so that the timeout itself is what ends the run.
             agent.set_deadline(Some(
-                tokio::time::Instant::now() + timeout + Duration::from_secs(1),
+                tokio::time::Instant::now() + left + Duration::from_secs(1),
             ));
             // A stop cancels the token: the engine ends the step and, on its
             // way out, every process group its tools started.
             let outcome = tokio::select! {
                 outcome = agent.run(cancel.token()) => outcome,
-                () = tokio::time::sleep(timeout) => {
+                () = tokio::time::sleep(left) => {
                     cancel.stop(StopReason::TimedOut(timeout));
                     agent.run(cancel.token()).await
                 }
@@ -374,6 +389,42 @@ mod tests {
             );
         }
         assert_eq!(h.runner.stop_all(StopReason::Shutdown).await, 0);
+    }
+
+    /// A run's steps leave their checkpoints in the store, in order: each
+    /// step with tools twice (in flight, completed); folded, they are the
+    /// whole conversation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runs_steps_are_checkpointed_in_the_store() {
+        use agentd_engine::agent::{Checkpoint, CheckpointDelta};
+        let h = Harness::new(settings()).await;
+        let bash = crate::tasks::testkit::tool_call("bash", serde_json::json!({"command": "true"}));
+        let llm = GatedLlm::new(vec![bash, task_done()]);
+        h.start_run("t", llm.clone(), &["bash"]).await;
+        for _ in 0..2 {
+            llm.called().await;
+            llm.release();
+        }
+        h.wait_ended("t").await;
+        let rows = h.store.checkpoints("t").await.unwrap();
+        let deltas: Vec<CheckpointDelta> = rows
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect();
+        let shape: Vec<(i64, i64, bool)> = rows
+            .iter()
+            .zip(&deltas)
+            .map(|(r, d)| (r.n, r.step, d.in_flight))
+            .collect();
+        assert_eq!(
+            shape,
+            [(1, 1, true), (2, 1, false), (3, 2, true), (4, 2, false)]
+        );
+        let cp = Checkpoint::from_deltas(deltas).unwrap().unwrap();
+        let last = cp.messages.last().unwrap().tool_result.as_ref().unwrap();
+        assert_eq!(last.name, "task_done");
+        // System prompt, task, then two turns of an answer and its result.
+        assert_eq!(cp.messages.len(), 6);
     }
 
     #[test]

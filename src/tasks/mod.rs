@@ -29,6 +29,7 @@ mod forward;
 mod lifecycle;
 mod processes;
 mod recovery;
+mod resume;
 mod run_config;
 mod session;
 mod snapshot;
@@ -64,6 +65,7 @@ use events::EventLog;
 use lifecycle::Runner;
 pub use lifecycle::RunnerSettings;
 use processes::ProcessRecords;
+pub use resume::OnInterrupt;
 pub use run_config::{ConfigQuery, ConfigReport, ToolInfo};
 pub use stop::StopReason;
 pub use task_event::{EventKind, TaskEvent};
@@ -111,6 +113,9 @@ pub struct RunRequest {
     /// The task's control-group limits, each at most the server's
     /// (`--task-memory-max`, ...); unset: the server's.
     pub limits: CgroupLimits,
+    /// What becomes of the run if agentd stops while it runs (None: the
+    /// server's `--on-interrupt`).
+    pub on_interrupt: Option<OnInterrupt>,
 }
 
 /// What one executed Agent Protocol step returns.
@@ -202,9 +207,6 @@ impl TaskManager {
             Some(_) => EventLog::shared(store.clone(), metrics.clone()),
             None => EventLog::new(store.clone(), metrics.clone()),
         });
-        if cluster.is_none() {
-            recovery::fail_interrupted_runs(store.as_ref(), &events).await?;
-        }
         let (sandbox, sandbox_status) = containment::prepare_sandbox(
             &settings.containment,
             sandbox_hidden(&workspaces, &settings),
@@ -247,6 +249,9 @@ impl TaskManager {
                 tasks.end_taken_over(run, recovery::INTERRUPTED).await?;
             }
             recovery::fail_runless_tasks(tasks.store.as_ref(), &tasks.events).await?;
+        } else {
+            // Resumed or failed, each under its policy (see `resume`).
+            tasks.recover_interrupted_runs().await?;
         }
         Ok(tasks)
     }

@@ -1,8 +1,8 @@
 //! On start, what agentd left when it stopped (a crash, SIGKILL) is cleaned
 //! up: the process groups its tasks' tools were running are ended, and runs
-//! that were in flight are closed (their log gets an `error` and an `end`,
-//! and they are marked failed). Idempotent, so a crash during recovery is
-//! harmless.
+//! that were in flight are resumed or closed (see `resume`; a closed one's
+//! log gets an `error` and an `end`, and it is marked failed). Idempotent,
+//! so a crash during recovery is harmless.
 
 use super::cgroups::Cgroups;
 use super::events::EventLog;
@@ -11,10 +11,12 @@ use super::task_event::TaskEvent;
 use crate::{
     clock,
     error::Result,
-    store::{Store, TaskQuery, TaskStatus},
+    store::{Store, Task, TaskQuery, TaskStatus},
 };
 
 pub const INTERRUPTED: &str = "interrupted: agentd stopped while the task was running";
+/// What a run taken over from a dead node says (in a cluster).
+pub const NODE_LOST: &str = "interrupted: the agentd node running the task stopped";
 
 /// Ends every recorded process group still running (see `processes`),
 /// then whatever is left in the tasks' control groups (see `cgroups`).
@@ -43,36 +45,27 @@ pub async fn end_orphaned_processes(records: &ProcessRecords, cgroups: &Cgroups)
     Ok(())
 }
 
-pub async fn fail_interrupted_runs(store: &dyn Store, events: &EventLog) -> Result<usize> {
-    let query = TaskQuery {
-        owner: None,
-        status: Some(TaskStatus::Running),
-        created_after: None,
-        offset: 0,
-        limit: i64::MAX,
-    };
-    let (running, _) = store.list_tasks(&query).await?;
-    for mut task in running.iter().cloned() {
-        let now = clock::now_ms();
-        task.status = TaskStatus::Failed;
-        task.error = Some(INTERRUPTED.into());
-        task.finished_at = Some(now);
-        task.modified_at = now;
-        let entries = vec![
-            TaskEvent::Error {
-                error: INTERRUPTED.into(),
-            },
-            TaskEvent::End {
-                status: TaskStatus::Failed,
-            },
-        ];
-        // Status and last events in one transaction: recovery is all-or-nothing.
-        events
-            .append_all(&task.task_id, entries, Some(&task))
-            .await?;
-        tracing::warn!(task_id = %task.task_id, "marked an interrupted run as failed");
-    }
-    Ok(running.len())
+/// Fails a run that was interrupted and is not resumed: `error` and `end`
+/// with its final status, in one transaction (recovery is all-or-nothing).
+pub async fn fail_interrupted(events: &EventLog, mut task: Task, error: &str) -> Result<()> {
+    let now = clock::now_ms();
+    task.status = TaskStatus::Failed;
+    task.error = Some(error.into());
+    task.finished_at = Some(now);
+    task.modified_at = now;
+    let entries = vec![
+        TaskEvent::Error {
+            error: error.into(),
+        },
+        TaskEvent::End {
+            status: TaskStatus::Failed,
+        },
+    ];
+    events
+        .append_all(&task.task_id, entries, Some(&task))
+        .await?;
+    tracing::warn!(task_id = %task.task_id, %error, "marked an interrupted run as failed");
+    Ok(())
 }
 
 /// With several nodes on one database: tasks `running` without an unfinished

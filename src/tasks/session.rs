@@ -73,6 +73,25 @@ impl Runner {
                 }
             }
         };
+        // A stop may have ended the task while its session was being made
+        // (one resumed from a checkpoint: see `stop::stop_dormant_session`).
+        if self
+            .store
+            .get_task(task_id)
+            .await?
+            .is_none_or(|t| t.status.is_finished())
+        {
+            let mut active = self.active();
+            if active
+                .get(task_id)
+                .is_some_and(|a| a.session.as_ref().is_some_and(|x| Arc::ptr_eq(x, &session)))
+            {
+                active.remove(task_id);
+            }
+            return Err(Error::invalid(format!(
+                "task {task_id} has ended; it takes no more steps"
+            )));
+        }
         let mut s = {
             let _queued = self.admission.queue();
             session.lock().await

@@ -168,7 +168,7 @@ impl Runner {
             .get(task_id)
             .map(|a| (a.cancel.clone(), a.finished.clone(), a.session.clone()))
         else {
-            return Ok(false);
+            return self.stop_dormant_session(task_id, &reason).await;
         };
         cancel.stop(reason.clone());
         self.processes.end_task(task_id, KILL_GRACE).await;
@@ -197,6 +197,49 @@ impl Runner {
             }
         }
         Ok(true)
+    }
+
+    /// An Agent Protocol task whose session waits to be rebuilt from its
+    /// checkpoint by its next step (after a restart, or taken over from a
+    /// dead node: see `resume`): nothing of it runs, so a stop ends it here,
+    /// and it is never resumed. False for any other task.
+    async fn stop_dormant_session(&self, task_id: &str, reason: &StopReason) -> Result<bool> {
+        // In a cluster only the node holding the session's run may end it.
+        if self.events.is_shared() && self.events.fence(task_id).is_none() {
+            return Ok(false);
+        }
+        let Some(task) = self.store.get_task(task_id).await? else {
+            return Ok(false);
+        };
+        if task.status != crate::store::TaskStatus::Running
+            || task.origin != crate::store::Origin::AgentProtocol
+        {
+            return Ok(false);
+        }
+        let taken = {
+            let mut active = self.active();
+            // A step rebuilding the session from now on finds the task taken.
+            let free = !active.contains_key(task_id);
+            if free {
+                let placeholder = Active {
+                    cancel: Cancellation::default(),
+                    finished: None,
+                    session: None,
+                };
+                active.insert(task_id.to_string(), placeholder);
+            }
+            free
+        };
+        if !taken {
+            // A step rebuilt the session meanwhile: stop that.
+            return Box::pin(self.stop(task_id, reason.clone())).await;
+        }
+        let outcome = RunOutcome::Stopped {
+            reason: reason.describe(),
+        };
+        let ended = self.finish(task_id, &outcome, Some(reason)).await;
+        self.active().remove(task_id);
+        ended.map(|()| true)
     }
 
     /// Stops every run (restart or shutdown).

@@ -38,6 +38,8 @@ pub enum EventKind {
     Lakeview,
     Patch,
     Trajectory,
+    Interrupted,
+    Resumed,
     Complete,
     Error,
     Stopped,
@@ -47,7 +49,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::Start,
         EventKind::Step,
         EventKind::LlmDelta,
@@ -61,6 +63,8 @@ impl EventKind {
         EventKind::Lakeview,
         EventKind::Patch,
         EventKind::Trajectory,
+        EventKind::Interrupted,
+        EventKind::Resumed,
         EventKind::Complete,
         EventKind::Error,
         EventKind::Stopped,
@@ -83,6 +87,8 @@ impl EventKind {
             EventKind::Lakeview => "lakeview",
             EventKind::Patch => "patch",
             EventKind::Trajectory => "trajectory",
+            EventKind::Interrupted => "interrupted",
+            EventKind::Resumed => "resumed",
             EventKind::Complete => "complete",
             EventKind::Error => "error",
             EventKind::Stopped => "stopped",
@@ -239,6 +245,18 @@ pub enum TaskEvent {
     Trajectory {
         path: String,
     },
+    /// The run's attempt `attempt` was cut off (agentd stopped, or its node
+    /// was lost); `step`: the last step its checkpoint has.
+    Interrupted {
+        attempt: u32,
+        step: u32,
+        reason: String,
+    },
+    /// The run goes on as attempt `attempt` from its checkpoint at `step`.
+    Resumed {
+        attempt: u32,
+        step: u32,
+    },
     Complete {
         result: String,
     },
@@ -273,6 +291,8 @@ impl TaskEvent {
             TaskEvent::Lakeview { .. } => EventKind::Lakeview,
             TaskEvent::Patch { .. } => EventKind::Patch,
             TaskEvent::Trajectory { .. } => EventKind::Trajectory,
+            TaskEvent::Interrupted { .. } => EventKind::Interrupted,
+            TaskEvent::Resumed { .. } => EventKind::Resumed,
             TaskEvent::Complete { .. } => EventKind::Complete,
             TaskEvent::Error { .. } => EventKind::Error,
             TaskEvent::Stopped { .. } => EventKind::Stopped,
@@ -371,7 +391,8 @@ impl TaskEvent {
             EngineEvent::Completed { .. }
             | EngineEvent::Failed { .. }
             | EngineEvent::Stopped { .. }
-            | EngineEvent::StepFinished { .. } => return None,
+            | EngineEvent::StepFinished { .. }
+            | EngineEvent::Checkpoint(_) => return None,
         })
     }
 
@@ -516,6 +537,22 @@ impl TaskEvent {
                 None,
                 Some(json!({ "path": path })),
             ),
+            TaskEvent::Interrupted {
+                attempt,
+                step,
+                reason,
+            } => (
+                reason,
+                None,
+                None,
+                Some(json!({ "attempt": attempt, "step": step })),
+            ),
+            TaskEvent::Resumed { attempt, step } => (
+                format!("Resumed after step {step} (attempt {attempt})"),
+                None,
+                None,
+                Some(json!({ "attempt": attempt, "step": step })),
+            ),
             TaskEvent::Complete { result } => ("Task completed".into(), Some(result), None, None),
             TaskEvent::Error { error } => ("Task failed".into(), None, Some(error), None),
             TaskEvent::Stopped { reason } => (reason, None, None, None),
@@ -629,6 +666,15 @@ mod tests {
                 bytes: 3,
             },
             EventKind::Trajectory => TaskEvent::Trajectory { path: "/t".into() },
+            EventKind::Interrupted => TaskEvent::Interrupted {
+                attempt: 1,
+                step: 2,
+                reason: "interrupted".into(),
+            },
+            EventKind::Resumed => TaskEvent::Resumed {
+                attempt: 2,
+                step: 2,
+            },
             EventKind::Complete => TaskEvent::Complete {
                 result: "done".into(),
             },

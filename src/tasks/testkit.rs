@@ -202,7 +202,11 @@ impl Harness {
         )
         .await
         .unwrap();
-        RunPlan { agent, sink }
+        RunPlan {
+            agent,
+            sink,
+            started_ago: Duration::ZERO,
+        }
     }
 
     /// Stores a running task and starts its background run.

@@ -11,7 +11,8 @@ use agentd_engine::{
 use serde_json::{Map, Value};
 
 use super::{
-    Caller, CgroupLimits, RunRequest, TaskManager, admission::RunSlot, lifecycle::RunPlan,
+    Caller, CgroupLimits, OnInterrupt, RunRequest, TaskManager, admission::RunSlot,
+    lifecycle::RunPlan, resume::Resumption,
 };
 use crate::{
     clock,
@@ -73,9 +74,17 @@ impl TaskManager {
         spec: Option<Value>,
         slot: RunSlot,
     ) -> Result<()> {
+        let task = self.task_row(task_id).await?;
+        if self.store.last_event_seq(task_id).await? > 0 {
+            // An interrupted run queued again (see `resume`): it goes on.
+            let plan = self
+                .resumption(&task, super::recovery::NODE_LOST)
+                .await
+                .map_err(Error::invalid)?;
+            return self.resume_trae(task, plan, slot).await;
+        }
         let req = request_of(spec.unwrap_or_default());
         let prepared = self.prepare_trae(&req).await?;
-        let task = self.task_row(task_id).await?;
         self.launch_trae(task, &req, prepared, slot, false).await
     }
 
@@ -143,6 +152,58 @@ impl TaskManager {
         })
     }
 
+    /// The agent options of a Trae run.
+    fn trae_options(&self, task_id: &str, req: &RunRequest, p: &PreparedRun) -> AgentOptions {
+        AgentOptions {
+            must_patch: req.must_patch,
+            patch_path: p.patch_path.clone(),
+            trajectory_file: p.trajectory_file.clone(),
+            max_steps: None,
+            tools: self.tool_options(task_id, &p.limits),
+            // A background run has nobody to retry a step: a provider failure ends it.
+            retry_failed_steps: false,
+            // The request's limits are in `cfg.budget` already.
+            budget: Default::default(),
+        }
+    }
+
+    /// Continues an interrupted run (see `resume`): its request is checked
+    /// and its configuration resolved again (the API key is never stored),
+    /// `interrupted` and `resumed` are logged, and the agent goes on from
+    /// the checkpoint in a fresh tool environment.
+    pub(super) async fn resume_trae(
+        &self,
+        task: Task,
+        plan: Resumption,
+        slot: RunSlot,
+    ) -> Result<()> {
+        let req = stored_request(&task).ok_or_else(|| Error::invalid("no stored request"))?;
+        let prepared = self.prepare_trae(&req).await?;
+        let task_id = task.task_id.clone();
+        self.record_resumption(&task_id, &plan).await?;
+        let options = self.trae_options(&task_id, &req, &prepared);
+        let sink = self.runner.sink(&task_id);
+        let agent = Agent::resume(
+            &prepared.cfg,
+            prepared.llm,
+            req.task.clone(),
+            &prepared.working_dir,
+            options,
+            Arc::new(sink.clone()),
+            plan.checkpoint,
+            plan.started_ago,
+        )
+        .await
+        .map_err(|e| Error::invalid(e.to_string()))?;
+        let plan = RunPlan {
+            agent,
+            sink,
+            started_ago: plan.started_ago,
+        };
+        self.runner.spawn_run(task, plan, slot);
+        Ok(())
+    }
+
     /// Builds the agent and starts the run in `slot`; with `insert`, the
     /// task row is stored first (in a cluster, with its run claimed here).
     async fn launch_trae(
@@ -154,17 +215,7 @@ impl TaskManager {
         insert: bool,
     ) -> Result<()> {
         let task_id = task.task_id.clone();
-        let options = AgentOptions {
-            must_patch: req.must_patch,
-            patch_path: p.patch_path,
-            trajectory_file: p.trajectory_file,
-            max_steps: None,
-            tools: self.tool_options(&task_id, &p.limits),
-            // A background run has nobody to retry a step: a provider failure ends it.
-            retry_failed_steps: false,
-            // The request's limits are in `cfg.budget` already.
-            budget: Default::default(),
-        };
+        let options = self.trae_options(&task_id, req, &p);
         let sink = self.runner.sink(&task_id);
         let mut agent = Agent::new(
             &p.cfg,
@@ -193,7 +244,12 @@ impl TaskManager {
         self.runner
             .record_start(&task_id, &req.task, &p.cfg, &p.working_dir)
             .await?;
-        self.runner.spawn_run(task, RunPlan { agent, sink }, slot);
+        let plan = RunPlan {
+            agent,
+            sink,
+            started_ago: std::time::Duration::ZERO,
+        };
+        self.runner.spawn_run(task, plan, slot);
         Ok(())
     }
 }
@@ -205,6 +261,9 @@ fn running_task(task_id: &str, req: &RunRequest, p: &PreparedRun) -> Task {
         "working_dir": p.working_dir, "provider": p.cfg.provider, "model": p.cfg.model,
         "max_steps": p.cfg.max_steps, "must_patch": req.must_patch,
         "patch_path": req.patch_path, "trajectory_file": req.trajectory_file,
+        // What resuming the run after a crash starts from again (no API key:
+        // the configuration is resolved again).
+        "request": spec_of(req),
     });
     Task {
         status: TaskStatus::Running,
@@ -230,7 +289,15 @@ fn spec_of(req: &RunRequest) -> Value {
         "budget": req.budget,
         "limits": {"memory_max": req.limits.memory_max, "pids_max": req.limits.pids_max,
                    "cpu_max": req.limits.cpu_max},
+        "on_interrupt": req.on_interrupt.map(OnInterrupt::as_str),
     })
+}
+
+/// The request a Trae task was started with, when it was stored (by an
+/// agentd with durable runs).
+pub(super) fn stored_request(task: &Task) -> Option<RunRequest> {
+    let spec = task.run_spec.as_ref()?.get("request")?;
+    Some(request_of(spec.clone()))
 }
 
 fn request_of(spec: Value) -> RunRequest {
@@ -261,6 +328,7 @@ fn request_of(spec: Value) -> RunRequest {
             pids_max: spec.pointer("/limits/pids_max").and_then(Value::as_u64),
             cpu_max: spec.pointer("/limits/cpu_max").and_then(Value::as_f64),
         },
+        on_interrupt: text("on_interrupt").and_then(|p| OnInterrupt::parse(&p).ok()),
     }
 }
 
@@ -291,6 +359,7 @@ mod tests {
                 pids_max: None,
                 cpu_max: Some(0.5),
             },
+            on_interrupt: Some(OnInterrupt::Fail),
         };
         let back = request_of(spec_of(&req));
         assert_eq!(format!("{back:?}"), format!("{req:?}"));

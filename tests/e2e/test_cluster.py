@@ -3,7 +3,8 @@ and one data directory, behind one Envoy that balances over them
 (`AGENTD_UPSTREAMS`). Any node answers for any task: readers on one node
 follow a run executing on another, a stop sent to a third node ends the run's
 processes, the run-slot limit (429) holds cluster-wide, the runs of a node
-killed with SIGKILL end `failed` (interrupted) on the survivors' watch, and
+killed with SIGKILL are resumed by a survivor from their checkpoint (or end
+`failed` (interrupted) under `on_interrupt: fail`) on the survivors' watch, and
 both documents' client flows pass unchanged through the cluster.
 
 Each node runs one task at a time (AGENTD_MAX_RUNNING_TASKS=1) with a 3 s
@@ -90,10 +91,10 @@ def grpc_call(target: str, method: str, **fields) -> dict:
     return json_format.MessageToDict(resp, preserving_proto_field_name=True)
 
 
-def run_on(node: Stack, runs: Runs, task: str, working_dir: Path, route) -> str:
+def run_on(node: Stack, runs: Runs, task: str, working_dir: Path, route, **extra) -> str:
     """A Trae run started on one node directly (gRPC), so that it runs there."""
     out = grpc_call(node.grpc_target, "agentd.trae.v1.TraeService/Run", task=task,
-                    working_dir=str(working_dir), provider="openai", config_file=runs.config(route))
+                    working_dir=str(working_dir), provider="openai", config_file=runs.config(route), **extra)
     return out["task_id"]
 
 
@@ -294,10 +295,12 @@ def test_the_run_slot_limit_holds_across_the_cluster(cluster, tmp_path):
 
 
 def test_a_killed_nodes_run_ends_failed_on_the_survivors(cluster, tmp_path):
+    """Under `on_interrupt: fail` (the behaviour before durable runs)."""
     runs = cluster.runs
     wd = tmp_path / "wd"
     victim_id, victim = "n1", cluster.nodes[1]
-    task_id = run_on(victim, runs, "outlived by its node", wd, runs.llm.route().script(long_bash()))
+    task_id = run_on(victim, runs, "outlived by its node", wd, runs.llm.route().script(long_bash()),
+                     on_interrupt="fail")
     procs = TaskProcesses.of(int(wait_file(wd / "bash.pid")))
     survivors = cluster.others(victim_id)
     try:
@@ -343,6 +346,51 @@ def test_a_killed_nodes_run_ends_failed_on_the_survivors(cluster, tmp_path):
             victim.start_agentd()
 
 
+def test_a_killed_nodes_run_is_resumed_and_finished_by_a_survivor(cluster, tmp_path):
+    """Kill the node running a three-step run in its long step 3: another
+    node takes the lease over, resumes the run from its checkpoint (step 3
+    answered as interrupted) and finishes it; readers on a third node see
+    one continuous log."""
+    runs = cluster.runs
+    wd = tmp_path / "wd"
+    victim_id, victim = "n2", cluster.nodes[2]
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo one >> steps.txt"}),
+        openai_tool_call("bash", {"command": "echo two >> steps.txt"}),
+        long_bash(),
+        openai_tool_call("bash", {"command": "echo four >> steps.txt"}),
+        openai_tool_call("task_done", {}, text="finished elsewhere"),
+    )
+    task_id = run_on(victim, runs, "resumed by another node", wd, route)
+    procs = TaskProcesses.of(int(wait_file(wd / "bash.pid")))
+    survivors = cluster.others(victim_id)
+    try:
+        reader = Reader(lambda: sse_from(survivors[0], task_id, timeout=RUN_WAIT))
+        reader.start()
+        time.sleep(0.5)
+        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        events = reader.result()
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        for once in ("start", "interrupted", "resumed", "complete", "end"):
+            assert types.count(once) == 1, (once, types)
+        assert events[-1]["data"]["status"] == "completed", events[-1]
+        assert events[types.index("interrupted")]["data"] == {"attempt": 1, "step": 3}
+        assert [e["data"]["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4, 5]
+        assert (wd / "steps.txt").read_text() == "one\ntwo\nfour\n"
+        usage = [e["data"] for e in events if e["type"] == "usage"]
+        assert usage[-1]["total"]["input_tokens"] == sum(u["usage"]["input_tokens"] for u in usage)
+        assert len(route.requests) == 5
+        assert cluster.owner(task_id) != victim_id
+        assert key(sse_from(survivors[1], task_id)) == key(events)
+    finally:
+        # The dead node's `sleep 300` is ended when it comes back.
+        if victim.agentd is None or victim.agentd.poll() is not None:
+            victim.start_agentd()
+        procs.wait_gone()
+        procs.kill_leftovers()
+
+
 def test_readers_on_other_nodes_outlive_a_postgresql_restart(cluster, tmp_path):
     runs = cluster.runs
     replies = [delayed(openai_tool_call("bash", {"command": f"echo {i}"}, text=f"step {i}"), 0.3) for i in range(8)]
@@ -382,6 +430,92 @@ def test_a_step_asked_of_any_node_runs_in_the_tasks_session(cluster):
     events = sse_from(cluster.nodes[2], task["task_id"], path=f"{AP}/tasks/{task['task_id']}/events")
     assert_well_formed_log(events, task["task_id"])
     assert [e["type"] for e in events].count("start") == 1
+
+
+def test_a_killed_nodes_run_waits_in_the_queue_for_a_free_slot(cluster, tmp_path):
+    """Every survivor is busy when the node dies: the run taken over goes
+    back to the queue, and the first node with a free slot resumes it."""
+    runs = cluster.runs
+    victim_id, victim = "n1", cluster.nodes[1]
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo one >> steps.txt"}),
+        long_bash(),
+        openai_tool_call("task_done", {}, text="resumed after waiting"),
+    )
+    wd = tmp_path / "wd"
+    task_id = run_on(victim, runs, "waits for a slot", wd, route)
+    procs = [TaskProcesses.of(int(wait_file(wd / "bash.pid")))]
+    survivors = cluster.others(victim_id)
+    blockers = []
+    try:
+        for i, node in enumerate(survivors):
+            bwd = tmp_path / f"blocker{i}"
+            blockers.append(run_on(node, runs, f"blocker {i}", bwd, runs.llm.route().script(long_bash())))
+            procs.append(TaskProcesses.of(int(wait_file(bwd / "bash.pid"))))
+        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        deadline = time.monotonic() + RUN_WAIT
+        status = ""
+        while time.monotonic() < deadline:
+            status = cluster.pg.psql(f"SELECT status FROM runs WHERE task_id = '{task_id}'", "agentd")
+            if status == "queued":
+                break
+            time.sleep(0.1)
+        assert status == "queued", status
+        assert runs.status(task_id)["task_status"] == "running"
+        runs.stop(blockers[0])  # a slot frees up on that node
+        st = runs.wait_status(task_id, {"completed", "failed", "stopped"})
+        assert st["task_status"] == "completed", [(m["type"], m.get("error")) for m in st["messages"]]
+        events = runs.sse(task_id)
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        assert types.count("start") == 1 and types.count("resumed") == 1, types
+        assert cluster.owner(task_id) == survivors[0].env["AGENTD_NODE_ID"]
+    finally:
+        for b in blockers:
+            runs.stop(b)
+        if victim.agentd is None or victim.agentd.poll() is not None:
+            victim.start_agentd()
+        for p in procs:
+            p.wait_gone()
+            p.kill_leftovers()
+
+
+def test_an_agent_protocol_session_outlives_its_node(cluster):
+    """Two steps on one node, that node killed: a survivor takes the session
+    over, and the third step, asked of any node, continues the conversation."""
+    runs = cluster.runs
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo one"}, text="one"),
+        openai_tool_call("bash", {"command": "echo two"}, text="two"),
+        openai_tool_call("task_done", {}, text="three"),
+    )
+    victim_id, victim = "n1", cluster.nodes[1]
+    task_id = cluster.front.create_task("session outlives node", config_file=runs.config(route))["task_id"]
+    for _ in range(2):
+        grpc_call(victim.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=task_id)
+    assert cluster.owner(task_id) == victim_id
+    try:
+        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        deadline = time.monotonic() + RUN_WAIT
+        while cluster.owner(task_id) == victim_id and time.monotonic() < deadline:
+            time.sleep(0.1)
+        new_owner = cluster.owner(task_id)
+        assert new_owner != victim_id, "nobody took the session over"
+        asked = next(n for i, n in enumerate(cluster.nodes) if f"n{i}" not in (victim_id, new_owner))
+        third = grpc_call(asked.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=task_id)
+        assert third["output"] == "three" and third.get("is_last") is True, third
+        assert third["additional_output"]["step_number"] == 3, third
+        calls = route.requests
+        assert len(calls) == 3
+        assert calls[2]["body"]["messages"][: len(calls[1]["body"]["messages"])] == calls[1]["body"]["messages"]
+        events = sse_from(asked, task_id, path=f"{AP}/tasks/{task_id}/events")
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        for once in ("start", "interrupted", "resumed", "complete", "end"):
+            assert types.count(once) == 1, (once, types)
+    finally:
+        if victim.agentd is None or victim.agentd.poll() is not None:
+            victim.start_agentd()
 
 
 def test_the_trae_documents_python_example_through_the_cluster(cluster, git_repo):

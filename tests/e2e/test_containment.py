@@ -134,7 +134,8 @@ def test_sigkill_orphans_are_ended_before_agentd_serves_again(fresh_runs, tmp_pa
     """The crash case, alone: agentd gets SIGKILL, so nothing of it can end
     the task's processes; the next start does, from the durable record,
     before it answers health checks."""
-    runs = fresh_runs()
+    # Under `fail`: the point is the processes (resuming: test_durable.py).
+    runs = fresh_runs({"AGENTD_ON_INTERRUPT": "fail"})
     wd = tmp_path / "wd"
     task_id, procs, _ = start_long(runs, wd)
     try:

@@ -5,7 +5,9 @@ the same data directory
 - every task whose creation was acknowledged (200) is there;
 - every artifact whose upload was acknowledged downloads with the sha256 the
   client computed (recorded client-side only on a 200);
-- every interrupted run is `failed` (interrupted) and its stream ends with `end`;
+- every interrupted run is `failed` (interrupted) and its stream ends with `end`
+  (under `--on-interrupt fail`: resuming is test_durable.py's subject, and a
+  resumed run here would sleep through the next round);
 - no process any run started survives: not its bash (pid written by `$$`),
   not a member of its process group, not any process working in its
   directory. agentd ends them on start, before it serves again.
@@ -190,7 +192,7 @@ def test_sigkill_under_load_keeps_acknowledged_writes_and_leaves_no_process(fres
     seed = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
     print(f"CRASH_SEED={seed}")
     rng = random.Random(seed)
-    runs = fresh_runs({"AGENTD_MAX_RUNNING_TASKS": "50"})
+    runs = fresh_runs({"AGENTD_MAX_RUNNING_TASKS": "50", "AGENTD_ON_INTERRUPT": "fail"})
     stack = runs.stack
     root = tmp_path / "wds"
     root.mkdir()

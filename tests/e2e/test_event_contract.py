@@ -187,8 +187,10 @@ def test_every_event_on_every_transport_is_as_events_proto_documents(runs, git_r
     for u in updates[1:]:
         assert u["type"] == "status_update" and u["event"] in CONTRACT, u
 
-    # Between them the runs produced every stored type the contract lists.
-    assert seen == set(CONTRACT) - {"heartbeat"}, sorted(set(CONTRACT) - {"heartbeat"} - seen)
+    # Between them the runs produced every stored type the contract lists
+    # (but those only a restart produces: test_durable.py checks them).
+    produced = set(CONTRACT) - {"heartbeat", "interrupted", "resumed"}
+    assert seen == produced, sorted(produced - seen)
     # What the contract says of some payloads, checked on the full run.
     events = runs.sse(trae)
     bad_args = next(e for e in events if e["type"] == "tool_call" and "raw_arguments" in e["data"])

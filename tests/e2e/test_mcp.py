@@ -164,7 +164,8 @@ def test_a_stop_during_a_slow_mcp_call_ends_the_server(runs, tmp_path):
 
 
 def test_a_crash_of_agentd_leaves_no_mcp_server_behind(fresh_runs, tmp_path):
-    runs = fresh_runs()
+    # Under `fail`: the point is the processes (resuming: test_durable.py).
+    runs = fresh_runs({"AGENTD_ON_INTERRUPT": "fail"})
     task_id, *pids = slow_call_with_server(runs, tmp_path)
     try:
         assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL

@@ -1,6 +1,7 @@
-"""Runs across restarts (issue 4): agentd killed with SIGKILL mid-task and
-started again on the same data directory reports the task failed
-(interrupted) and its stream replays and ends with `end`; SIGTERM ends
+"""Runs across restarts (issue 4): under `--on-interrupt fail`, agentd killed
+with SIGKILL mid-task and started again on the same data directory reports
+the task failed (interrupted) and its stream replays and ends with `end`
+(the default, `resume`, continues such runs: test_durable.py); SIGTERM ends
 running tasks and their processes; `POST /ap/v1/agent/restart` ends running
 tasks as failed and keeps every stored thing."""
 
@@ -27,6 +28,8 @@ from scripted_llm import openai_tool_call  # noqa: E402
 pytest_plugins = ["runs_support"]
 
 INTERRUPTED = "interrupted: agentd stopped while the task was running"
+# The behaviour these tests pin down is the `fail` policy's.
+FAIL_ON_INTERRUPT = {"AGENTD_ON_INTERRUPT": "fail"}
 
 
 def start_long_run(runs, wd):
@@ -38,7 +41,7 @@ def start_long_run(runs, wd):
 
 
 def test_sigkill_mid_task_then_restart_reports_failed_and_stream_ends(fresh_runs, tmp_path):
-    runs = fresh_runs()
+    runs = fresh_runs(FAIL_ON_INTERRUPT)
     wd = tmp_path / "wd"
     task_id, procs = start_long_run(runs, wd)
     try:
@@ -80,7 +83,7 @@ def test_sigkill_then_restart_leaves_no_process_of_the_task(fresh_runs, tmp_path
     """What happens to the bash of a task whose agentd was SIGKILLed: the
     task is failed after the restart, so nothing of it should keep running.
     (The orphan is killed by the test, by its recorded pid and group.)"""
-    runs = fresh_runs()
+    runs = fresh_runs(FAIL_ON_INTERRUPT)
     wd = tmp_path / "wd"
     task_id, procs = start_long_run(runs, wd)
     try:
@@ -97,7 +100,7 @@ def test_sigkill_then_restart_leaves_no_process_of_the_task(fresh_runs, tmp_path
 
 
 def test_sigterm_ends_running_tasks_and_their_processes(fresh_runs, tmp_path):
-    runs = fresh_runs()
+    runs = fresh_runs(FAIL_ON_INTERRUPT)
     wd = tmp_path / "wd"
     task_id, procs = start_long_run(runs, wd)
     try:

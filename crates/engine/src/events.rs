@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::BudgetExceeded;
+use crate::agent::{BudgetExceeded, CheckpointDelta};
 use crate::messages::{ToolCall, ToolResult, Usage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +80,11 @@ pub enum EngineEvent {
         #[serde(flatten)]
         exceeded: BudgetExceeded,
     },
+    /// What rebuilds the agent after a crash (see `agent::checkpoint`): after
+    /// the model's answer when its tool calls are about to run, and when a
+    /// step completed. For the task layer to store with the events before
+    /// it, never to show in a task's log.
+    Checkpoint(Box<CheckpointDelta>),
     /// The git diff was written to `patch_path`.
     PatchWritten { path: String, bytes: u64 },
     /// The trajectory file was finalised.

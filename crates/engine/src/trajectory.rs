@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -20,7 +20,7 @@ use crate::patch::{PatchError, write_file};
 /// The file's top-level object. Interactions and steps are rendered once,
 /// when recorded: each save writes them out as they are instead of
 /// serializing the whole run again.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct TrajectoryData {
     task: String,
     start_time: String,
@@ -81,6 +81,30 @@ impl TrajectoryRecorder {
             started: Instant::now(),
             redactions: Vec::new(),
         }
+    }
+
+    /// The recorder of a resumed run: the file as the interrupted attempt
+    /// left it, recorded further (a fresh one when it cannot be read).
+    /// `started_ago`: when the run first started.
+    pub(crate) async fn reopen(
+        path: PathBuf,
+        task: &str,
+        provider: &str,
+        model: &str,
+        max_steps: u32,
+        started_ago: std::time::Duration,
+    ) -> Self {
+        let mut rec = Self::new(path, task, provider, model, max_steps);
+        let stored = tokio::fs::read(&rec.path).await.ok();
+        if let Some(data) = stored.and_then(|b| serde_json::from_slice::<TrajectoryData>(&b).ok()) {
+            rec.data = data;
+            rec.data.success = false;
+            rec.data.final_result = None;
+        }
+        rec.started = Instant::now()
+            .checked_sub(started_ago)
+            .unwrap_or(rec.started);
+        rec
     }
 
     /// Values never to write out; short strings are ignored (they would

@@ -100,6 +100,22 @@ impl PgStore {
     }
 }
 
+/// Whether `f` still holds its run, locking the run row until the end of
+/// the transaction: that orders the write against a take-over of the run
+/// (whichever commits second sees the other's attempt or status).
+pub(super) async fn fence_holds(conn: &mut PgConnection, f: &Fence) -> Result<bool> {
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM runs WHERE run_id = $1 AND node_id = $2 AND attempt = $3 \
+         AND status = 'running' FOR UPDATE",
+    )
+    .bind(&f.run_id)
+    .bind(&f.node_id)
+    .bind(f.attempt)
+    .fetch_optional(conn)
+    .await?;
+    Ok(held.is_some())
+}
+
 #[async_trait]
 impl RunStore for PgStore {
     async fn register_node(&self, n: &Node) -> Result<()> {
@@ -239,6 +255,19 @@ impl RunStore for PgStore {
         rows.iter().map(decode_run).collect()
     }
 
+    async fn requeue_run(&self, f: &Fence) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'queued', node_id = NULL, busy = FALSE, lease_until = 0 \
+             WHERE run_id = $1 AND node_id = $2 AND attempt = $3 AND status = 'running'",
+        )
+        .bind(&f.run_id)
+        .bind(&f.node_id)
+        .bind(f.attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn set_run_busy(&self, f: &Fence, busy: bool) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE runs SET busy = $1 WHERE run_id = $2 AND node_id = $3 AND attempt = $4 \
@@ -290,18 +319,7 @@ impl RunStore for PgStore {
         finish: bool,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        // The row lock orders this write against a take-over of the run:
-        // whichever commits second sees the other's attempt or status.
-        let held: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM runs WHERE run_id = $1 AND node_id = $2 AND attempt = $3 \
-             AND status = 'running' FOR UPDATE",
-        )
-        .bind(&f.run_id)
-        .bind(&f.node_id)
-        .bind(f.attempt)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
+        if !fence_holds(&mut tx, f).await? {
             return Ok(false);
         }
         append_in(&mut tx, events, task).await?;

@@ -42,7 +42,7 @@ async fn insert_run_in(conn: &mut sqlx::SqliteConnection, r: &NewRun) -> Result<
     Ok(())
 }
 
-async fn fence_holds(conn: &mut sqlx::SqliteConnection, f: &Fence) -> Result<bool> {
+pub(super) async fn fence_holds(conn: &mut sqlx::SqliteConnection, f: &Fence) -> Result<bool> {
     let held: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM runs WHERE run_id = ? AND node_id = ? AND attempt = ? AND status = 'running'",
     )
@@ -230,6 +230,27 @@ impl RunStore for SqliteStore {
                          AND status = 'running'",
                     )
                     .bind(busy)
+                    .bind(&f.run_id)
+                    .bind(&f.node_id)
+                    .bind(f.attempt)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                })
+            })
+            .await
+    }
+
+    async fn requeue_run(&self, fence: &Fence) -> Result<bool> {
+        let f = fence.clone();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE runs SET status = 'queued', node_id = NULL, busy = 0, \
+                         lease_until = 0 WHERE run_id = ? AND node_id = ? AND attempt = ? \
+                         AND status = 'running'",
+                    )
                     .bind(&f.run_id)
                     .bind(&f.node_id)
                     .bind(f.attempt)

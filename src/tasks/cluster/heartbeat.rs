@@ -11,8 +11,7 @@ use crate::{
     tasks::{TaskManager, stop::StopReason},
 };
 
-/// What the taken-over run's log and task say.
-pub const NODE_LOST: &str = "interrupted: the agentd node running the task stopped";
+use crate::tasks::recovery::NODE_LOST;
 
 pub(super) async fn run(tasks: Weak<TaskManager>, cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(cluster.beat());

@@ -205,9 +205,11 @@ impl TaskManager {
         }
     }
 
-    /// Ends a run taken over from a node that stopped heartbeating (or from
-    /// this node's previous life): `error` + `end`, status failed, written
-    /// once under the new attempt.
+    /// Takes over a run from a node that stopped heartbeating (or from this
+    /// node's previous life), under the new attempt: a run nobody asked to
+    /// stop is resumed here from its checkpoint when its policy allows (see
+    /// `resume`); otherwise it ends, `error` + `end`, status failed, written
+    /// once.
     pub(in crate::tasks) async fn end_taken_over(&self, run: Run, error: &str) -> Result<()> {
         let task_id = run.task_id.clone();
         let Some(fence) = run.fence() else {
@@ -227,6 +229,13 @@ impl TaskManager {
             // Its end was written; only the run row was left.
             self.store.append_fenced(&[], None, &fence, true).await?;
             self.events.release(&task_id);
+            return Ok(());
+        }
+        if run.cancel_reason.is_none() {
+            // Resumed (a Trae run here and now, a session at its next step,
+            // which is routed here as this node holds it now), or failed
+            // with the reason it was not.
+            self.resume_or_fail(task, error).await?;
             return Ok(());
         }
         let outcome = RunOutcome::Failed {

@@ -13,6 +13,7 @@
 //! [`Agent::set_deadline`] bounds every model call, retries included.
 
 mod budget;
+mod checkpoint;
 mod deltas;
 pub mod lakeview;
 mod prompt;
@@ -41,6 +42,9 @@ use lakeview::Lakeview;
 use spend::{Call, Ledger};
 
 pub use budget::{Budget, BudgetExceeded, BudgetLimit, call_tokens as budget_tokens};
+pub use checkpoint::{
+    Checkpoint, CheckpointDelta, CheckpointTotals, INTERRUPTED_TOOL_RESULT, RESUMED_BETWEEN_STEPS,
+};
 pub use prompt::MAX_STEPS_EXCEEDED;
 
 /// Per-run settings that are not part of the Trae configuration.
@@ -159,6 +163,8 @@ pub struct Agent {
     /// `messages[..recorded]` were already sent to the model (and recorded as
     /// trajectory input).
     recorded: usize,
+    /// `messages[..checkpointed]` are in checkpoints already.
+    checkpointed: usize,
     steps_taken: u32,
     /// Tokens and cost of every model call of the run, lakeview's included.
     spend: Ledger,
@@ -197,8 +203,66 @@ impl Agent {
         options: AgentOptions,
         events: Arc<dyn EventSink>,
     ) -> Result<Agent, AgentError> {
-        let task = task.into();
-        let working_dir = working_dir.into();
+        Self::build(
+            config,
+            llm,
+            task.into(),
+            working_dir.into(),
+            options,
+            events,
+            None,
+        )
+        .await
+    }
+
+    /// Rebuilds the agent of an interrupted run (see [`checkpoint`]): its
+    /// conversation, step counter and totals from `checkpoint` (none: the
+    /// run starts over, its first step never completed), fresh tools in the
+    /// same working directory, the trajectory file continued. The tool calls
+    /// of a step that was in flight are answered now with
+    /// [`INTERRUPTED_TOOL_RESULT`] (and that step counts as taken); between
+    /// steps the model is told with [`RESUMED_BETWEEN_STEPS`].
+    /// `started_ago`: since the run first started (`max_wall_secs`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resume(
+        config: &ResolvedConfig,
+        llm: Arc<dyn LlmClient>,
+        task: impl Into<String>,
+        working_dir: impl Into<PathBuf>,
+        options: AgentOptions,
+        events: Arc<dyn EventSink>,
+        checkpoint: Option<Checkpoint>,
+        started_ago: std::time::Duration,
+    ) -> Result<Agent, AgentError> {
+        let (task, working_dir) = (task.into(), working_dir.into());
+        let mut agent = Self::build(
+            config,
+            llm,
+            task,
+            working_dir,
+            options,
+            events,
+            Some(started_ago),
+        )
+        .await?;
+        agent.created = Instant::now()
+            .checked_sub(started_ago)
+            .unwrap_or(agent.created);
+        if let Some(cp) = checkpoint {
+            agent.restore(cp).await;
+        }
+        Ok(agent)
+    }
+
+    async fn build(
+        config: &ResolvedConfig,
+        llm: Arc<dyn LlmClient>,
+        task: String,
+        working_dir: PathBuf,
+        options: AgentOptions,
+        events: Arc<dyn EventSink>,
+        resumed: Option<std::time::Duration>,
+    ) -> Result<Agent, AgentError> {
         if !working_dir.is_absolute() || !working_dir.is_dir() {
             return Err(AgentError::BadWorkingDir(working_dir));
         }
@@ -227,7 +291,13 @@ impl Agent {
         let max_steps = options.max_steps.unwrap_or(config.max_steps);
         let trajectory = match options.trajectory_file {
             Some(path) => {
-                let mut rec = TrajectoryRecorder::new(path, &task, &provider, &model, max_steps);
+                let mut rec = match resumed {
+                    Some(ago) => {
+                        TrajectoryRecorder::reopen(path, &task, &provider, &model, max_steps, ago)
+                            .await
+                    }
+                    None => TrajectoryRecorder::new(path, &task, &provider, &model, max_steps),
+                };
                 if let Some(key) = &config.api_key {
                     rec.redact(key.expose());
                 }
@@ -263,6 +333,7 @@ impl Agent {
             trajectory,
             messages,
             recorded: 0,
+            checkpointed: 0,
             steps_taken: 0,
             spend: Ledger::default(),
             lakeview: None,
@@ -459,6 +530,9 @@ impl Agent {
             tool_result: None,
         });
         let produced_from = self.messages.len();
+        if !response.tool_calls.is_empty() {
+            self.checkpoint(true);
+        }
 
         // Its tool calls.
         let tools_started = Instant::now();
@@ -509,6 +583,7 @@ impl Agent {
             });
             save_trajectory(rec).await;
         }
+        self.checkpoint(false);
 
         self.events.emit(EngineEvent::StepFinished {
             step,
@@ -682,6 +757,95 @@ impl Agent {
         );
     }
 
+    /// Emits the messages added since the last checkpoint with the totals.
+    fn checkpoint(&mut self, in_flight: bool) {
+        let first = self.checkpointed.min(self.messages.len());
+        let spent = self.spend.totals();
+        let delta = CheckpointDelta {
+            step: self.steps_taken,
+            in_flight,
+            first_message: first,
+            messages: self.messages[first..].to_vec(),
+            totals: CheckpointTotals {
+                usage: spent.usage,
+                cost_usd: spent.cost_usd,
+                tokens_spent: spent.tokens,
+                last_usage: self.last_usage,
+                recorded: self.recorded,
+            },
+        };
+        self.checkpointed = self.messages.len();
+        self.events.emit(EngineEvent::Checkpoint(Box::new(delta)));
+    }
+
+    /// Takes over a checkpoint's state (see [`Agent::resume`]).
+    async fn restore(&mut self, cp: Checkpoint) {
+        self.messages = cp.messages;
+        self.steps_taken = cp.step;
+        self.spend.restore(spend::Totals {
+            usage: cp.totals.usage,
+            cost_usd: cp.totals.cost_usd,
+            tokens: cp.totals.tokens_spent,
+        });
+        self.last_usage = cp.totals.last_usage;
+        self.recorded = cp.totals.recorded.min(self.messages.len());
+        self.checkpointed = self.messages.len();
+        let cut_off = match self.messages.last() {
+            Some(m) if cp.in_flight && m.role == Role::Assistant => Some(m.clone()),
+            _ => None,
+        };
+        let Some(answer) = cut_off else {
+            if cp.step > 0 {
+                self.messages.push(Message::user(RESUMED_BETWEEN_STEPS));
+            }
+            return;
+        };
+        let step = cp.step;
+        let results: Vec<ToolResult> = answer
+            .tool_calls
+            .iter()
+            .map(|call| error_result(call, INTERRUPTED_TOOL_RESULT))
+            .collect();
+        for result in &results {
+            self.events.emit(EngineEvent::ToolResult {
+                step,
+                result: result.clone(),
+            });
+            self.messages.push(Message::tool(result.clone()));
+        }
+        if let Some(rec) = self.trajectory.as_mut() {
+            // The interrupted attempt saved neither the step nor its model call.
+            let response = LlmResponse {
+                content: answer.content.clone(),
+                tool_calls: answer.tool_calls.clone(),
+                model: self.model.clone(),
+                finish_reason: Some("tool_calls".into()),
+                usage: cp.totals.last_usage.unwrap_or_default(),
+            };
+            let answered_at = self.messages.len() - results.len() - 1;
+            let input_from = self.recorded.min(answered_at);
+            rec.record_llm_interaction(
+                &self.messages[input_from..answered_at],
+                &response,
+                &self.provider,
+                self.tools.specs(),
+            );
+            rec.record_step(&StepRecord {
+                step_number: step,
+                state: "error",
+                llm_messages: &self.messages[answered_at + 1..],
+                llm_response: Some(&response),
+                tool_calls: &answer.tool_calls,
+                tool_results: &results,
+                error: Some(
+                    "interrupted: the agent runtime was restarted while the step's tools ran",
+                ),
+            });
+            save_trajectory(rec).await;
+        }
+        self.checkpoint(false);
+    }
+
     fn nudge(&mut self, step: u32, message: &str) {
         self.messages.push(Message::user(message));
         self.events.emit(EngineEvent::Nudge {
@@ -786,6 +950,7 @@ impl Agent {
         }
         self.messages.truncate(undo.messages);
         self.recorded = undo.recorded;
+        self.checkpointed = self.checkpointed.min(undo.messages);
         self.steps_taken = step - 1;
         self.events.emit(EngineEvent::StepFailed {
             step,

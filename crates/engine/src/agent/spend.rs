@@ -54,6 +54,11 @@ impl Ledger {
         *self.lock()
     }
 
+    /// Starts from a checkpoint's totals (a resumed run).
+    pub fn restore(&self, totals: Totals) {
+        *self.lock() = totals;
+    }
+
     fn lock(&self) -> MutexGuard<'_, Totals> {
         // Plain numbers: a panic elsewhere cannot leave them half-written.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)

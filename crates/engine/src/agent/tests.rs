@@ -1128,3 +1128,201 @@ async fn a_stop_does_not_wait_for_lakeview() {
     assert!(lakeview_events(&drain(&mut rx)).is_empty());
     assert!(lakeview.inner.conversations().is_empty());
 }
+
+/// The checkpoint deltas among `events`.
+fn checkpoints(events: &[EngineEvent]) -> Vec<CheckpointDelta> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Checkpoint(d) => Some((**d).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A run cut off while step 2's tool ran: resumed from its checkpoints, the
+/// model gets the whole earlier conversation with that call answered as
+/// interrupted, step 1 is not run again, the totals add up over both
+/// attempts and the trajectory holds every step.
+#[tokio::test]
+async fn a_run_resumes_from_its_checkpoint_after_a_cut_off_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let trajectory = dir.path().join("trajectory.json");
+    let opts = || AgentOptions {
+        trajectory_file: Some(trajectory.clone()),
+        ..options()
+    };
+    let first = ScriptedModel::new(vec![
+        Ok(calls(
+            "",
+            &[("bash", json!({"command": "echo one >> log.txt"}))],
+        )),
+        Ok(calls("", &[("bash", json!({"command": "sleep 30"}))])),
+    ]);
+    let (mut agent, mut rx) = agent(&first, dir.path(), &config(10, false), opts()).await;
+    let cancel = CancellationToken::new();
+    assert!(!agent.step(&cancel, None).await.is_last);
+    let mut seen = drain(&mut rx);
+    // Step 2 runs until its tool call is checkpointed as in flight, then "dies".
+    let step = tokio::spawn(async move {
+        let outcome = agent.step(&cancel, None).await;
+        (agent, outcome)
+    });
+    loop {
+        let e = rx.recv().await.unwrap();
+        let in_flight = matches!(&e, EngineEvent::Checkpoint(d) if d.in_flight);
+        seen.push(e);
+        if in_flight {
+            break;
+        }
+    }
+    step.abort();
+    let _ = step.await;
+    let deltas = checkpoints(&seen);
+    assert_eq!(
+        deltas
+            .iter()
+            .map(|d| (d.step, d.in_flight))
+            .collect::<Vec<_>>(),
+        [(1, true), (1, false), (2, true)]
+    );
+    // Deltas only carry what is new.
+    assert_eq!(
+        deltas[1].first_message,
+        deltas[0].first_message + deltas[0].messages.len()
+    );
+    let cp = Checkpoint::from_deltas(deltas).unwrap().unwrap();
+    assert_eq!(cp.totals.usage.input_tokens, 200);
+
+    let second = ScriptedModel::new(vec![Ok(done("finished"))]);
+    let (tx, mut rx) = unbounded_channel();
+    let llm: Arc<dyn LlmClient> = second.clone();
+    let mut resumed = Agent::resume(
+        &config(10, false),
+        llm,
+        "Fix the bug.",
+        dir.path(),
+        opts(),
+        Arc::new(tx),
+        Some(cp),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.steps_taken(), 2);
+    let outcome = resumed.run(&CancellationToken::new()).await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(resumed.steps_taken(), 3);
+    assert_eq!(resumed.usage().input_tokens, 300);
+
+    let conversation = &second.conversations()[0];
+    let results = tool_results_in(conversation);
+    assert_eq!(results.len(), 2);
+    assert!(results[0].success);
+    assert_eq!(results[1].call_id, "call_0_bash");
+    assert!(!results[1].success);
+    assert_eq!(results[1].error.as_deref(), Some(INTERRUPTED_TOOL_RESULT));
+    assert_eq!(conversation[1].content, first.conversations()[0][1].content);
+    // The step that was cut off is reported, and checkpointed as completed.
+    let events = drain(&mut rx);
+    assert!(matches!(&events[0], EngineEvent::ToolResult { step: 2, result } if !result.success));
+    let after = checkpoints(&events);
+    assert_eq!((after[0].step, after[0].in_flight), (2, false));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
+        "one\n"
+    );
+
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&trajectory).unwrap()).unwrap();
+    let steps: Vec<u64> = saved["agent_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3]);
+    assert_eq!(saved["llm_interactions"].as_array().unwrap().len(), 3);
+    assert_eq!(saved["success"], true);
+}
+
+/// Resumed between steps (the crash hit a model call): the model is told
+/// that the environment was restarted, and the step is taken again.
+#[tokio::test]
+async fn a_run_resumed_between_steps_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ScriptedModel::new(vec![Ok(text("thinking"))]);
+    let (mut agent, mut rx) = agent(&first, dir.path(), &config(10, false), options()).await;
+    agent.step(&CancellationToken::new(), None).await;
+    drop(agent);
+    let cp = Checkpoint::from_deltas(checkpoints(&drain(&mut rx)))
+        .unwrap()
+        .unwrap();
+    assert_eq!((cp.step, cp.in_flight), (1, false));
+    let second = ScriptedModel::new(vec![Ok(done("ok"))]);
+    let llm: Arc<dyn LlmClient> = second.clone();
+    let mut resumed = Agent::resume(
+        &config(10, false),
+        llm,
+        "Fix the bug.",
+        dir.path(),
+        options(),
+        Arc::new(crate::events::NoEvents),
+        Some(cp),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert!(resumed.run(&CancellationToken::new()).await.is_success());
+    let conversation = &second.conversations()[0];
+    assert_eq!(conversation.last().unwrap().content, RESUMED_BETWEEN_STEPS);
+    assert_eq!(resumed.steps_taken(), 2);
+}
+
+/// A crash while the last checkpoint was being written leaves the ones
+/// before it: resuming from any prefix of the deltas is a consistent run
+/// (here: step 2's in-flight checkpoint lost, so step 2 is taken again).
+#[tokio::test]
+async fn a_lost_last_checkpoint_resumes_from_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ScriptedModel::new(vec![
+        Ok(calls(
+            "",
+            &[("bash", json!({"command": "echo one >> log.txt"}))],
+        )),
+        Ok(calls(
+            "",
+            &[("bash", json!({"command": "echo two >> log.txt"}))],
+        )),
+    ]);
+    let (mut agent, mut rx) = agent(&first, dir.path(), &config(10, false), options()).await;
+    let cancel = CancellationToken::new();
+    agent.step(&cancel, None).await;
+    agent.step(&cancel, None).await;
+    drop(agent);
+    let deltas = checkpoints(&drain(&mut rx));
+    assert_eq!(deltas.len(), 4);
+    let cp = Checkpoint::from_deltas(deltas[..2].to_vec())
+        .unwrap()
+        .unwrap();
+    assert_eq!((cp.step, cp.in_flight), (1, false));
+    let second = ScriptedModel::new(vec![Ok(done("ok"))]);
+    let llm: Arc<dyn LlmClient> = second.clone();
+    let mut resumed = Agent::resume(
+        &config(10, false),
+        llm,
+        "Fix the bug.",
+        dir.path(),
+        options(),
+        Arc::new(crate::events::NoEvents),
+        Some(cp),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert!(resumed.run(&CancellationToken::new()).await.is_success());
+    assert_eq!(resumed.steps_taken(), 2);
+    // One tool result (step 1's) before the note: step 2 never reached the model.
+    assert_eq!(tool_results_in(&second.conversations()[0]).len(), 1);
+    assert_eq!(resumed.usage().input_tokens, 200);
+}

@@ -1,0 +1,41 @@
+//! Run checkpoints: what the task layer needs to rebuild an interrupted
+//! run's agent. The store keeps them as opaque JSON rows, appended (never
+//! rewritten) in the same transaction as the events they follow, so a crash
+//! leaves either both or neither: a resumed run never sees a checkpoint
+//! whose events are missing, nor a torn checkpoint.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Event, Fence};
+use crate::error::Result;
+
+/// One checkpoint row (the task layer decides what `body` holds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub task_id: String,
+    /// 1, 2, 3, ... per task, in the order they were written.
+    pub n: i64,
+    /// The run's step when it was written.
+    pub step: i64,
+    /// JSON.
+    pub body: String,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// Appends `events` and a checkpoint of their task (its `n` is the
+    /// next one; the one given is ignored) in one transaction. With
+    /// `fence`, as `RunStore::append_fenced`: false, and nothing written,
+    /// when the fence no longer holds.
+    async fn append_checkpointed(
+        &self,
+        events: &[Arc<Event>],
+        checkpoint: &Checkpoint,
+        fence: Option<&Fence>,
+    ) -> Result<bool>;
+    /// The task's checkpoints, oldest first.
+    async fn checkpoints(&self, task_id: &str) -> Result<Vec<Checkpoint>>;
+}

@@ -1,0 +1,263 @@
+"""Durable runs (issue 15): agentd SIGKILLed in the middle of a scripted
+multi-step run (a long `sleep` in step 3) and started again on the same
+data directory resumes the run from its checkpoint:
+
+- steps 1 and 2 are not run again; step 3's tool call is answered as
+  interrupted (a tool_result of step 3) and the run goes on with step 4;
+- the scripted model receives the earlier turns again, with that answer;
+- the stream replayed from the start is one log: one `start`, `interrupted`,
+  `resumed` (attempt 2), the remaining steps, one `complete`, one `end`;
+- the patch and the trajectory cover every step; the token totals add up
+  over both attempts.
+
+`on_interrupt: "fail"` (per run) and `--max-resumes` keep today's
+behaviour of failing an interrupted run (see also test_recovery.py)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+
+import pytest
+import requests
+
+pytest.register_assert_rewrite("runs_support")
+
+from runs_support import TaskProcesses, assert_well_formed_log, key, wait_file  # noqa: E402
+from scripted_llm import openai_tool_call  # noqa: E402
+
+pytest_plugins = ["runs_support"]
+
+INTERRUPTED = "interrupted: agentd stopped while the task was running"
+
+
+def bash(command: str) -> dict:
+    return openai_tool_call("bash", {"command": command})
+
+
+def start_three_step_run(runs, wd, extra_script=(), **extra):
+    """Steps 1 and 2 append to hello.py; step 3 records its shell's pid and
+    sleeps. Returns (task_id, route, the sleeping shell's processes)."""
+    route = runs.llm.route().script(
+        bash("echo '# one' >> hello.py"),
+        bash("echo '# two' >> hello.py"),
+        bash("echo $$ > bash.pid; echo '# three' >> hello.py; sleep 300"),
+        *extra_script,
+    )
+    task_id = runs.run("durable run", wd, route=route, **extra)
+    procs = TaskProcesses.of(int(wait_file(wd / "bash.pid")))
+    runs.wait_event(task_id, lambda m: m["type"] == "tool_call" and "sleep 300" in str(m.get("data")),
+                    "step 3's long tool call")
+    return task_id, route, procs
+
+
+def test_sigkill_mid_run_resumes_from_the_checkpoint(fresh_runs, git_repo):
+    runs = fresh_runs()
+    wd = git_repo
+    task_id, route, procs = start_three_step_run(
+        runs, wd,
+        extra_script=(bash("echo '# four' >> hello.py"),
+                      openai_tool_call("task_done", {}, text="all four lines written")),
+        patch_path="out/task.patch", trajectory_file="out/trajectory.json")
+    try:
+        before = runs.status(task_id)["messages"]
+        assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        runs.stack.start_agentd()
+
+        st = runs.wait_status(task_id, {"completed", "failed", "stopped"})
+        assert st["task_status"] == "completed", [(m["type"], m.get("error")) for m in st["messages"]]
+        assert not procs.wait_gone(timeout=10), procs.survivors()
+
+        events = runs.sse(task_id, after_seq=0)
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        for once in ("start", "interrupted", "resumed", "complete", "end"):
+            assert types.count(once) == 1, (once, types)
+        # The log from before the crash is kept as it was, then goes on.
+        assert key(events[: len(before)]) == key(before)
+        at = types.index("interrupted")
+        assert at == len(before), types
+        interrupted, resumed = events[at], events[at + 1]
+        assert interrupted["data"] == {"attempt": 1, "step": 3}, interrupted
+        assert interrupted["message"] == INTERRUPTED, interrupted
+        assert resumed["type"] == "resumed" and resumed["data"] == {"attempt": 2, "step": 3}, resumed
+        # Step 3's call is answered as interrupted, then steps 4 and 5 (never 1 or 2 again).
+        cut = events[at + 2]
+        assert cut["type"] == "tool_result" and cut["data"]["step"] == 3, cut
+        assert cut["data"]["success"] is False and "restarted" in cut["data"]["error"], cut
+        steps_after = [e["data"]["step"] for e in events[at:] if e["type"] == "step"]
+        assert steps_after == [4, 5], types
+        assert [e["data"]["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4, 5]
+
+        # The file shows each step ran once; the patch has all of it.
+        assert (wd / "hello.py").read_text().endswith("greet()\n# one\n# two\n# three\n# four\n")
+        patch = (wd / "out/task.patch").read_text()
+        for line in ("+# one", "+# two", "+# three", "+# four"):
+            assert patch.count(line) == 1, patch
+        trajectory = json.loads((wd / "out/trajectory.json").read_text())
+        assert [s["step_number"] for s in trajectory["agent_steps"]] == [1, 2, 3, 4, 5]
+        assert len(trajectory["llm_interactions"]) == 5
+        assert trajectory["success"] is True
+        assert "sk-runs-e2e" not in json.dumps(trajectory)
+
+        # Five model calls in all; the first after the restart carries the
+        # whole earlier conversation with step 3's call answered as interrupted.
+        calls = route.requests
+        assert len(calls) == 5, len(calls)
+        resumed_call = calls[3]["body"]["messages"]
+        assert resumed_call[: len(calls[2]["body"]["messages"])] == calls[2]["body"]["messages"]
+        tool_msgs = [m for m in resumed_call if m["role"] == "tool"]
+        assert len(tool_msgs) == 3, tool_msgs
+        assert "restarted" in tool_msgs[-1]["content"], tool_msgs[-1]
+
+        # Token usage: the totals are the sum over both attempts' calls.
+        usage = [e["data"] for e in events if e["type"] == "usage"]
+        assert len(usage) == 5
+        assert usage[-1]["total"]["input_tokens"] == sum(u["usage"]["input_tokens"] for u in usage) == 50
+        assert usage[-1]["total"]["output_tokens"] == 25
+        ap = requests.get(f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task_id}", timeout=30).json()
+        assert ap["status"] == "completed", ap
+
+        # The checkpoints: two per step (in flight, completed), across both
+        # attempts; each row holds only what it added (no message is written
+        # twice: steps 4 and 5 add two each to the 8 the model had at step 4).
+        with sqlite3.connect(f"file:{runs.stack.data_dir / 'agentd.db'}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT n, step, body FROM checkpoints WHERE task_id = ? ORDER BY n",
+                              (task_id,)).fetchall()
+        assert [(n, step) for n, step, _ in rows] == [(i + 1, i // 2 + 1) for i in range(10)], rows
+        bodies = [json.loads(b) for _, _, b in rows]
+        assert [b["in_flight"] for b in bodies] == [True, False] * 5
+        firsts = [b["first_message"] for b in bodies]
+        assert firsts == sorted(firsts) and sum(len(b["messages"]) for b in bodies) == len(resumed_call) + 4
+        print(f"checkpoint rows: {len(rows)}, bytes per row {[len(b) for _, _, b in rows]}, "
+              f"conversation {len(json.dumps(resumed_call))} bytes as the model got it at step 4")
+
+        # A further restart changes nothing.
+        runs.stack.restart_agentd()
+        assert key(runs.sse(task_id, after_seq=0)) == key(events)
+    finally:
+        procs.kill_leftovers()
+
+
+def test_a_run_asking_to_fail_on_interrupt_fails(fresh_runs, tmp_path):
+    runs = fresh_runs()
+    bad = requests.post(f"{runs.stack.trae_url}/api/run", timeout=30, json={
+        "task": "t", "working_dir": str(tmp_path / "x"), "on_interrupt": "retry"})
+    assert bad.status_code == 400 and "on_interrupt" in bad.json()["error"], bad.text
+    task_id, route, procs = start_three_step_run(runs, tmp_path / "wd", on_interrupt="fail")
+    try:
+        runs.stack.stop_agentd(signal.SIGKILL)
+        runs.stack.start_agentd()
+        st = runs.status(task_id)
+        assert st["task_status"] == "failed", st
+        events = runs.sse(task_id)
+        assert_well_formed_log(events, task_id)
+        assert [e["type"] for e in events[-2:]] == ["error", "end"]
+        assert events[-2]["error"] == INTERRUPTED
+        assert "resumed" not in [e["type"] for e in events]
+        assert len(route.requests) == 3
+    finally:
+        procs.kill_leftovers()
+
+
+def test_a_run_past_max_resumes_fails_with_the_reason(fresh_runs, tmp_path):
+    runs = fresh_runs({"AGENTD_MAX_RESUMES": "0"})
+    task_id, _, procs = start_three_step_run(runs, tmp_path / "wd")
+    try:
+        runs.stack.stop_agentd(signal.SIGKILL)
+        runs.stack.start_agentd()
+        st = runs.status(task_id)
+        assert st["task_status"] == "failed", st
+        error = runs.sse(task_id)[-2]["error"]
+        assert error.startswith(INTERRUPTED) and "resumed 0 times already" in error, error
+    finally:
+        procs.kill_leftovers()
+
+
+def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh_runs):
+    """Two steps, SIGKILL between steps, restart: the third step continues
+    the same conversation (the model receives the earlier turns) instead of
+    failing, and the task's log stays one log."""
+    runs = fresh_runs()
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo first > notes.txt"}, text="step one"),
+        openai_tool_call("bash", {"command": "echo second >> notes.txt"}, text="step two"),
+        openai_tool_call("task_done", {}, text="notes complete"),
+    )
+    task = runs.stack.create_task("keep notes", config_file=runs.config(route))
+    url = f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}"
+    for _ in range(2):
+        s = requests.post(f"{url}/steps", json={"input": "go on"}, timeout=120)
+        assert s.status_code == 200 and not s.json()["is_last"], s.text
+    assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+    runs.stack.start_agentd()
+
+    assert requests.get(url, timeout=30).json()["status"] == "running"
+    third = requests.post(f"{url}/steps", json={"input": "finish up"}, timeout=120)
+    assert third.status_code == 200, third.text
+    assert third.json()["is_last"] is True and third.json()["output"] == "notes complete", third.json()
+    assert third.json()["additional_output"]["step_number"] == 3, third.json()
+
+    calls = route.requests
+    assert len(calls) == 3
+    resumed = calls[2]["body"]["messages"]
+    # The earlier turns, as the model saw them, then the new input.
+    assert resumed[: len(calls[1]["body"]["messages"])] == calls[1]["body"]["messages"]
+    contents = [str(m.get("content")) for m in resumed]
+    assert any("step one" in c for c in contents) and any("step two" in c for c in contents), contents
+    assert "restarted" in contents[-2] and contents[-1] == "finish up", contents[-2:]
+
+    events = runs.sse(task["task_id"], after_seq=0)
+    assert_well_formed_log(events, task["task_id"])
+    types = [e["type"] for e in events]
+    for once in ("start", "interrupted", "resumed", "complete", "end"):
+        assert types.count(once) == 1, (once, types)
+    assert [e["data"]["step"] for e in events if e["type"] == "step"] == [1, 2, 3]
+    assert events[types.index("resumed")]["data"] == {"attempt": 2, "step": 2}
+
+
+def test_a_run_whose_time_ran_out_while_agentd_was_down_is_not_resumed(fresh_runs, tmp_path):
+    """The timeout counts from the run's first start, downtime included."""
+    runs = fresh_runs({"AGENTD_TASK_TIMEOUT_SECS": "3"})
+    task_id, _, procs = start_three_step_run(runs, tmp_path / "wd")
+    try:
+        started = runs.status(task_id)["messages"][0]["timestamp"]
+        runs.stack.stop_agentd(signal.SIGKILL)
+        while time.time() < started + 3.5:
+            time.sleep(0.1)
+        runs.stack.start_agentd()
+        st = runs.status(task_id)
+        assert st["task_status"] == "failed", st
+        error = runs.sse(task_id)[-2]["error"]
+        assert error.startswith(INTERRUPTED) and "timed out after 3s" in error, error
+    finally:
+        procs.kill_leftovers()
+
+
+def test_an_agent_protocol_task_with_a_bad_policy_is_refused(fresh_runs):
+    runs = fresh_runs()
+    task = runs.stack.create_task("bad policy", on_interrupt="sometimes")
+    r = requests.post(f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}/steps", timeout=60)
+    assert r.status_code == 400 and "on_interrupt" in r.text, r.text
+
+
+def test_a_stopped_agent_protocol_task_is_never_resumed(fresh_runs):
+    """Stopped while its session waits to be rebuilt (after a restart): it
+    ends `stopped` there, and its next step is refused, not resumed."""
+    runs = fresh_runs()
+    route = runs.llm.route().script(openai_tool_call("bash", {"command": "echo first"}, text="one"))
+    task = runs.stack.create_task("stop me", config_file=runs.config(route))
+    url = f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}"
+    assert requests.post(f"{url}/steps", timeout=120).status_code == 200
+    runs.stack.stop_agentd(signal.SIGKILL)
+    runs.stack.start_agentd()
+    assert runs.stop(task["task_id"])["message"] == "Task stopped successfully"
+    assert requests.get(url, timeout=30).json()["status"] == "stopped"
+    again = requests.post(f"{url}/steps", timeout=120)
+    assert again.status_code == 400 and "no more steps" in again.text, again.text
+    events = runs.sse(task["task_id"])
+    assert_well_formed_log(events, task["task_id"])
+    assert [e["type"] for e in events][-4:] == ["interrupted", "resumed", "stopped", "end"]
+    assert len(route.requests) == 1
