@@ -206,7 +206,7 @@ async fn append_events_in(
 impl Store for SqliteStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
         let task = t.clone();
-        self.write_tasks(&[&t.task_id], move |conn| {
+        self.write_tasks_statement(&[&t.task_id], move |conn| {
             Box::pin(async move { insert_task_in(conn, &task).await })
         })
         .await
@@ -230,7 +230,7 @@ impl Store for SqliteStore {
 
     async fn update_task(&self, t: &Task) -> Result<()> {
         let task = t.clone();
-        self.write_tasks(&[&t.task_id], move |conn| {
+        self.write_tasks_statement(&[&t.task_id], move |conn| {
             Box::pin(async move { update_task_in(conn, &task).await })
         })
         .await
@@ -245,7 +245,7 @@ impl Store for SqliteStore {
         modified_at: i64,
     ) -> Result<()> {
         let id = task_id.to_string();
-        self.write_tasks(&[task_id], move |conn| {
+        self.write_tasks_statement(&[task_id], move |conn| {
             Box::pin(async move {
                 sqlx::query(
                     "UPDATE tasks SET input_tokens = ?, output_tokens = ?, cost_usd = ?, \
@@ -343,7 +343,7 @@ impl Store for SqliteStore {
 
     async fn delete_task(&self, task_id: &str) -> Result<bool> {
         let id = task_id.to_string();
-        self.write_tasks(&[task_id], move |conn| {
+        self.write_tasks_statement(&[task_id], move |conn| {
             Box::pin(async move {
                 let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
                     .bind(&id)
@@ -378,7 +378,7 @@ impl Store for SqliteStore {
     async fn save_step(&self, s: &Step) -> Result<()> {
         let s = s.clone();
         self.writer
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
                         // An upsert, not INSERT OR REPLACE: a replace deletes the row
@@ -527,7 +527,7 @@ impl Store for SqliteStore {
 
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool> {
         let (id, artifact_id) = (task_id.to_string(), artifact_id.to_string());
-        self.write_tasks(&[task_id], move |conn| {
+        self.write_tasks_statement(&[task_id], move |conn| {
             Box::pin(async move {
                 let done =
                     sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
@@ -553,9 +553,13 @@ impl Store for SqliteStore {
         touched.extend(task.map(|t| t.task_id.as_str()));
         touched.sort_unstable();
         touched.dedup();
-        self.write_tasks(&touched, move |conn| {
-            Box::pin(async move { append_events_in(conn, &batch, row.as_ref()).await })
-        })
+        // One INSERT of up to EVENT_ROWS rows and no task row: one statement.
+        let one_statement = task.is_none() && events.len() <= EVENT_ROWS;
+        self.write_tasks_as(
+            &touched,
+            move |conn| Box::pin(async move { append_events_in(conn, &batch, row.as_ref()).await }),
+            one_statement,
+        )
         .await
     }
 
@@ -642,7 +646,36 @@ impl SqliteStore {
             + Send
             + 'static,
     {
-        let done = self.writer.write(f).await;
+        self.write_tasks_as(task_ids, f, false).await
+    }
+
+    /// As [`SqliteStore::write_tasks`], for `f` running one SQL statement.
+    async fn write_tasks_statement<T, F>(&self, task_ids: &[&str], f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            ) -> futures_util::future::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        self.write_tasks_as(task_ids, f, true).await
+    }
+
+    async fn write_tasks_as<T, F>(&self, task_ids: &[&str], f: F, one_statement: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            ) -> futures_util::future::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        let done = if one_statement {
+            self.writer.write_statement(f).await
+        } else {
+            self.writer.write(f).await
+        };
         for task_id in task_ids {
             self.cache.invalidate(task_id);
         }
