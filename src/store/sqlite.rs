@@ -21,7 +21,7 @@ use super::{
     Artifact, Event, Step, Store, Task, TaskQuery, TaskStatus, Totals,
     cache::ReadCache,
     decode::{self, json_text},
-    writer::Writer,
+    writer::{Row as InsertRow, Writer},
 };
 use crate::error::Result;
 
@@ -97,30 +97,61 @@ async fn update_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<(
     Ok(())
 }
 
+const INSERT_TASK: &str = "INSERT INTO tasks (task_id, input, additional_input, status, origin, \
+     run_spec, created_at, modified_at, started_at, finished_at, result, error, input_tokens, \
+     output_tokens, cost_usd, owner) VALUES ";
+const TASK_VALUES: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// A task's row for the writer's multi-row INSERT ([`Writer::insert_row`]).
+fn task_row(t: Task) -> InsertRow {
+    let (additional_input, run_spec) = (
+        json_text(&t.additional_input),
+        t.run_spec.as_ref().map(Value::to_string),
+    );
+    InsertRow {
+        insert: INSERT_TASK,
+        values: TASK_VALUES,
+        bind: Box::new(move |q| {
+            q.bind(t.task_id.clone())
+                .bind(t.input.clone())
+                .bind(additional_input.clone())
+                .bind(t.status.as_str())
+                .bind(t.origin.as_str())
+                .bind(run_spec.clone())
+                .bind(t.created_at)
+                .bind(t.modified_at)
+                .bind(t.started_at)
+                .bind(t.finished_at)
+                .bind(t.result.clone())
+                .bind(t.error.clone())
+                .bind(t.input_tokens)
+                .bind(t.output_tokens)
+                .bind(t.cost_usd)
+                .bind(t.owner.clone())
+        }),
+    }
+}
+
 async fn insert_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, created_at, \
-         modified_at, started_at, finished_at, result, error, input_tokens, output_tokens, cost_usd, \
-         owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&t.task_id)
-    .bind(&t.input)
-    .bind(json_text(&t.additional_input))
-    .bind(t.status.as_str())
-    .bind(t.origin.as_str())
-    .bind(t.run_spec.as_ref().map(Value::to_string))
-    .bind(t.created_at)
-    .bind(t.modified_at)
-    .bind(t.started_at)
-    .bind(t.finished_at)
-    .bind(&t.result)
-    .bind(&t.error)
-    .bind(t.input_tokens)
-    .bind(t.output_tokens)
-    .bind(t.cost_usd)
-    .bind(&t.owner)
-    .execute(conn)
-    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT_TASK}{TASK_VALUES}")))
+        .bind(&t.task_id)
+        .bind(&t.input)
+        .bind(json_text(&t.additional_input))
+        .bind(t.status.as_str())
+        .bind(t.origin.as_str())
+        .bind(t.run_spec.as_ref().map(Value::to_string))
+        .bind(t.created_at)
+        .bind(t.modified_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(&t.result)
+        .bind(&t.error)
+        .bind(t.input_tokens)
+        .bind(t.output_tokens)
+        .bind(t.cost_usd)
+        .bind(&t.owner)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -205,11 +236,9 @@ async fn append_events_in(
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
-        let task = t.clone();
-        self.write_tasks_statement(&[&t.task_id], move |conn| {
-            Box::pin(async move { insert_task_in(conn, &task).await })
-        })
-        .await
+        let done = self.writer.insert_row(task_row(t.clone())).await;
+        self.cache.invalidate(&t.task_id);
+        done
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {

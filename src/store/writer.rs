@@ -13,6 +13,12 @@
 //! that makes SQLite roll the whole transaction back (I/O, disk full) is seen
 //! by a rollback hook: the writes before it are answered with the error and
 //! the rest go into a new transaction, never into autocommit.
+//!
+//! A row insert ([`Writer::insert_row`], a create) is cheaper still: the
+//! inserts of one table next to each other in a batch become one multi-row
+//! INSERT, one trip for all of them. If that statement fails (one row's
+//! constraint), SQLite backs it out and the rows are inserted one by one, so
+//! only the bad row fails.
 
 use std::sync::{
     Arc,
@@ -36,12 +42,33 @@ type Work =
     Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Reply)> + Send>;
 type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 
-struct Job {
-    work: Work,
-    /// The write is a single SQL statement (triggers included): it needs no
-    /// savepoint of its own.
-    one_statement: bool,
+enum Job {
+    Work {
+        work: Work,
+        /// The write is a single SQL statement (triggers included): it needs
+        /// no savepoint of its own.
+        one_statement: bool,
+    },
+    Row(Row, oneshot::Sender<Result<()>>),
 }
+
+/// A query whose values are owned (bound by a [`Row`]).
+pub(super) type RowQuery = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// One row for [`Writer::insert_row`].
+pub(super) struct Row {
+    /// `INSERT INTO table (a, b, …) VALUES `: rows with the same text share
+    /// a statement.
+    pub insert: &'static str,
+    /// One row's placeholders: `(?, ?, …)`.
+    pub values: &'static str,
+    /// Binds the row's values, in the order of `values` (again for a retry
+    /// alone).
+    pub bind: Box<dyn Fn(RowQuery) -> RowQuery + Send>,
+}
+
+/// Rows in one multi-row INSERT at most (SQLite allows 32,766 values).
+const MAX_ROWS: usize = 256;
 
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
@@ -82,6 +109,17 @@ impl Writer {
         self.submit(f, true).await
     }
 
+    /// Inserts `row` in the next transaction; returns once it committed.
+    pub async fn insert_row(&self, row: Row) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Row(row, tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("the database writer has stopped"))?;
+        rx.await
+            .map_err(|_| Error::from(anyhow::anyhow!("the database write was abandoned")))?
+    }
+
     async fn submit<T, F>(&self, f: F, one_statement: bool) -> Result<T>
     where
         T: Send + 'static,
@@ -105,7 +143,7 @@ impl Writer {
             })
         });
         self.jobs
-            .send(Job {
+            .send(Job::Work {
                 work,
                 one_statement,
             })
@@ -116,6 +154,8 @@ impl Writer {
     }
 }
 
+type Jobs = std::iter::Peekable<std::vec::IntoIter<Job>>;
+
 async fn run(
     mut conn: SqliteConnection,
     rolled_back: Arc<AtomicBool>,
@@ -123,7 +163,7 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut jobs = std::mem::take(&mut batch).into_iter();
+        let mut jobs = std::mem::take(&mut batch).into_iter().peekable();
         // Normally one transaction; another only when SQLite rolled one back
         // in the middle of the batch.
         while jobs.len() > 0 {
@@ -140,7 +180,7 @@ async fn run(
 async fn commit_some(
     conn: &mut SqliteConnection,
     rolled_back: &AtomicBool,
-    jobs: &mut std::vec::IntoIter<Job>,
+    jobs: &mut Jobs,
 ) -> bool {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
         tracing::error!(error = %e, "cannot begin a database transaction");
@@ -153,14 +193,41 @@ async fn commit_some(
     let mut replies = Vec::with_capacity(jobs.len());
     let mut any_ok = false;
     let mut lost = false;
-    for job in jobs.by_ref() {
-        let savepoint = !alone && !job.one_statement;
+    while let Some(job) = jobs.next() {
+        let (work, one_statement) = match job {
+            Job::Work {
+                work,
+                one_statement,
+            } => (work, one_statement),
+            Job::Row(row, tx) => {
+                // This row and the rows for the same table right behind it.
+                let mut rows = vec![(row, tx)];
+                while rows.len() < MAX_ROWS
+                    && let Some(Job::Row(next, _)) = jobs.peek()
+                    && next.insert == rows[0].0.insert
+                {
+                    let Some(Job::Row(next, tx)) = jobs.next() else {
+                        unreachable!("peeked a row")
+                    };
+                    rows.push((next, tx));
+                }
+                let (ok, row_replies) = insert_rows(conn, rolled_back, rows).await;
+                any_ok |= ok;
+                replies.extend(row_replies);
+                if rolled_back.load(Ordering::SeqCst) {
+                    lost = true;
+                    break;
+                }
+                continue;
+            }
+        };
+        let savepoint = !alone && !one_statement;
         if savepoint && let Err(e) = exec(conn, "SAVEPOINT w").await {
             // Dropping the work drops its reply: its caller sees it abandoned.
             tracing::error!(error = %e, "a database write could not start");
             continue;
         }
-        let (ok, reply) = (job.work)(conn).await;
+        let (ok, reply) = work(conn).await;
         replies.push(reply);
         if rolled_back.load(Ordering::SeqCst) {
             // The transaction is gone, with every write before this one.
@@ -198,6 +265,76 @@ async fn commit_some(
         reply(outcome.clone());
     }
     true
+}
+
+/// Inserts `rows` (all of one table): one statement, or one per row when
+/// that failed. Whether any row went in, and how to answer each.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rolled_back: &AtomicBool,
+    rows: Vec<(Row, oneshot::Sender<Result<()>>)>,
+) -> (bool, Vec<Reply>) {
+    let answer = |tx: oneshot::Sender<Result<()>>, out: Result<()>| -> Reply {
+        Box::new(move |committed| {
+            let _ = tx.send(match (out, committed) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Err(e)) => Err(anyhow::anyhow!("database commit failed: {e}").into()),
+                (Ok(()), Ok(())) => Ok(()),
+            });
+        })
+    };
+    if rows.len() > 1 {
+        let mut sql = String::from(rows[0].0.insert);
+        for i in 0..rows.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(rows[0].0.values);
+        }
+        // Only the rows' constant fragments; every value is bound.
+        let query = rows
+            .iter()
+            .fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, (row, _)| {
+                (row.bind)(q)
+            });
+        match query.execute(&mut *conn).await {
+            Ok(_) => {
+                return (
+                    true,
+                    rows.into_iter().map(|(_, tx)| answer(tx, Ok(()))).collect(),
+                );
+            }
+            // The transaction is gone (the caller sees it by the hook).
+            Err(e) if rolled_back.load(Ordering::SeqCst) => {
+                let e = e.to_string();
+                let replies = rows
+                    .into_iter()
+                    .map(|(_, tx)| answer(tx, Err(anyhow::anyhow!("{e}").into())))
+                    .collect();
+                return (false, replies);
+            }
+            // SQLite backed the statement out: one by one, only a bad row fails.
+            Err(_) => {}
+        }
+    }
+    let mut any_ok = false;
+    let mut replies = Vec::with_capacity(rows.len());
+    for (row, tx) in rows {
+        if rolled_back.load(Ordering::SeqCst) {
+            // Not run: answered with the transaction's failure.
+            replies.push(answer(tx, Ok(())));
+            continue;
+        }
+        let sql = format!("{}{}", row.insert, row.values);
+        let out = (row.bind)(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+            .map_err(Into::into);
+        any_ok |= out.is_ok();
+        replies.push(answer(tx, out));
+    }
+    (any_ok, replies)
 }
 
 async fn exec(
@@ -251,6 +388,41 @@ mod tests {
                 })
                 .await
         })
+    }
+
+    fn insert_row(writer: &Arc<Writer>, k: &'static str) -> tokio::task::JoinHandle<Result<()>> {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            writer
+                .insert_row(super::Row {
+                    insert: "INSERT INTO t (k) VALUES ",
+                    values: "(?)",
+                    bind: Box::new(move |q| q.bind(k)),
+                })
+                .await
+        })
+    }
+
+    #[tokio::test]
+    async fn rows_share_one_insert_and_a_bad_row_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Arc::new(open(dir.path()).await);
+        insert_row(&writer, "a").await.unwrap().unwrap();
+        let (go, held) = hold(&writer).await;
+        let mut rows = Vec::new();
+        for k in ["b", "a", "c", "d"] {
+            rows.push(insert_row(&writer, k));
+            settle().await;
+        }
+        go.notify_one();
+        held.await.unwrap().unwrap();
+        let done: Vec<bool> = futures_util::future::join_all(rows)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().is_ok())
+            .collect();
+        assert_eq!(done, [true, false, true, true]);
+        assert_eq!(keys(&writer).await, ["a", "b", "c", "d"]);
     }
 
     async fn keys(writer: &Writer) -> Vec<String> {
