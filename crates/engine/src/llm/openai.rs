@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::history::{self, paired, result_text};
 use super::http::{Endpoint, Streamed};
 use super::stream::{OpenAiStream, TextSink, step_error};
-use super::wire::{BodyEncoder, EncodedHistory, EncodedMessages, RenderedTools};
+use super::wire::{BodyEncoder, RenderedTools};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
 use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolSpec, Usage};
@@ -31,7 +31,6 @@ pub(crate) struct OpenAiClient {
     endpoint: Endpoint,
     tools: RenderedTools,
     body: BodyEncoder,
-    history: EncodedHistory,
 }
 
 impl OpenAiClient {
@@ -80,7 +79,6 @@ impl OpenAiClient {
             endpoint,
             tools: RenderedTools::default(),
             body: BodyEncoder::default(),
-            history: EncodedHistory::default(),
         }
     }
 
@@ -143,12 +141,9 @@ impl OpenAiClient {
         );
         let reasoning = self.is_reasoning_model();
         let (max_completion_tokens, max_tokens) = self.token_limit();
-        let messages = self.history.encode(&history, |m| {
-            serde_json::value::to_raw_value(&ChatMessage::new(m))
-        })?;
         self.body.encode(&ChatRequest {
             model: &cfg.model,
-            messages,
+            messages: ChatMessages(&history),
             parallel_tool_calls: (tools.is_some() && takes_parallel)
                 .then_some(cfg.parallel_tool_calls),
             tools: tools.as_deref(),
@@ -177,7 +172,7 @@ struct StreamOptions {
 #[derive(Serialize)]
 struct ChatRequest<'a> {
     model: &'a str,
-    messages: EncodedMessages<'a>,
+    messages: ChatMessages<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tools: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,6 +195,15 @@ struct ChatRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
+}
+
+/// The paired history, one [`ChatMessage`] per message.
+struct ChatMessages<'a>(&'a [Cow<'a, Message>]);
+
+impl Serialize for ChatMessages<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|m| ChatMessage::new(m)))
+    }
 }
 
 /// One message: `{"role", "content"}`, plus `tool_calls` for an assistant

@@ -31,47 +31,6 @@ impl BodyEncoder {
     }
 }
 
-/// The messages of a client's last request, each with its JSON: the history
-/// only grows, so a request encodes only the messages that are new (or
-/// changed) and copies the others' JSON. Serializing the whole history anew
-/// on every step was most of agentd's CPU per engine step (string escaping).
-#[derive(Default)]
-pub(crate) struct EncodedHistory {
-    last: Mutex<Vec<(Message, Box<RawValue>)>>,
-}
-
-/// The encoded messages of a request, in order (serialize as a JSON array).
-pub(crate) struct EncodedMessages<'a>(std::sync::MutexGuard<'a, Vec<(Message, Box<RawValue>)>>);
-
-impl EncodedHistory {
-    /// `history`'s messages as JSON, `encode` run for those not encoded by
-    /// the previous call (compared by value, so any change is re-encoded).
-    pub(crate) fn encode(
-        &self,
-        history: &[Cow<'_, Message>],
-        encode: impl Fn(&Message) -> serde_json::Result<Box<RawValue>>,
-    ) -> serde_json::Result<EncodedMessages<'_>> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let same = last
-            .iter()
-            .zip(history)
-            .take_while(|((kept, _), m)| kept == m.as_ref())
-            .count();
-        last.truncate(same);
-        for m in &history[same..] {
-            let json = encode(m)?;
-            last.push((Message::clone(m), json));
-        }
-        Ok(EncodedMessages(last))
-    }
-}
-
-impl Serialize for EncodedMessages<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(_, json)| json))
-    }
-}
-
 /// One turn of the conversation as Anthropic and Gemini want it: a role and
 /// the parts (content blocks) of consecutive messages of that role.
 pub(crate) struct Turn<P> {
@@ -255,31 +214,6 @@ pub(crate) mod fixtures {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn the_encoded_history_reencodes_only_what_changed() {
-        let encodes = AtomicUsize::new(0);
-        let encode = |m: &Message| {
-            encodes.fetch_add(1, Ordering::Relaxed);
-            serde_json::value::to_raw_value(&m.content)
-        };
-        let cache = EncodedHistory::default();
-        let text = |h: &[Message]| {
-            let h: Vec<Cow<'_, Message>> = h.iter().map(Cow::Borrowed).collect();
-            serde_json::to_string(&cache.encode(&h, encode).unwrap()).unwrap()
-        };
-        let (a, b, c) = (Message::user("a"), Message::user("b"), Message::user("c"));
-        assert_eq!(text(&[a.clone(), b.clone()]), r#"["a","b"]"#);
-        assert_eq!(text(&[a.clone(), b.clone(), c.clone()]), r#"["a","b","c"]"#);
-        assert_eq!(encodes.load(Ordering::Relaxed), 3, "only c was new");
-        // A changed message is encoded again, and so is everything after it.
-        assert_eq!(
-            text(&[a.clone(), Message::user("B"), c]),
-            r#"["a","B","c"]"#
-        );
-        assert_eq!(encodes.load(Ordering::Relaxed), 5);
-        assert_eq!(text(&[a]), r#"["a"]"#);
-    }
 
     fn spec(parameters: Value) -> ToolSpec {
         ToolSpec {
