@@ -14,6 +14,12 @@ use tonic_health::pb::{
 };
 
 pub const AGENTD_BIN: &str = env!("CARGO_BIN_EXE_agentd");
+
+/// The agentd binary under test: `BENCH_AGENTD_BIN` (to measure an older
+/// build in the same run as this one), else the one cargo built.
+pub fn agentd_bin() -> String {
+    std::env::var("BENCH_AGENTD_BIN").unwrap_or_else(|_| AGENTD_BIN.to_string())
+}
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 pub fn free_port() -> u16 {
@@ -180,7 +186,7 @@ pub async fn spawn_agentd(
     opts: &StackOptions,
 ) -> Result<(Proc, Duration)> {
     let log = std::fs::File::create(root.join("agentd.log"))?;
-    let mut cmd = Command::new(AGENTD_BIN);
+    let mut cmd = Command::new(agentd_bin());
     cmd.arg("serve")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -265,7 +271,7 @@ pub async fn spawn_envoy(
     let mut config = Command::new(Path::new(REPO).join("scripts/envoy-config"));
     config
         .arg(&dir)
-        .arg(AGENTD_BIN)
+        .arg(agentd_bin())
         .env("TRAE_PORT", rest.to_string())
         .env("AP_PORT", ap.to_string())
         .env("ENVOY_ADMIN_PORT", admin.to_string())

@@ -21,7 +21,7 @@ use super::{
     Artifact, Event, Step, Store, Task, TaskQuery, TaskStatus, Totals,
     cache::ReadCache,
     decode::{self, json_text},
-    writer::Writer,
+    writer::{Row as InsertRow, Writer},
 };
 use crate::error::Result;
 
@@ -98,30 +98,61 @@ async fn update_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<(
     Ok(())
 }
 
+const INSERT_TASK: &str = "INSERT INTO tasks (task_id, input, additional_input, status, origin, \
+     run_spec, created_at, modified_at, started_at, finished_at, result, error, input_tokens, \
+     output_tokens, cost_usd, owner) VALUES ";
+const TASK_VALUES: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// A task's row for the writer's multi-row INSERT ([`Writer::insert_row`]).
+fn task_row(t: Task) -> InsertRow {
+    let (additional_input, run_spec) = (
+        json_text(&t.additional_input),
+        t.run_spec.as_ref().map(Value::to_string),
+    );
+    InsertRow {
+        insert: INSERT_TASK,
+        values: TASK_VALUES,
+        bind: Box::new(move |q| {
+            q.bind(t.task_id.clone())
+                .bind(t.input.clone())
+                .bind(additional_input.clone())
+                .bind(t.status.as_str())
+                .bind(t.origin.as_str())
+                .bind(run_spec.clone())
+                .bind(t.created_at)
+                .bind(t.modified_at)
+                .bind(t.started_at)
+                .bind(t.finished_at)
+                .bind(t.result.clone())
+                .bind(t.error.clone())
+                .bind(t.input_tokens)
+                .bind(t.output_tokens)
+                .bind(t.cost_usd)
+                .bind(t.owner.clone())
+        }),
+    }
+}
+
 async fn insert_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO tasks (task_id, input, additional_input, status, origin, run_spec, created_at, \
-         modified_at, started_at, finished_at, result, error, input_tokens, output_tokens, cost_usd, \
-         owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&t.task_id)
-    .bind(&t.input)
-    .bind(json_text(&t.additional_input))
-    .bind(t.status.as_str())
-    .bind(t.origin.as_str())
-    .bind(t.run_spec.as_ref().map(Value::to_string))
-    .bind(t.created_at)
-    .bind(t.modified_at)
-    .bind(t.started_at)
-    .bind(t.finished_at)
-    .bind(&t.result)
-    .bind(&t.error)
-    .bind(t.input_tokens)
-    .bind(t.output_tokens)
-    .bind(t.cost_usd)
-    .bind(&t.owner)
-    .execute(conn)
-    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT_TASK}{TASK_VALUES}")))
+        .bind(&t.task_id)
+        .bind(&t.input)
+        .bind(json_text(&t.additional_input))
+        .bind(t.status.as_str())
+        .bind(t.origin.as_str())
+        .bind(t.run_spec.as_ref().map(Value::to_string))
+        .bind(t.created_at)
+        .bind(t.modified_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(&t.result)
+        .bind(&t.error)
+        .bind(t.input_tokens)
+        .bind(t.output_tokens)
+        .bind(t.cost_usd)
+        .bind(&t.owner)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -206,11 +237,9 @@ async fn append_events_in(
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
-        let task = t.clone();
-        self.write_tasks(&[&t.task_id], move |conn| {
-            Box::pin(async move { insert_task_in(conn, &task).await })
-        })
-        .await
+        let done = self.writer.insert_row(task_row(t.clone())).await;
+        self.cache.invalidate(&t.task_id);
+        done
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {
@@ -231,7 +260,7 @@ impl Store for SqliteStore {
 
     async fn update_task(&self, t: &Task) -> Result<()> {
         let task = t.clone();
-        self.write_tasks(&[&t.task_id], move |conn| {
+        self.write_tasks_statement(&[&t.task_id], move |conn| {
             Box::pin(async move { update_task_in(conn, &task).await })
         })
         .await
@@ -246,7 +275,7 @@ impl Store for SqliteStore {
         modified_at: i64,
     ) -> Result<()> {
         let id = task_id.to_string();
-        self.write_tasks(&[task_id], move |conn| {
+        self.write_tasks_statement(&[task_id], move |conn| {
             Box::pin(async move {
                 sqlx::query(
                     "UPDATE tasks SET input_tokens = ?, output_tokens = ?, cost_usd = ?, \
@@ -344,7 +373,7 @@ impl Store for SqliteStore {
 
     async fn delete_task(&self, task_id: &str) -> Result<bool> {
         let id = task_id.to_string();
-        self.write_tasks(&[task_id], move |conn| {
+        self.write_tasks_statement(&[task_id], move |conn| {
             Box::pin(async move {
                 let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
                     .bind(&id)
@@ -379,7 +408,7 @@ impl Store for SqliteStore {
     async fn save_step(&self, s: &Step) -> Result<()> {
         let s = s.clone();
         self.writer
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
                         // An upsert, not INSERT OR REPLACE: a replace deletes the row
@@ -528,7 +557,7 @@ impl Store for SqliteStore {
 
     async fn delete_artifact(&self, task_id: &str, artifact_id: &str) -> Result<bool> {
         let (id, artifact_id) = (task_id.to_string(), artifact_id.to_string());
-        self.write_tasks(&[task_id], move |conn| {
+        self.write_tasks_statement(&[task_id], move |conn| {
             Box::pin(async move {
                 let done =
                     sqlx::query("DELETE FROM artifacts WHERE task_id = ? AND artifact_id = ?")
@@ -554,9 +583,13 @@ impl Store for SqliteStore {
         touched.extend(task.map(|t| t.task_id.as_str()));
         touched.sort_unstable();
         touched.dedup();
-        self.write_tasks(&touched, move |conn| {
-            Box::pin(async move { append_events_in(conn, &batch, row.as_ref()).await })
-        })
+        // One INSERT of up to EVENT_ROWS rows and no task row: one statement.
+        let one_statement = task.is_none() && events.len() <= EVENT_ROWS;
+        self.write_tasks_as(
+            &touched,
+            move |conn| Box::pin(async move { append_events_in(conn, &batch, row.as_ref()).await }),
+            one_statement,
+        )
         .await
     }
 
@@ -643,7 +676,36 @@ impl SqliteStore {
             + Send
             + 'static,
     {
-        let done = self.writer.write(f).await;
+        self.write_tasks_as(task_ids, f, false).await
+    }
+
+    /// As [`SqliteStore::write_tasks`], for `f` running one SQL statement.
+    async fn write_tasks_statement<T, F>(&self, task_ids: &[&str], f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            ) -> futures_util::future::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        self.write_tasks_as(task_ids, f, true).await
+    }
+
+    async fn write_tasks_as<T, F>(&self, task_ids: &[&str], f: F, one_statement: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            ) -> futures_util::future::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        let done = if one_statement {
+            self.writer.write_statement(f).await
+        } else {
+            self.writer.write(f).await
+        };
         for task_id in task_ids {
             self.cache.invalidate(task_id);
         }

@@ -162,7 +162,7 @@ impl TaskManager {
         }
 
         let (_, steps_so_far) = self.store.list_steps(task_id, 0, 0).await?;
-        let step_id = uuid::Uuid::new_v4().to_string();
+        let step_id = uuid::Uuid::now_v7().to_string();
         let now = clock::now_ms();
         let after = Snapshot::take(&ws).await?;
         // A step that went on (no outcome yet) completed; otherwise the

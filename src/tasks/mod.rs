@@ -298,7 +298,10 @@ impl TaskManager {
         input: String,
         additional_input: Map<String, Value>,
     ) -> Result<TaskView> {
-        let task_id = uuid::Uuid::new_v4().to_string();
+        // Time-ordered (v7): a new id lands at the end of the primary-key
+        // index, one page per commit, where a random one dirtied (and wrote
+        // to the WAL) a page of its own per create.
+        let task_id = uuid::Uuid::now_v7().to_string();
         let task = store::Task::new(
             task_id,
             input,

@@ -37,7 +37,7 @@ impl TaskManager {
     /// the background (in a cluster, on another node when this one is full).
     pub async fn run_trae(&self, caller: &Caller, req: RunRequest) -> Result<String> {
         let prepared = self.prepare_trae(&req).await?;
-        let task_id = uuid::Uuid::new_v4().to_string();
+        let task_id = uuid::Uuid::now_v7().to_string();
         let task = Task {
             owner: caller.new_owner(),
             ..running_task(&task_id, &req, &prepared)

@@ -65,15 +65,20 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
             llm.requests.load(std::sync::atomic::Ordering::Relaxed)
         ),
     ));
+    let cpu_per_step = cpu.as_secs_f64() * 1e6 / steps.max(1) as f64;
+    rows.push(Row::at_most(
+        w,
+        "agentd CPU µs per step (all work, mean)",
+        cpu_per_step,
+        150.0,
+        "HTTP client, JSON, events, SQLite, streams",
+    ));
     rows.push(Row::at_most(
         w,
         "agentd overhead per step p99 ms (excl. LLM, tools)",
         overhead * 1000.0,
         1.0,
-        &format!(
-            "agentd CPU {:.0} µs per step (all work, mean)",
-            cpu.as_secs_f64() * 1e6 / steps.max(1) as f64
-        ),
+        &format!("agentd CPU {cpu_per_step:.0} µs per step (all work, mean)"),
     ));
     if failed > 0 {
         bail!("{failed} of {TASKS} tasks did not complete");
