@@ -539,7 +539,10 @@ async fn node_death(rows: &mut Vec<Row>, pg: &PgServer) -> Result<()> {
             break status.task_status;
         }
         if killed.elapsed() > Duration::from_secs(LEASE_SECS + 30) {
-            bail!("the killed node's run was not taken over after {} s", LEASE_SECS + 30);
+            bail!(
+                "the killed node's run was not taken over after {} s",
+                LEASE_SECS + 30
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
