@@ -60,13 +60,7 @@ const CREATE_CONNS: u32 = 32;
 
 async fn creates(rows: &mut Vec<Row>, pg: &PgServer) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let script = dir.path().join("create.lua");
-    std::fs::write(
-        &script,
-        "wrk.method = \"POST\"\n\
-         wrk.body = '{\"input\":\"benchmark create\",\"additional_input\":{\"team\":\"bench\"}}'\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n",
-    )?;
+    let script = super::writes::create_script(dir.path())?;
     let sqlite = Stack::start(StackOptions {
         envoy: true,
         ..Default::default()

@@ -60,13 +60,7 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let fsyncs = fsync_ceiling(&stack.data_dir, Duration::from_secs(2))?;
     let commits = sqlite_commit_ceiling(&stack.data_dir, Duration::from_secs(2)).await?;
 
-    let script = stack.root.path().join("create.lua");
-    std::fs::write(
-        &script,
-        "wrk.method = \"POST\"\n\
-         wrk.body = '{\"input\":\"benchmark create\",\"additional_input\":{\"team\":\"bench\"}}'\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n",
-    )?;
+    let script = create_script(stack.root.path())?;
     let creates_url = format!("{}/ap/v1/agent/tasks", stack.rest_url);
     let read_id = create_one(&creates_url).await?;
     let read_url = format!("{creates_url}/{read_id}");
@@ -204,6 +198,18 @@ fn compare(rows: &mut Vec<Row>, conns: u32, read: &Load, create: &Load) {
         80.0,
         &format!("{:.0} µs per read", read.agentd_us),
     ));
+}
+
+/// The wrk script of a create (`POST /ap/v1/agent/tasks`), written in `dir`.
+pub fn create_script(dir: &Path) -> Result<std::path::PathBuf> {
+    let script = dir.join("create.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\n\
+         wrk.body = '{\"input\":\"benchmark create\",\"additional_input\":{\"team\":\"bench\"}}'\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    )?;
+    Ok(script)
 }
 
 /// Overwrite-and-fdatasync of one 4 KiB block, as fast as the disk allows.
