@@ -97,8 +97,10 @@ async fn forward(
         let mut entries = Vec::new();
         let mut usage = None;
         let mut flushed = Vec::new();
-        // Checkpoints met on the way, each with the entries before it.
-        let mut checkpointed = Vec::new();
+        // The checkpoints met on the way, joined: stored with every entry of
+        // the batch in one write (one per checkpoint made runs wait on
+        // several commits per step).
+        let mut checkpoint: Option<agentd_engine::agent::CheckpointDelta> = None;
         for msg in inbox.drain(..) {
             let (event, at) = match msg {
                 Forward::Flush(done) => {
@@ -169,14 +171,14 @@ async fn forward(
                     metrics.step_overhead.observe(*overhead_seconds);
                 }
                 EngineEvent::Checkpoint(delta) => {
-                    match serde_json::to_string(delta) {
-                        Ok(body) => {
-                            checkpointed.push((std::mem::take(&mut entries), delta.step, body))
-                        }
-                        Err(e) => {
-                            tracing::error!(%task_id, error = %e, "cannot encode a checkpoint")
-                        }
-                    }
+                    let delta = (**delta).clone();
+                    checkpoint = Some(match checkpoint.take() {
+                        None => delta,
+                        Some(before) => before.then(delta.clone()).unwrap_or_else(|e| {
+                            tracing::error!(%task_id, error = %e, "cannot join checkpoints");
+                            delta
+                        }),
+                    });
                     continue;
                 }
                 _ => {}
@@ -194,18 +196,28 @@ async fn forward(
             }
         };
         let append = async {
-            for (before, step, body) in checkpointed {
-                if let Err(e) = events
-                    .append_checkpointed(&task_id, before, step, body)
-                    .await
-                {
-                    tracing::error!(%task_id, error = %e, "could not append a checkpoint to the event log");
+            let body = checkpoint
+                .as_ref()
+                .map(|d| (d.step, serde_json::to_string(d)));
+            match body {
+                Some((step, Ok(body))) => {
+                    if let Err(e) = events
+                        .append_checkpointed(&task_id, entries, step, body)
+                        .await
+                    {
+                        tracing::error!(%task_id, error = %e, "could not append a checkpoint to the event log");
+                    }
                 }
-            }
-            if !entries.is_empty()
-                && let Err(e) = events.append_all(&task_id, entries, None).await
-            {
-                tracing::error!(%task_id, error = %e, "could not append to the event log");
+                other => {
+                    if let Some((_, Err(e))) = other {
+                        tracing::error!(%task_id, error = %e, "cannot encode a checkpoint");
+                    }
+                    if !entries.is_empty()
+                        && let Err(e) = events.append_all(&task_id, entries, None).await
+                    {
+                        tracing::error!(%task_id, error = %e, "could not append to the event log");
+                    }
+                }
             }
         };
         tokio::join!(record_usage, append);

@@ -56,6 +56,31 @@ pub struct CheckpointDelta {
     pub totals: CheckpointTotals,
 }
 
+impl CheckpointDelta {
+    /// This delta followed by `later`, as one: applying the result is
+    /// applying both in order (the deltas of one batch of events are stored
+    /// in one write).
+    pub fn then(mut self, later: CheckpointDelta) -> Result<CheckpointDelta, String> {
+        let end = self.first_message + self.messages.len();
+        if later.first_message > end {
+            return Err(format!(
+                "checkpoint of step {} starts at message {} but the one before ends at {end}",
+                later.step, later.first_message
+            ));
+        }
+        if later.first_message < self.first_message {
+            return Ok(later);
+        }
+        self.messages
+            .truncate(later.first_message - self.first_message);
+        self.messages.extend(later.messages);
+        self.step = later.step;
+        self.in_flight = later.in_flight;
+        self.totals = later.totals;
+        Ok(self)
+    }
+}
+
 /// A run's state as of its last checkpoint: the deltas folded together.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
@@ -100,6 +125,34 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Joined deltas fold to the same state as the deltas one by one.
+    #[test]
+    fn joined_deltas_fold_like_the_deltas_in_order() {
+        let ds = [
+            delta(1, 0, &["sys", "task", "a1"]),
+            delta(1, 3, &["r1"]),
+            delta(2, 4, &["a2"]),
+            // A rolled-back answer replaced.
+            delta(2, 4, &["a2'", "r2"]),
+            delta(3, 6, &["a3"]),
+        ];
+        for split in 1..ds.len() {
+            let joined = ds[split..]
+                .iter()
+                .cloned()
+                .try_fold(ds[split - 1].clone(), CheckpointDelta::then)
+                .unwrap();
+            let mut parts = ds[..split - 1].to_vec();
+            parts.push(joined);
+            assert_eq!(
+                Checkpoint::from_deltas(parts).unwrap(),
+                Checkpoint::from_deltas(ds.clone()).unwrap(),
+                "split at {split}"
+            );
+        }
+        assert!(delta(1, 0, &["a"]).then(delta(2, 5, &["b"])).is_err());
+    }
 
     fn delta(step: u32, first: usize, texts: &[&str]) -> CheckpointDelta {
         CheckpointDelta {
