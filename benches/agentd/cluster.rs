@@ -135,6 +135,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 pub struct Node {
     pub proc: Proc,
     pub grpc_url: String,
+    dir: PathBuf,
+    port: u16,
+    opts: StackOptions,
 }
 
 pub struct Cluster {
@@ -200,6 +203,9 @@ impl Cluster {
             nodes.push(Node {
                 proc,
                 grpc_url: format!("http://127.0.0.1:{port}"),
+                dir,
+                port,
+                opts: node_opts,
             });
             ports.push(port);
         }
@@ -211,6 +217,16 @@ impl Cluster {
             rest_url,
             database_url,
         })
+    }
+
+    /// Starts node `i` again (after a kill): at start it ends what its
+    /// killed self left behind (process and control groups).
+    pub async fn restart_node(&mut self, i: usize) -> Result<()> {
+        let data = self.root.path().join("data");
+        let n = &mut self.nodes[i];
+        n.proc.stop();
+        n.proc = spawn_agentd(&n.dir, &data, n.port, &n.opts).await?.0;
+        Ok(())
     }
 
     pub fn work_root(&self) -> &Path {

@@ -542,6 +542,8 @@ async fn node_death(rows: &mut Vec<Row>, pg: &PgServer) -> Result<()> {
     };
     let secs = killed.elapsed().as_secs_f64();
     llm.open();
+    // The killed node, started again, ends what it left (its control groups).
+    cluster.restart_node(0).await?;
     drop(cluster);
     let mut row = Row::at_most(
         W,
