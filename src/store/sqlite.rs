@@ -133,24 +133,11 @@ fn task_row(t: Task) -> InsertRow {
     }
 }
 
+/// One task row in the caller's transaction, bound as the writer binds it.
 async fn insert_task_in(conn: &mut sqlx::SqliteConnection, t: &Task) -> Result<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT_TASK}{TASK_VALUES}")))
-        .bind(&t.task_id)
-        .bind(&t.input)
-        .bind(json_text(&t.additional_input))
-        .bind(t.status.as_str())
-        .bind(t.origin.as_str())
-        .bind(t.run_spec.as_ref().map(Value::to_string))
-        .bind(t.created_at)
-        .bind(t.modified_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(&t.result)
-        .bind(&t.error)
-        .bind(t.input_tokens)
-        .bind(t.output_tokens)
-        .bind(t.cost_usd)
-        .bind(&t.owner)
+    let row = task_row(t.clone());
+    let sql = format!("{}{}", row.insert, row.values);
+    (row.bind)(sqlx::query(sqlx::AssertSqlSafe(sql)))
         .execute(conn)
         .await?;
     Ok(())
