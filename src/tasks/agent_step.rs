@@ -261,15 +261,7 @@ fn requested_limits(input: &Map<String, Value>) -> Result<crate::tasks::CgroupLi
             .map_err(|e| Error::invalid(format!("additional_input.task_memory_max: {e}")))?,
         Some(_) => return Err(bad("task_memory_max", "a size (bytes, or e.g. \"512M\")")),
     };
-    let number = |key: &str| -> Result<Option<f64>> {
-        match input.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad(key, "a number")),
-            Some(_) => Err(bad(key, "a number")),
-        }
-    };
-    let pids_max = match number("task_pids_max")? {
+    let pids_max = match number_in(input, "task_pids_max")? {
         Some(n) if n.fract() != 0.0 || n < 0.0 => {
             return Err(bad("task_pids_max", "a whole number"));
         }
@@ -278,29 +270,28 @@ fn requested_limits(input: &Map<String, Value>) -> Result<crate::tasks::CgroupLi
     Ok(crate::tasks::CgroupLimits {
         memory_max,
         pids_max,
-        cpu_max: number("task_cpu_max")?,
+        cpu_max: number_in(input, "task_cpu_max")?,
     })
+}
+
+/// `additional_input.<key>` as a number (a JSON number or a numeric string;
+/// absent, null or an empty string: none).
+fn number_in(input: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
+    let bad = || Error::invalid(format!("additional_input.{key} must be a number"));
+    match input.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+        Some(_) => Err(bad()),
+    }
 }
 
 /// The budget an Agent Protocol task asks for in its `additional_input`
 /// (`max_tokens_total`, `max_cost_usd`, `max_wall_secs`: numbers, or numeric
 /// strings); anything else there is refused.
 fn requested_budget(input: &Map<String, Value>) -> Result<agentd_engine::agent::Budget> {
-    let number =
-        |key: &str| -> Result<Option<f64>> {
-            match input.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Number(n)) => Ok(n.as_f64()),
-                Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-                Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
-                    Error::invalid(format!("additional_input.{key} must be a number"))
-                }),
-                Some(_) => Err(Error::invalid(format!(
-                    "additional_input.{key} must be a number"
-                ))),
-            }
-        };
-    let tokens = match number("max_tokens_total")? {
+    let tokens = match number_in(input, "max_tokens_total")? {
         Some(t) if t.fract() != 0.0 || t < 0.0 => {
             return Err(Error::invalid(
                 "additional_input.max_tokens_total must be a whole number",
@@ -310,7 +301,7 @@ fn requested_budget(input: &Map<String, Value>) -> Result<agentd_engine::agent::
     };
     Ok(agentd_engine::agent::Budget {
         max_tokens_total: tokens,
-        max_cost_usd: number("max_cost_usd")?,
-        max_wall_secs: number("max_wall_secs")?,
+        max_cost_usd: number_in(input, "max_cost_usd")?,
+        max_wall_secs: number_in(input, "max_wall_secs")?,
     })
 }
