@@ -41,6 +41,9 @@ pub enum Error {
         status: Option<u16>,
         message: String,
     },
+    /// agentd is shutting down (HTTP 503, SERVICE_UNAVAILABLE, with Retry-After).
+    #[error("{0}")]
+    Unavailable(String),
     /// Not available in this build (HTTP 501).
     #[error("{0}")]
     Unimplemented(String),

@@ -48,8 +48,9 @@ enum Command {
         #[arg(long, env = "AGENTD_TASK_TIMEOUT_SECS", default_value_t = 3600)]
         task_timeout_secs: u64,
         /// What becomes of a run agentd was running when it stopped (a crash,
-        /// SIGKILL) or whose node was lost: `resume` continues it from its
-        /// last completed step, `fail` fails it. A request may choose for itself.
+        /// SIGKILL, a shutdown) or whose node was lost: `resume` continues it
+        /// from its last completed step, `fail` fails it. A request may choose
+        /// for itself.
         #[arg(long, env = "AGENTD_ON_INTERRUPT", default_value = "resume", value_parser = agentd::tasks::OnInterrupt::parse)]
         on_interrupt: agentd::tasks::OnInterrupt,
         /// How many times one run is resumed at most; interrupted once more,

@@ -196,10 +196,10 @@ pub async fn serve(mut opts: ServeOptions) -> anyhow::Result<()> {
             tracing::info!("shutting down: no new connections, open streams get {SHUTDOWN_GRACE:?}");
             health.set_not_serving::<TraeServiceServer<TraeApi>>().await;
             health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
-            // End every run (and its processes) so their streams end with `end`.
+            // Runs end or are left to resume, their processes ended either way.
             let ended = tasks.shutdown().await;
-            if ended > 0 {
-                tracing::info!(ended, "ended running tasks");
+            if ended != Default::default() {
+                tracing::info!(failed = ended.failed, suspended = ended.suspended, "ended running tasks; the suspended ones resume at the next start");
             }
             stop.cancel();
             tokio::time::sleep(SHUTDOWN_GRACE).await;

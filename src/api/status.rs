@@ -124,6 +124,13 @@ fn describe(e: Error) -> Described {
             },
             None,
         ),
+        Error::Unavailable(_) => (
+            Code::Unavailable,
+            "SERVICE_UNAVAILABLE",
+            503,
+            json!({}),
+            Some(Duration::from_secs(5)),
+        ),
         Error::Unimplemented(_) => (Code::Unimplemented, "NOT_IMPLEMENTED", 501, json!({}), None),
         Error::Internal(inner) => {
             tracing::error!(error = ?inner, "internal error");

@@ -32,7 +32,7 @@ use super::{
     forward::LogSink,
     processes::ProcessRecords,
     resume::OnInterrupt,
-    stop::{Active, Cancellation, StopReason},
+    stop::{Active, Cancellation, KILL_GRACE, StopReason},
     task_event::TaskEvent,
 };
 use crate::{
@@ -185,19 +185,38 @@ impl Runner {
             ));
             // A stop cancels the token: the engine ends the step and, on its
             // way out, every process group its tools started.
-            let outcome = tokio::select! {
-                outcome = agent.run(cancel.token()) => outcome,
-                () = tokio::time::sleep(left) => {
-                    cancel.stop(StopReason::TimedOut(timeout));
-                    agent.run(cancel.token()).await
+            let run = async {
+                tokio::select! {
+                    outcome = agent.run(cancel.token()) => outcome,
+                    () = tokio::time::sleep(left) => {
+                        cancel.stop(StopReason::TimedOut(timeout));
+                        agent.run(cancel.token()).await
+                    }
                 }
             };
+            // A suspension drops the run where it is (see `Runner::suspend`).
+            let outcome = tokio::select! {
+                biased;
+                () = cancel.suspended().cancelled() => None,
+                outcome = run => Some(outcome),
+            };
+            if outcome.is_none() {
+                // Before the agent goes: it would only signal them.
+                runner.processes.end_task(&task.task_id, KILL_GRACE).await;
+            }
             drop(agent); // ends the tools' processes
-            tracing::Span::current().record("task.outcome", outcome_name(&outcome));
             sink.flush().await;
-            let stop = cancel.reason();
-            if let Err(e) = runner.finish(&task.task_id, &outcome, stop.as_ref()).await {
-                tracing::error!(task_id = %task.task_id, error = %e, "could not record the end of a run");
+            match outcome {
+                Some(outcome) => {
+                    tracing::Span::current().record("task.outcome", outcome_name(&outcome));
+                    let stop = cancel.reason();
+                    if let Err(e) = runner.finish(&task.task_id, &outcome, stop.as_ref()).await {
+                        tracing::error!(task_id = %task.task_id, error = %e, "could not record the end of a run");
+                    }
+                }
+                None => {
+                    tracing::info!(task_id = %task.task_id, "run suspended; it resumes at the next start")
+                }
             }
             runner.active().remove(&task.task_id);
             drop(slot);

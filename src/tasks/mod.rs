@@ -67,7 +67,7 @@ pub use lifecycle::RunnerSettings;
 use processes::ProcessRecords;
 pub use resume::OnInterrupt;
 pub use run_config::{ConfigQuery, ConfigReport, ToolInfo};
-pub use stop::StopReason;
+pub use stop::{Shutdown, StopReason};
 pub use task_event::{EventKind, TaskEvent};
 pub use views::{Artifact, Event, Origin, Step, Task, TaskQuery, TaskStatus};
 pub use workspace::{MAX_UPLOAD_BYTES, Upload, Workspaces, sanitize_relative_path};

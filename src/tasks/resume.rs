@@ -125,23 +125,28 @@ impl TaskManager {
         Ok(true)
     }
 
+    /// The task's policy: its request's, else the server's.
+    pub(super) fn on_interrupt(&self, task: &Task) -> OnInterrupt {
+        let asked = match task.origin {
+            Origin::Trae => match super::trae_run::stored_request(task) {
+                Some(req) => req.on_interrupt,
+                None => return OnInterrupt::Fail, // stored before durable runs
+            },
+            Origin::AgentProtocol => ap_on_interrupt(&task.additional_input).unwrap_or(None),
+        };
+        asked.unwrap_or(self.runner.settings.on_interrupt)
+    }
+
     /// Whether and how `task` is resumed; Err: the error it fails with.
     pub(super) async fn resumption(
         &self,
         task: &Task,
         why: &str,
     ) -> std::result::Result<Resumption, String> {
-        let asked = match task.origin {
-            Origin::Trae => match super::trae_run::stored_request(task) {
-                Some(req) => req.on_interrupt,
-                None => return Err(why.to_string()), // stored before durable runs
-            },
-            Origin::AgentProtocol => ap_on_interrupt(&task.additional_input).unwrap_or(None),
-        };
-        let settings = &self.runner.settings;
-        if asked.unwrap_or(settings.on_interrupt) == OnInterrupt::Fail {
+        if self.on_interrupt(task) == OnInterrupt::Fail {
             return Err(why.to_string());
         }
+        let settings = &self.runner.settings;
         let log = self
             .store
             .event_log(&task.task_id)

@@ -121,12 +121,30 @@ impl Runner {
         let limit = self.settings.step_timeout.min(self.settings.task_timeout);
         s.agent
             .set_deadline(Some(tokio::time::Instant::now() + limit));
-        let outcome = tokio::select! {
-            out = s.agent.step(cancel.token(), input.clone()).instrument(span.clone()) => out,
-            () = tokio::time::sleep(limit + STEP_GRACE) => {
-                cancel.stop(StopReason::TimedOut(limit));
-                s.agent.step(cancel.token(), None).instrument(span.clone()).await
+        let step = async {
+            tokio::select! {
+                out = s.agent.step(cancel.token(), input.clone()).instrument(span.clone()) => out,
+                () = tokio::time::sleep(limit + STEP_GRACE) => {
+                    cancel.stop(StopReason::TimedOut(limit));
+                    s.agent.step(cancel.token(), None).instrument(span.clone()).await
+                }
             }
+        };
+        // A suspension (shutdown) drops the step where it is: the task stays
+        // running, and its next step after the restart continues it.
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.suspended().cancelled() => None,
+            out = step => Some(out),
+        };
+        let Some(outcome) = outcome else {
+            s.sink.flush().await;
+            self.active().remove(task_id);
+            return Err(Error::Unavailable(
+                "agentd is shutting down: this step was interrupted; the task goes on from its \
+                 last completed step with the next step posted after the restart"
+                    .into(),
+            ));
         };
         if let Some(o) = &outcome.outcome {
             span.record("task.outcome", outcome_name(o));

@@ -31,7 +31,7 @@ use crate::error::Result;
 const STOP_WAIT: Duration = Duration::from_secs(30);
 /// Between SIGTERM and SIGKILL for a stopped task's processes (the bash
 /// tool's own grace).
-const KILL_GRACE: Duration = Duration::from_secs(2);
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a run was cancelled; decides the task's final status.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,11 +60,12 @@ impl StopReason {
 }
 
 /// A run's cancellation: the token its agent watches and the first reason
-/// it was stopped for.
+/// it was stopped for; and its suspension (see [`Runner::suspend`]).
 #[derive(Debug, Clone, Default)]
 pub struct Cancellation {
     token: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
+    suspend: CancellationToken,
 }
 
 impl Cancellation {
@@ -76,6 +77,12 @@ impl Cancellation {
 
     pub fn token(&self) -> &CancellationToken {
         &self.token
+    }
+
+    /// Cancelled when the run is to be left where it is, for the next
+    /// start (or another node) to resume: nothing watching it ends the run.
+    pub fn suspended(&self) -> &CancellationToken {
+        &self.suspend
     }
 
     /// The reason of the first stop, if any.
@@ -151,12 +158,57 @@ impl TaskManager {
         })
     }
 
-    /// Ends every run (their processes too) before the process exits.
-    pub async fn shutdown(&self) -> usize {
-        let stopped = self.runner.stop_all(StopReason::Shutdown).await;
+    /// Before the process exits: every run whose policy resumes it (see
+    /// `resume`) is suspended, left `running` for the next start (or, in a
+    /// cluster, another node at once) to resume, as after a crash; the
+    /// others end `failed`. Either way their processes end here.
+    pub async fn shutdown(&self) -> Shutdown {
+        // No lease is renewed and no queued run claimed from now on.
+        if let Some(cluster) = &self.cluster {
+            cluster.stop_beating();
+        }
+        let ids = self.runner.active_ids();
+        let mut suspend = Vec::new();
+        let mut stop = Vec::new();
+        for id in ids {
+            match self.store.get_task(&id).await {
+                Ok(Some(task)) if self.on_interrupt(&task) == super::OnInterrupt::Resume => {
+                    suspend.push(id)
+                }
+                _ => stop.push(id),
+            }
+        }
+        let stops = stop
+            .iter()
+            .map(|id| self.runner.stop(id, StopReason::Shutdown));
+        let suspends = suspend.iter().map(|id| self.runner.suspend(id));
+        let (stopped, suspended) = tokio::join!(
+            futures_util::future::join_all(stops),
+            futures_util::future::join_all(suspends)
+        );
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = cluster.leave().await
+        {
+            tracing::warn!(error = %e, "could not give up this node's leases: other nodes take its runs over when they run out");
+        }
         self.cgroups.close();
-        stopped
+        Shutdown {
+            failed: stopped
+                .into_iter()
+                .filter(|r| matches!(r, Ok(true)))
+                .count(),
+            suspended: suspended.into_iter().filter(|s| *s).count(),
+        }
     }
+}
+
+/// What a shutdown did with the runs in progress.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Ended `failed` (their policy is `fail`).
+    pub failed: usize,
+    /// Left to resume.
+    pub suspended: usize,
 }
 
 impl Runner {
@@ -242,6 +294,44 @@ impl Runner {
         ended.map(|()| true)
     }
 
+    /// Leaves a run as it is in the store, still `running`, with its events
+    /// and checkpoints so far, for the next start or another node to resume
+    /// (a shutdown under the `resume` policy): the run's future is dropped
+    /// where it is, like a crash but with its log flushed, then its
+    /// processes are ended. A step in flight answers 503. False when the
+    /// task had no run in progress.
+    pub async fn suspend(&self, task_id: &str) -> bool {
+        let Some((cancel, mut finished, session)) = self
+            .active()
+            .get(task_id)
+            .map(|a| (a.cancel.clone(), a.finished.clone(), a.session.clone()))
+        else {
+            return false;
+        };
+        cancel.suspended().cancel();
+        match session {
+            // A step holds the lock while it runs, and lets go on the token.
+            Some(session) => {
+                let s = session.lock().await;
+                s.sink.flush().await;
+                self.processes.end_task(task_id, KILL_GRACE).await;
+                self.active().remove(task_id);
+                drop(s);
+            }
+            // The run ends its processes once its future is dropped.
+            None => {
+                if let Some(finished) = finished.as_mut() {
+                    let _ = tokio::time::timeout(STOP_WAIT, finished.wait_for(|done| *done)).await;
+                }
+            }
+        }
+        true
+    }
+
+    pub(super) fn active_ids(&self) -> Vec<String> {
+        self.active().keys().cloned().collect()
+    }
+
     /// Stops every run (restart or shutdown).
     pub async fn stop_all(&self, reason: StopReason) -> usize {
         let ids: Vec<String> = self.active().keys().cloned().collect();
@@ -308,5 +398,41 @@ mod tests {
         assert!(!process_is_alive(pid), "the command's process survived");
         let (task, _) = h.ended_once("t").await;
         assert_eq!(task.status, TaskStatus::Stopped);
+    }
+
+    /// A suspended run ends its processes but not itself: the task stays
+    /// `running`, its log without an end, for the next start to resume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_suspended_run_ends_its_processes_and_stays_running() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        let pid_file = h.dir().join("sleep.pid");
+        let command = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+        let llm = GatedLlm::new(vec![tool_call("bash", json!({ "command": command }))]);
+        h.start_run("t", llm.clone(), &["bash"]).await;
+        llm.called().await;
+        llm.release();
+        let pid = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let written = tokio::fs::read_to_string(&pid_file).await;
+                if let Some(pid) = written.ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the command started");
+        assert!(h.runner.suspend("t").await);
+        assert!(!process_is_alive(pid), "the command's process survived");
+        assert!(!h.runner.suspend("t").await, "suspended twice");
+        let task = h.store.get_task("t").await.unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Running);
+        assert!(task.finished_at.is_none());
+        let log = h.store.list_events("t", 0, 10_000).await.unwrap();
+        let kinds: Vec<&str> = log.iter().map(|e| e.kind.as_str()).collect();
+        assert!(kinds.contains(&"tool_call"), "{kinds:?}");
+        for end in ["end", "error", "stopped", "complete", "tool_result"] {
+            assert!(!kinds.contains(&end), "{end} in {kinds:?}");
+        }
     }
 }

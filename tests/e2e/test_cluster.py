@@ -346,11 +346,13 @@ def test_a_killed_nodes_run_ends_failed_on_the_survivors(cluster, tmp_path):
             victim.start_agentd()
 
 
-def test_a_killed_nodes_run_is_resumed_and_finished_by_a_survivor(cluster, tmp_path):
-    """Kill the node running a three-step run in its long step 3: another
-    node takes the lease over, resumes the run from its checkpoint (step 3
-    answered as interrupted) and finishes it; readers on a third node see
-    one continuous log."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_killed_nodes_run_is_resumed_and_finished_by_a_survivor(cluster, tmp_path, sig):
+    """Kill (or shut down) the node running a three-step run in its long
+    step 3: another node takes the lease over, resumes the run from its
+    checkpoint (step 3 answered as interrupted) and finishes it; readers on
+    a third node see one continuous log. A node shut down gives its leases
+    up as it goes, so the takeover needs no lease to run out."""
     runs = cluster.runs
     wd = tmp_path / "wd"
     victim_id, victim = "n2", cluster.nodes[2]
@@ -368,8 +370,13 @@ def test_a_killed_nodes_run_is_resumed_and_finished_by_a_survivor(cluster, tmp_p
         reader = Reader(lambda: sse_from(survivors[0], task_id, timeout=RUN_WAIT))
         reader.start()
         time.sleep(0.5)
-        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        t0 = time.monotonic()
+        assert victim.stop_agentd(sig) == (0 if sig == signal.SIGTERM else -sig)
+        if sig == signal.SIGTERM:
+            assert not procs.survivors(), procs.survivors()
         events = reader.result()
+        print(f"{signal.Signals(sig).name}: resumed on another node {time.monotonic() - t0:.1f} s after "
+              f"the signal (lease {LEASE_SECS} s)")
         assert_well_formed_log(events, task_id)
         types = [e["type"] for e in events]
         for once in ("start", "interrupted", "resumed", "complete", "end"):
@@ -480,9 +487,11 @@ def test_a_killed_nodes_run_waits_in_the_queue_for_a_free_slot(cluster, tmp_path
             p.kill_leftovers()
 
 
-def test_an_agent_protocol_session_outlives_its_node(cluster):
-    """Two steps on one node, that node killed: a survivor takes the session
-    over, and the third step, asked of any node, continues the conversation."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_an_agent_protocol_session_outlives_its_node(cluster, sig):
+    """Two steps on one node, that node killed (or shut down): a survivor
+    takes the session over, and the third step, asked of any node,
+    continues the conversation."""
     runs = cluster.runs
     route = runs.llm.route().script(
         openai_tool_call("bash", {"command": "echo one"}, text="one"),
@@ -495,7 +504,7 @@ def test_an_agent_protocol_session_outlives_its_node(cluster):
         grpc_call(victim.grpc_target, "agentd.agent.v1.AgentService/ExecuteStep", task_id=task_id)
     assert cluster.owner(task_id) == victim_id
     try:
-        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        assert victim.stop_agentd(sig) == (0 if sig == signal.SIGTERM else -sig)
         deadline = time.monotonic() + RUN_WAIT
         while cluster.owner(task_id) == victim_id and time.monotonic() < deadline:
             time.sleep(0.1)

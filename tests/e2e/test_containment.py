@@ -105,7 +105,9 @@ def test_timeout_ends_every_process_and_the_stream(fresh_runs, tmp_path):
 
 
 def test_graceful_shutdown_ends_every_process_then_restart_reports_it(fresh_runs, tmp_path):
-    runs = fresh_runs()
+    """Under the `fail` policy; under `resume` the run is left to go on
+    after the restart, its processes ended just the same (test_durable.py)."""
+    runs = fresh_runs({"AGENTD_ON_INTERRUPT": "fail"})
     wd = tmp_path / "wd"
     task_id, procs, _ = start_long(runs, wd)
     try:

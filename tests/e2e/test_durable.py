@@ -19,6 +19,7 @@ import json
 import signal
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -53,7 +54,18 @@ def start_three_step_run(runs, wd, extra_script=(), **extra):
     return task_id, route, procs
 
 
-def test_sigkill_mid_run_resumes_from_the_checkpoint(fresh_runs, git_repo):
+def stored_task(runs, task_id: str) -> tuple[str, list[str]]:
+    """The task's status and its event types, read from the SQLite file itself."""
+    with sqlite3.connect(f"file:{runs.stack.data_dir / 'agentd.db'}?mode=ro", uri=True) as db:
+        (status,) = db.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        types = [t for (t,) in db.execute("SELECT type FROM events WHERE task_id = ? ORDER BY seq", (task_id,))]
+    return status, types
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_run_cut_off_mid_run_resumes_from_the_checkpoint(fresh_runs, git_repo, sig):
+    """SIGKILL (a crash) or SIGTERM (a graceful shutdown) in step 3's long
+    command: after the restart the run goes on from its checkpoint."""
     runs = fresh_runs()
     wd = git_repo
     task_id, route, procs = start_three_step_run(
@@ -63,7 +75,15 @@ def test_sigkill_mid_run_resumes_from_the_checkpoint(fresh_runs, git_repo):
         patch_path="out/task.patch", trajectory_file="out/trajectory.json")
     try:
         before = runs.status(task_id)["messages"]
-        assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        assert runs.stack.stop_agentd(sig) == (0 if sig == signal.SIGTERM else -sig)
+        if sig == signal.SIGTERM:
+            # A graceful shutdown ends the run's processes before it exits,
+            # and leaves the run as it was, to resume: no end in its log.
+            assert not procs.survivors(), procs.survivors()
+            status, types = stored_task(runs, task_id)
+            assert status == "running", (status, types)
+            assert types[-1] == "tool_call" and "end" not in types, types
+            assert not list((runs.stack.data_dir / "run").glob("*.pids")), "process records left"
         runs.stack.start_agentd()
 
         st = runs.wait_status(task_id, {"completed", "failed", "stopped"})
@@ -180,10 +200,11 @@ def test_a_run_past_max_resumes_fails_with_the_reason(fresh_runs, tmp_path):
         procs.kill_leftovers()
 
 
-def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh_runs):
-    """Two steps, SIGKILL between steps, restart: the third step continues
-    the same conversation (the model receives the earlier turns) instead of
-    failing, and the task's log stays one log."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh_runs, sig):
+    """Two steps, SIGKILL or SIGTERM between steps, restart: the third step
+    continues the same conversation (the model receives the earlier turns)
+    instead of failing, and the task's log stays one log."""
     runs = fresh_runs()
     route = runs.llm.route().script(
         openai_tool_call("bash", {"command": "echo first > notes.txt"}, text="step one"),
@@ -195,7 +216,7 @@ def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh
     for _ in range(2):
         s = requests.post(f"{url}/steps", json={"input": "go on"}, timeout=120)
         assert s.status_code == 200 and not s.json()["is_last"], s.text
-    assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+    assert runs.stack.stop_agentd(sig) == (0 if sig == signal.SIGTERM else -sig)
     runs.stack.start_agentd()
 
     assert requests.get(url, timeout=30).json()["status"] == "running"
@@ -220,6 +241,50 @@ def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh
         assert types.count(once) == 1, (once, types)
     assert [e["data"]["step"] for e in events if e["type"] == "step"] == [1, 2, 3]
     assert events[types.index("resumed")]["data"] == {"attempt": 2, "step": 2}
+
+
+def test_an_agent_protocol_step_in_flight_at_a_shutdown_answers_503_and_the_task_goes_on(fresh_runs, tmp_path):
+    """SIGTERM while a step runs a long command: that step answers 503
+    SERVICE_UNAVAILABLE (with Retry-After), its processes end, and after the
+    restart the next step continues with the cut-off call answered as
+    interrupted."""
+    runs = fresh_runs()
+    route = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo first > notes.txt"}, text="step one"),
+        openai_tool_call("bash", {"command": "echo $$ > bash.pid; sleep 300"}, text="step two"),
+        openai_tool_call("task_done", {}, text="notes complete"),
+    )
+    task = runs.stack.create_task("keep notes", config_file=runs.config(route))
+    url = f"{runs.stack.ap_url}/ap/v1/agent/tasks/{task['task_id']}"
+    assert requests.post(f"{url}/steps", json={"input": "go on"}, timeout=120).status_code == 200
+    wd = runs.stack.data_dir / "workspaces" / task["task_id"]
+    with ThreadPoolExecutor(1) as pool:
+        step = pool.submit(requests.post, f"{url}/steps", json={"input": "go on"}, timeout=120)
+        procs = TaskProcesses.of(int(wait_file(wd / "bash.pid")))
+        try:
+            assert runs.stack.stop_agentd(signal.SIGTERM) == 0
+            cut = step.result()
+            assert not procs.survivors(), procs.survivors()
+        finally:
+            procs.kill_leftovers()
+    assert cut.status_code == 503, cut.text
+    assert cut.json()["error"]["code"] == "SERVICE_UNAVAILABLE", cut.json()
+    assert "shutting down" in cut.json()["error"]["message"], cut.json()
+    assert int(cut.headers["retry-after"]) >= 1, cut.headers
+
+    runs.stack.start_agentd()
+    third = requests.post(f"{url}/steps", json={"input": "finish up"}, timeout=120)
+    assert third.status_code == 200, third.text
+    assert third.json()["is_last"] is True and third.json()["output"] == "notes complete", third.json()
+    calls = route.requests
+    assert len(calls) == 3
+    tool_msgs = [m for m in calls[2]["body"]["messages"] if m["role"] == "tool"]
+    assert len(tool_msgs) == 2 and "restarted" in tool_msgs[-1]["content"], tool_msgs
+    events = runs.sse(task["task_id"], after_seq=0)
+    assert_well_formed_log(events, task["task_id"])
+    types = [e["type"] for e in events]
+    for once in ("start", "interrupted", "resumed", "complete", "end"):
+        assert types.count(once) == 1, (once, types)
 
 
 def test_a_run_whose_time_ran_out_while_agentd_was_down_is_not_resumed(fresh_runs, tmp_path):

@@ -18,7 +18,10 @@ pub(super) async fn run(tasks: Weak<TaskManager>, cluster: Arc<Cluster>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed_at: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cluster.stopping.cancelled() => return,
+        }
         let Some(tasks) = tasks.upgrade() else { return };
         // After this node could not reach the database, neither could the
         // others, most likely: their leases ran out while they were alive.
@@ -97,6 +100,9 @@ impl TaskManager {
             return;
         };
         loop {
+            if cluster.is_stopping() {
+                return;
+            }
             let Ok(slot) = self.runner.admission.reserve() else {
                 return;
             };

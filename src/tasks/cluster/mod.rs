@@ -23,6 +23,8 @@ mod remote;
 
 use std::{sync::Arc, time::Duration};
 
+use tokio_util::sync::CancellationToken;
+
 pub use remote::StepRoute;
 
 use crate::{
@@ -56,6 +58,9 @@ pub(super) struct Cluster {
     store: Arc<dyn Store>,
     pub(super) settings: ClusterSettings,
     slots: usize,
+    /// Cancelled when the node shuts down: its heartbeat ends, and it claims
+    /// nothing more.
+    stopping: CancellationToken,
 }
 
 impl Cluster {
@@ -64,7 +69,28 @@ impl Cluster {
             store,
             settings,
             slots,
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// The node is shutting down: no more heartbeats or claims.
+    pub(super) fn stop_beating(&self) {
+        self.stopping.cancel();
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    /// Gives up the leases of the runs this node still holds (those a
+    /// shutdown suspended) and its heartbeat, so that the next heartbeat of
+    /// another node takes them over and resumes them, as it would a dead
+    /// node's, without waiting for the leases to run out.
+    pub(super) async fn leave(&self) -> Result<()> {
+        self.store
+            .renew_leases(&self.settings.node_id, 0, 0)
+            .await
+            .map(|_| ())
     }
 
     pub(super) fn node_id(&self) -> &str {
