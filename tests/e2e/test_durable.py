@@ -16,6 +16,7 @@ behaviour of failing an interrupted run (see also test_recovery.py)."""
 from __future__ import annotations
 
 import json
+import random
 import signal
 import sqlite3
 import time
@@ -163,6 +164,71 @@ def test_a_run_cut_off_mid_run_resumes_from_the_checkpoint(fresh_runs, git_repo,
         assert key(runs.sse(task_id, after_seq=0)) == key(events)
     finally:
         procs.kill_leftovers()
+
+
+def test_repeated_crashes_at_any_point_never_tear_a_checkpoint(fresh_runs, tmp_path):
+    """SIGKILL again and again at random moments of a run of many short
+    steps, writes of events and checkpoints included: every restart resumes
+    from a whole, current checkpoint (the write is one transaction with its
+    events), so the run completes, no completed step runs twice, and its
+    usage adds up."""
+    runs = fresh_runs({"AGENTD_MAX_RESUMES": "50"})
+    wd = tmp_path / "wd"
+    steps = 24
+    route = runs.llm.route().script(
+        *(bash(f"echo line-{i} >> lines.txt") for i in range(1, steps + 1)),
+        openai_tool_call("task_done", {}, text="all lines written"),
+    )
+    task_id = runs.run("many short steps", wd, route=route, config_file=runs.config(route, max_steps=200))
+    rng = random.Random(15)
+    kills = 0
+    db_file = runs.stack.data_dir / "agentd.db"
+
+    def last_seq() -> int:
+        with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?",
+                              (task_id,)).fetchone()[0]
+
+    while kills < 8:
+        status, _ = stored_task(runs, task_id)
+        if status != "running":
+            break
+        # A few events further on, then a kill somewhere inside the next writes.
+        target = last_seq() + rng.randint(1, 6)
+        deadline = time.monotonic() + 30
+        while last_seq() < target and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.02))
+        assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        kills += 1
+        runs.stack.start_agentd()
+
+    st = runs.wait_status(task_id, {"completed", "failed", "stopped"})
+    assert st["task_status"] == "completed", [(m["type"], m.get("error")) for m in st["messages"]][-6:]
+    events = runs.sse(task_id, after_seq=0)
+    assert_well_formed_log(events, task_id)
+    types = [e["type"] for e in events]
+    assert types.count("start") == 1 and types.count("complete") == 1, types
+    assert types.count("interrupted") == types.count("resumed") >= 1, types
+    # Step numbers go up by one, except that each resume goes on from its
+    # checkpoint: the last step started before the crash (its model had
+    # answered) or the one before it (the step was cut off before that,
+    # so it starts again) - never an older one.
+    started, resumes = 0, 0
+    for e in events:
+        if e["type"] == "resumed":
+            assert e["data"]["step"] in (started - 1, started), (e, started)
+            started = e["data"]["step"]
+            resumes += 1
+        elif e["type"] == "step":
+            assert e["data"]["step"] == started + 1, (e, started)
+            started += 1
+    lines = (wd / "lines.txt").read_text().split()
+    assert len(lines) == len(set(lines)), f"a line written twice: {lines}"
+    usage = [e["data"] for e in events if e["type"] == "usage"]
+    assert usage[-1]["total"]["input_tokens"] == sum(u["usage"]["input_tokens"] for u in usage)
+    print(f"{kills} SIGKILLs, {resumes} resumes, {started} steps, "
+          f"{len(lines)} of {steps} lines, {len(route.requests)} model calls")
 
 
 def test_a_run_asking_to_fail_on_interrupt_fails(fresh_runs, tmp_path):
