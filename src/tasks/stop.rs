@@ -371,18 +371,15 @@ mod tests {
         );
     }
 
-    /// A stop of a run whose command is running returns once that
-    /// command's processes are gone.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stop_ends_the_processes_of_a_running_command() {
-        let h = Harness::new(RunnerSettings::default()).await;
+    /// Starts a run of `task_id` whose command sleeps; returns the sleep's pid.
+    async fn run_a_sleeping_command(h: &Harness, task_id: &str) -> i32 {
         let pid_file = h.dir().join("sleep.pid");
         let command = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
         let llm = GatedLlm::new(vec![tool_call("bash", json!({ "command": command }))]);
-        h.start_run("t", llm.clone(), &["bash"]).await;
+        h.start_run(task_id, llm.clone(), &["bash"]).await;
         llm.called().await;
         llm.release();
-        let pid = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 let written = tokio::fs::read_to_string(&pid_file).await;
                 if let Some(pid) = written.ok().and_then(|s| s.trim().parse::<i32>().ok()) {
@@ -392,7 +389,15 @@ mod tests {
             }
         })
         .await
-        .expect("the command started");
+        .expect("the command started")
+    }
+
+    /// A stop of a run whose command is running returns once that
+    /// command's processes are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_ends_the_processes_of_a_running_command() {
+        let h = Harness::new(RunnerSettings::default()).await;
+        let pid = run_a_sleeping_command(&h, "t").await;
         assert!(process_is_alive(pid));
         assert!(h.runner.stop("t", StopReason::Requested).await.unwrap());
         assert!(!process_is_alive(pid), "the command's process survived");
@@ -405,23 +410,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_suspended_run_ends_its_processes_and_stays_running() {
         let h = Harness::new(RunnerSettings::default()).await;
-        let pid_file = h.dir().join("sleep.pid");
-        let command = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
-        let llm = GatedLlm::new(vec![tool_call("bash", json!({ "command": command }))]);
-        h.start_run("t", llm.clone(), &["bash"]).await;
-        llm.called().await;
-        llm.release();
-        let pid = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let written = tokio::fs::read_to_string(&pid_file).await;
-                if let Some(pid) = written.ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-                    return pid;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the command started");
+        let pid = run_a_sleeping_command(&h, "t").await;
         assert!(h.runner.suspend("t").await);
         assert!(!process_is_alive(pid), "the command's process survived");
         assert!(!h.runner.suspend("t").await, "suspended twice");

@@ -309,7 +309,7 @@ def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh
     assert events[types.index("resumed")]["data"] == {"attempt": 2, "step": 2}
 
 
-def test_an_agent_protocol_step_in_flight_at_a_shutdown_answers_503_and_the_task_goes_on(fresh_runs, tmp_path):
+def test_an_agent_protocol_step_in_flight_at_a_shutdown_answers_503_and_the_task_goes_on(fresh_runs):
     """SIGTERM while a step runs a long command: that step answers 503
     SERVICE_UNAVAILABLE (with Retry-After), its processes end, and after the
     restart the next step continues with the cut-off call answered as
