@@ -240,6 +240,42 @@ def test_a_stop_sent_to_a_third_node_ends_the_runs_processes(cluster, tmp_path):
         procs.kill_leftovers()
 
 
+def test_a_stop_its_node_died_in_the_middle_of_ends_the_run_stopped(cluster, tmp_path):
+    """The node holding a run is asked to stop it and dies before the run's
+    end is written (its command ignores SIGTERM, so ending it takes the
+    2 s grace): the request is on the run row, so the node taking the run
+    over ends it `stopped` instead of resuming it."""
+    runs = cluster.runs
+    wd = tmp_path / "wd"
+    stubborn = openai_tool_call("bash", {"command": "echo $$ > bash.pid; trap '' TERM; sleep 300"})
+    route = runs.llm.route().script(stubborn, openai_tool_call("task_done", {}, text="must not run"))
+    victim_id, victim = "n1", cluster.nodes[1]
+    task_id = run_on(victim, runs, "stopped as its node dies", wd, route)
+    procs = TaskProcesses.of(int(wait_file(wd / "bash.pid")))
+    try:
+        stop = Reader(lambda: grpc_call(victim.grpc_target, "agentd.trae.v1.TraeService/StopTask", task_id=task_id))
+        stop.start()
+        deadline = time.monotonic() + RUN_WAIT
+        while not cluster.pg.psql(f"SELECT cancel_reason FROM runs WHERE task_id = '{task_id}'", "agentd"):
+            assert time.monotonic() < deadline, "the stop request was not recorded"
+            time.sleep(0.02)
+        assert victim.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        status = cluster.pg.psql(f"SELECT status FROM tasks WHERE task_id = '{task_id}'", "agentd")
+        assert status == "running", f"the stop ended before the node died ({status}): nothing was tested"
+        survivor = cluster.others(victim_id)[0]
+        events = sse_from(survivor, task_id, timeout=RUN_WAIT)
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        assert types[-2:] == ["stopped", "end"] and "resumed" not in types, types
+        assert events[-1]["data"]["status"] == "stopped"
+        assert len(route.requests) == 1
+    finally:
+        if victim.agentd is None or victim.agentd.poll() is not None:
+            victim.start_agentd()  # and it ends the processes its last life left
+        procs.wait_gone()
+        procs.kill_leftovers()
+
+
 def test_the_run_slot_limit_holds_across_the_cluster(cluster, tmp_path):
     runs = cluster.runs
     started: list[tuple[str, Path]] = []

@@ -103,16 +103,19 @@ impl TaskManager {
         task_id: &str,
         reason: StopReason,
     ) -> Result<bool> {
-        if self.runner.stop(task_id, reason.clone()).await? {
-            return Ok(true);
-        }
         let Some(cluster) = &self.cluster else {
-            return Ok(false);
+            return self.runner.stop(task_id, reason).await;
         };
+        // The request is on the run row first, also for a run held here: a
+        // node dying before the run's end is written leaves it to whoever
+        // takes the run over, who then ends it instead of resuming it.
         let runs = self
             .store
             .request_cancel(Some(task_id), reason_name(&reason))
             .await?;
+        if self.runner.stop(task_id, reason.clone()).await? {
+            return Ok(true);
+        }
         if runs.is_empty() {
             return Ok(false);
         }
@@ -236,6 +239,16 @@ impl TaskManager {
             // which is routed here as this node holds it now), or failed
             // with the reason it was not.
             self.resume_or_fail(task, error).await?;
+            return Ok(());
+        }
+        if run.cancel_reason.as_deref().map(reason_of) == Some(StopReason::Requested) {
+            // Asked to stop before its node died: it ends as asked.
+            let stop = StopReason::Requested;
+            let outcome = RunOutcome::Stopped {
+                reason: stop.describe(),
+            };
+            self.runner.finish(&task_id, &outcome, Some(&stop)).await?;
+            tracing::warn!(%task_id, "ended a run whose node stopped before its requested stop was done: stopped");
             return Ok(());
         }
         let outcome = RunOutcome::Failed {
