@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,7 +32,7 @@ from websockets.sync.client import connect  # noqa: E402
 
 import helpers  # noqa: E402
 from helpers import AP, Stack  # noqa: E402
-from runs_support import Reader, RoutedLLM, assert_well_formed_log, read_sse, trae_config_yaml  # noqa: E402
+from runs_support import Reader, RoutedLLM, alive, assert_well_formed_log, read_sse, trae_config_yaml  # noqa: E402
 from scripted_llm import delayed, openai_text, openai_tool_call  # noqa: E402
 
 NEWCOMER_KEY = "sk-newcomer-not-a-secret"
@@ -230,6 +231,49 @@ def test_a_hung_model_fails_the_step_in_time_and_the_task_goes_on(newcomer, llm)
     assert r.json()["is_last"] is True and r.json()["output"] == "answered this time", r.json()
     status = requests.get(f"{newcomer.stack.ap_url}{AP}/tasks/{task_id}", timeout=30).json()["status"]
     assert status == "completed"
+
+
+def test_ctrl_c_then_the_next_start_goes_on_with_every_running_task(newcomer):
+    """Ctrl-C (SIGINT) while an Agent Protocol task is between steps and a
+    Trae run is in a long command: agentd ends the command and exits; the
+    next start, with the same defaults, resumes the Trae run from its
+    checkpoint (its config is the relative default `trae_config.yaml`
+    again) and the task's next step continues its conversation."""
+    wd = newcomer.scratch / "trae-wd"
+    newcomer.route.script(
+        openai_tool_call("bash", {"command": "echo one > notes.txt"}, text="step one"),
+        openai_tool_call("bash", {"command": "echo $$ > bash.pid; sleep 300"}, text="sleeping"),
+        openai_tool_call("task_done", {}, text="trae run done"),
+        openai_tool_call("task_done", {}, text="notes done"),
+    )
+    task_id = newcomer.create_task("keep notes")
+    assert newcomer.step(task_id).status_code == 200
+    r = requests.post(f"{newcomer.stack.trae_url}/api/run", json={"task": "sleep a while", "working_dir": str(wd)},
+                      timeout=30)
+    assert r.status_code == 200, r.text
+    run_id = r.json()["task_id"]
+    deadline = time.monotonic() + 60
+    while not (wd / "bash.pid").is_file() or not (wd / "bash.pid").read_text().strip():
+        assert time.monotonic() < deadline, "the long command did not start"
+        time.sleep(0.05)
+    sleeper = int((wd / "bash.pid").read_text())
+
+    assert newcomer.stack.stop_agentd(signal.SIGINT) == 0
+    assert not alive(sleeper), "the Trae run's command outlived agentd"
+    newcomer.stack.start_agentd()
+
+    deadline = time.monotonic() + 60
+    while (st := requests.get(f"{newcomer.stack.trae_url}/api/tasks/{run_id}/status", timeout=30).json())[
+            "task_status"] == "running":
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+    assert st["task_status"] == "completed", st
+    types = [m["type"] for m in st["messages"]]
+    assert types.count("start") == 1 and "resumed" in types and types[-1] == "end", types
+    second = newcomer.step(task_id, "finish")
+    assert second.status_code == 200, second.text
+    assert second.json()["output"] == "notes done" and second.json()["is_last"] is True, second.json()
+    assert "step one" in str(newcomer.route.requests[-1]["body"]["messages"])
 
 
 def test_a_symlinked_data_directory_works_like_a_real_one(llm):
