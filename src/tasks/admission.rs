@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::{
     error::{Error, Result},
@@ -37,18 +37,27 @@ impl Admission {
         }
     }
 
-    /// Takes a run slot, or refuses with 429 when all are busy.
+    /// Takes a run slot, or refuses with 429 when all are busy (503 once
+    /// agentd is shutting down).
     pub fn reserve(&self) -> Result<RunSlot> {
-        self.slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::InsufficientResources {
+        self.slots.clone().try_acquire_owned().map_err(|e| match e {
+            TryAcquireError::Closed => {
+                Error::Unavailable("agentd is shutting down; retry when it is back".into())
+            }
+            TryAcquireError::NoPermits => Error::InsufficientResources {
                 message: format!(
                     "{} tasks are already running (the limit); retry when one finishes",
                     self.max_running
                 ),
                 retry_after: Some(Duration::from_secs(10)),
-            })
+            },
+        })
+    }
+
+    /// Refuses every run from now on (shutdown): nothing starts that the
+    /// shutdown would not see.
+    pub fn close(&self) {
+        self.slots.close();
     }
 
     /// Counts a step as queued until the guard is dropped.
@@ -113,5 +122,7 @@ mod tests {
         );
         // A freed slot is free for the next run.
         assert!(admission.reserve().is_ok());
+        admission.close();
+        assert!(matches!(admission.reserve(), Err(Error::Unavailable(_))));
     }
 }

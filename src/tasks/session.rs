@@ -96,12 +96,15 @@ impl Runner {
             let _queued = self.admission.queue();
             session.lock().await
         };
-        // Queued behind a step or stop that ended the task.
+        // Queued behind a step or stop that ended the task (or a shutdown).
         if !self
             .active()
             .get(task_id)
             .is_some_and(|a| a.session.as_ref().is_some_and(|x| Arc::ptr_eq(x, &session)))
         {
+            if cancel.suspended().is_cancelled() {
+                return Err(shutting_down());
+            }
             return Err(Error::invalid(format!(
                 "task {task_id} has ended; it takes no more steps"
             )));
@@ -140,11 +143,7 @@ impl Runner {
         let Some(outcome) = outcome else {
             s.sink.flush().await;
             self.active().remove(task_id);
-            return Err(Error::Unavailable(
-                "agentd is shutting down: this step was interrupted; the task goes on from its \
-                 last completed step with the next step posted after the restart"
-                    .into(),
-            ));
+            return Err(shutting_down());
         };
         if let Some(o) = &outcome.outcome {
             span.record("task.outcome", outcome_name(o));
@@ -170,6 +169,15 @@ impl Runner {
         }
         Ok((outcome, max_steps, cancel.reason()))
     }
+}
+
+/// A step cut off or refused by a shutdown (the task stays running).
+fn shutting_down() -> Error {
+    Error::Unavailable(
+        "agentd is shutting down: this step was interrupted; the task goes on from its last \
+         completed step with the next step posted after the restart"
+            .into(),
+    )
 }
 
 impl Runner {

@@ -163,7 +163,9 @@ impl TaskManager {
     /// cluster, another node at once) to resume, as after a crash; the
     /// others end `failed`. Either way their processes end here.
     pub async fn shutdown(&self) -> Shutdown {
-        // No lease is renewed and no queued run claimed from now on.
+        // No run starts, no lease is renewed and no queued run is claimed
+        // from now on.
+        self.runner.admission.close();
         if let Some(cluster) = &self.cluster {
             cluster.stop_beating();
         }
