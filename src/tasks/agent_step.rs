@@ -108,7 +108,7 @@ impl TaskManager {
                 Agent::new(&cfg, llm, task.input.clone(), &ws, options, events).await
             }
             .map_err(|e| Error::invalid(e.to_string()))?;
-            if let Some(lakeview) = self.lakeview_client(task_id, &cfg) {
+            if let Some(lakeview) = self.lakeview_client(task_id, &cfg, &sink) {
                 agent.set_lakeview(lakeview);
             }
             if resumed {

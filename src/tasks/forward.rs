@@ -27,6 +27,8 @@ enum Forward {
     Flush(oneshot::Sender<()>),
     /// The run's provider/model metrics, sent before its first event.
     Llm(LlmObserver),
+    /// Lakeview's model's, when it has one (its calls are counted apart).
+    Lakeview(LlmObserver),
 }
 
 /// The engine's event sink: a channel to the run's forwarder.
@@ -60,6 +62,11 @@ impl LogSink {
     pub fn observe_llm(&self, observer: LlmObserver) {
         let _ = self.tx.send(Forward::Llm(observer));
     }
+
+    /// Counts the run's lakeview calls under lakeview's provider/model.
+    pub fn observe_lakeview(&self, observer: LlmObserver) {
+        let _ = self.tx.send(Forward::Lakeview(observer));
+    }
 }
 
 impl EventSink for LogSink {
@@ -91,6 +98,7 @@ async fn forward(
 ) {
     let mut inbox = Vec::with_capacity(FORWARD_BATCH);
     let mut llm: Option<LlmObserver> = None;
+    let mut lakeview_llm: Option<LlmObserver> = None;
     // Tool calls in progress: (call_id, when it started).
     let mut tools_started: Vec<(String, Instant)> = Vec::new();
     while rx.recv_many(&mut inbox, FORWARD_BATCH).await > 0 {
@@ -111,10 +119,15 @@ async fn forward(
                     llm = Some(observer);
                     continue;
                 }
+                Forward::Lakeview(observer) => {
+                    lakeview_llm = Some(observer);
+                    continue;
+                }
                 Forward::Event(e, at) => (e, at),
             };
             match &event {
                 EngineEvent::Usage {
+                    usage: call,
                     total,
                     total_cost_usd,
                     cost_usd,
@@ -122,8 +135,16 @@ async fn forward(
                     ..
                 } => {
                     usage = Some((*total, *total_cost_usd));
-                    // The metrics are the agent model's; lakeview's model is another.
-                    if let Some(llm) = llm.as_ref().filter(|_| !*lakeview) {
+                    if !*lakeview {
+                        // The agent's calls and tokens are counted at its responses.
+                        if let Some(llm) = &llm {
+                            llm.cost_usd.inc_by(*cost_usd);
+                        }
+                    } else if let Some(llm) = &lakeview_llm {
+                        // Lakeview's call has no response event: all of it here.
+                        llm.requests.inc();
+                        llm.input_tokens.inc_by(call.input_tokens);
+                        llm.output_tokens.inc_by(call.output_tokens);
                         llm.cost_usd.inc_by(*cost_usd);
                     }
                 }

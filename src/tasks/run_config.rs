@@ -106,10 +106,15 @@ impl TaskManager {
         &self,
         task_id: &str,
         cfg: &ResolvedConfig,
+        sink: &super::forward::LogSink,
     ) -> Option<Arc<dyn llm::LlmClient>> {
         let lakeview = cfg.lakeview_config()?;
         match self.llm_client(&lakeview) {
-            Ok(client) => Some(client),
+            Ok(client) => {
+                let metrics = &self.runner.metrics;
+                sink.observe_lakeview(metrics.llm(&lakeview.provider, &lakeview.model));
+                Some(client)
+            }
             Err(e) => {
                 tracing::warn!(%task_id, error = %e, "lakeview is off for this run");
                 None

@@ -183,7 +183,7 @@ impl TaskManager {
         self.record_resumption(&task_id, &plan).await?;
         let options = self.trae_options(&task_id, &req, &prepared);
         let sink = self.runner.sink(&task_id);
-        let agent = Agent::resume(
+        let mut agent = Agent::resume(
             &prepared.cfg,
             prepared.llm,
             req.task.clone(),
@@ -195,6 +195,9 @@ impl TaskManager {
         )
         .await
         .map_err(|e| Error::invalid(e.to_string()))?;
+        if let Some(lakeview) = self.lakeview_client(&task_id, &prepared.cfg, &sink) {
+            agent.set_lakeview(lakeview);
+        }
         let plan = RunPlan {
             agent,
             sink,
@@ -227,7 +230,7 @@ impl TaskManager {
         )
         .await
         .map_err(|e| Error::invalid(e.to_string()))?;
-        if let Some(lakeview) = self.lakeview_client(&task_id, &p.cfg) {
+        if let Some(lakeview) = self.lakeview_client(&task_id, &p.cfg, &sink) {
             agent.set_lakeview(lakeview);
         }
         if insert {

@@ -9,6 +9,7 @@ the agent's are told apart by URL."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 
 import grpc
@@ -19,7 +20,7 @@ pytest.register_assert_rewrite("runs_support")
 
 import helpers  # noqa: E402
 from helpers import AP  # noqa: E402
-from runs_support import RUN_WAIT, assert_well_formed_log  # noqa: E402
+from runs_support import RUN_WAIT, assert_well_formed_log, wait_file  # noqa: E402
 from scripted_llm import delayed, error, openai_text, openai_tool_call  # noqa: E402
 
 pytest_plugins = ["runs_support"]
@@ -50,7 +51,19 @@ def stored_tokens(runs, task_id: str) -> tuple[float, float]:
     return row.input_tokens, row.output_tokens
 
 
+def llm_series(runs, model: str) -> dict[str, float]:
+    """agentd's /metrics series of one model's calls, by name (token types apart)."""
+    text = requests.get(f"http://{runs.stack.grpc_target}/metrics", timeout=30).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("agentd_llm_") and f'model="{model}"' in line:
+            name = line.split("{")[0] + ("" if "token_type" not in line else "_" + line.split('token_type="')[1].split('"')[0])
+            out[name] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def test_each_step_gets_its_summary_and_tags_and_their_tokens_count(runs, tmp_path):
+    metrics_before = llm_series(runs, "scripted-lakeview")
     agent = two_steps(runs, tmp_path)
     lakeview = runs.llm.route().script(
         summary("is listing the files.", "It runs ls in the working directory."),
@@ -91,6 +104,12 @@ def test_each_step_gets_its_summary_and_tags_and_their_tokens_count(runs, tmp_pa
     assert [u["data"].get("lakeview", False) for u in usage].count(True) == 4, usage
     assert usage[-1]["data"]["total"]["input_tokens"] == 60, usage[-1]
     assert stored_tokens(runs, task_id) == (60, 30)
+    # /metrics counts lakeview's calls under its own model.
+    after = llm_series(runs, "scripted-lakeview")
+    delta = {k: v - metrics_before.get(k, 0.0) for k, v in after.items()}
+    assert delta.get("agentd_llm_requests_total") == 4, after
+    assert delta.get("agentd_llm_tokens_total_input") == 40, after
+    assert delta.get("agentd_llm_tokens_total_output") == 20, after
 
 
 def test_lakeview_tokens_count_toward_the_budget(runs, tmp_path):
@@ -181,3 +200,23 @@ def test_run_follow_prints_each_steps_lakeview_line(runs, tmp_path):
     # Lakeview's calls are in the totals but get no token lines of their own.
     assert len([line for line in lines if " tokens: " in line]) == 2, lines
     assert lines[-1] == "completed: All done.", lines
+
+
+def test_a_resumed_run_is_summarised_too(fresh_runs, tmp_path):
+    """SIGTERM in step 1's long command, then a restart: the resumed run
+    gets lakeview again, so its next step is summarised."""
+    runs = fresh_runs()
+    wd = tmp_path / "wd"
+    agent = runs.llm.route().script(
+        openai_tool_call("bash", {"command": "echo $$ > bash.pid; sleep 300"}, text="Waiting."),
+        openai_tool_call("task_done", {}, text="Done after the restart."),
+    )
+    lakeview = runs.llm.route().script(*[summary("is finishing.", "It calls task_done."),
+                                         openai_text("REPORT</tags>")] * 2)
+    task_id = runs.run("wait, then finish", wd, route=agent, config_file=runs.config(agent, lakeview=lakeview))
+    wait_file(wd / "bash.pid")
+    assert runs.stack.stop_agentd(signal.SIGTERM) == 0
+    runs.stack.start_agentd()
+    messages = runs.wait_status(task_id, {"completed", "failed"})["messages"]
+    assert [m["type"] for m in messages].count("resumed") == 1, messages
+    assert 2 in [m["data"]["step"] for m in of_type(messages, "lakeview")], messages
