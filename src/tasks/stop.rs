@@ -334,7 +334,7 @@ impl Runner {
         self.active().keys().cloned().collect()
     }
 
-    /// Stops every run (restart or shutdown).
+    /// Stops every run (a restart).
     pub async fn stop_all(&self, reason: StopReason) -> usize {
         let ids: Vec<String> = self.active().keys().cloned().collect();
         let stops = ids.iter().map(|id| self.stop(id, reason.clone()));
