@@ -76,6 +76,7 @@ impl ConsoleService for ConsoleApi {
         let first = list_page(&tasks, &caller, &query).await?;
         let stream = async_stream::try_stream! {
             let mut events = tasks.subscribe_all_events();
+            let closing = tasks.streams_closing();
             let mut page = first;
             let mut sent_at = tokio::time::Instant::now();
             yield console::WatchTasksResponse { page: Some(page.clone()) };
@@ -91,6 +92,7 @@ impl ConsoleService for ConsoleApi {
                         while events.try_recv().is_ok() {}
                     }
                     () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = closing.cancelled() => break, // shutdown: the page reconnects
                 }
                 let next = list_page(&tasks, &caller, &query).await?;
                 if next != page || sent_at.elapsed() >= WATCH_KEEPALIVE {

@@ -13,7 +13,7 @@ use axum::{
     Router,
     extract::{
         Path, State, WebSocketUpgrade,
-        ws::{Message, WebSocket},
+        ws::{CloseFrame, Message, WebSocket, close_code},
     },
     response::Response,
     routing::get,
@@ -102,7 +102,17 @@ async fn follow_task(
             msg = rx.next() => if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { return },
         }
     }
-    let _ = tx.send(Message::Close(None)).await;
+    // Ended without its task (agentd shuts down): say so, as 1012 "restart".
+    let close = (!progress.finished()).then(restarting);
+    let _ = tx.send(Message::Close(close)).await;
+}
+
+/// The close frame of a socket that ends because agentd shuts down.
+fn restarting() -> CloseFrame {
+    CloseFrame {
+        code: close_code::RESTART,
+        reason: "agentd is shutting down; reconnect when it is back".into(),
+    }
 }
 
 async fn logs_ws(
@@ -122,9 +132,14 @@ async fn logs_ws(
 async fn follow_logs(socket: WebSocket, tasks: Arc<TaskManager>, caller: Caller) {
     let (mut tx, mut rx) = socket.split();
     let mut live = tasks.subscribe_all_events();
+    let closing = tasks.streams_closing();
     let mut visible: HashMap<String, bool> = HashMap::new();
     loop {
         tokio::select! {
+            () = closing.cancelled() => {
+                let _ = tx.send(Message::Close(Some(restarting()))).await;
+                return;
+            }
             next = live.recv() => {
                 let msg = match next {
                     Ok(event) => {
@@ -219,8 +234,12 @@ impl Progress {
         }
     }
 
+    fn finished(&self) -> bool {
+        matches!(self.status, "completed" | "failed" | "stopped")
+    }
+
     fn update(&self, task_id: &str, event: Option<&Event>) -> Value {
-        let finished = matches!(self.status, "completed" | "failed" | "stopped");
+        let finished = self.finished();
         let progress = if finished {
             1.0
         } else if self.max_steps > 0 {

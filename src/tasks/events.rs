@@ -20,6 +20,7 @@ use std::{
 use futures_util::Stream;
 use serde_json::Map;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use super::task_event::{EventKind, TaskEvent};
 use crate::{
@@ -69,6 +70,10 @@ pub struct EventLog {
     /// The runs this node holds, by task: every append of such a task is
     /// fenced by it, and its `end` finishes the run.
     fences: Mutex<HashMap<String, Fence>>,
+    /// Cancelled at shutdown: every stream ends after what is stored, so
+    /// that open streams do not hold the exit up (readers reconnect after
+    /// their last seq).
+    closing: CancellationToken,
 }
 
 struct Topic {
@@ -104,7 +109,18 @@ impl EventLog {
             all: broadcast::channel(LIVE_BUFFER).0,
             shared: false,
             fences: Mutex::new(HashMap::new()),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Ends every stream (shutdown): followers send what is stored, then end.
+    pub fn close_streams(&self) {
+        self.closing.cancel();
+    }
+
+    /// Cancelled once streams are to end (see [`Self::close_streams`]).
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// A log other nodes write to as well (PostgreSQL shared by a cluster).
@@ -479,6 +495,7 @@ impl EventLog {
         };
         let log = self.clone();
         let task_id = task_id.to_string();
+        let closing = self.closing.clone();
         Ok(async_stream::try_stream! {
             let _follower = follower;
             let mut last = after_seq;
@@ -511,6 +528,12 @@ impl EventLog {
                         // The follower holds the topic, so its doorbell stays open.
                         Ok(()) = doorbell.changed() => continue 'replay,
                         () = tokio::time::sleep(wake_every) => None,
+                        // Shutdown: what is stored (anything just published
+                        // included), then the end of the stream.
+                        () = closing.cancelled() => {
+                            closed = true;
+                            continue 'replay;
+                        }
                     };
                     match next {
                         None => {

@@ -474,6 +474,12 @@ impl TaskManager {
         self.events.subscribe_all()
     }
 
+    /// Cancelled at shutdown, when every stream is to end (readers
+    /// reconnect after their last seq once agentd is back).
+    pub fn streams_closing(&self) -> tokio_util::sync::CancellationToken {
+        self.events.closing()
+    }
+
     pub async fn get_step(
         &self,
         caller: &Caller,

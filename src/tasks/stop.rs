@@ -194,6 +194,8 @@ impl TaskManager {
             tracing::warn!(error = %e, "could not give up this node's leases: other nodes take its runs over when they run out");
         }
         self.cgroups.close();
+        // The runs' last events are stored: streams may end now.
+        self.events.close_streams();
         Shutdown {
             failed: stopped
                 .into_iter()

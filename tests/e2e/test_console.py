@@ -36,7 +36,7 @@ pytest.register_assert_rewrite("runs_support")
 import helpers  # noqa: E402
 from helpers import AP, MIB  # noqa: E402
 from runs_support import RUN_WAIT, TaskProcesses, _stop, long_bash, start_runs, wait_file  # noqa: E402
-from scripted_llm import openai_tool_call  # noqa: E402
+from scripted_llm import openai_text, openai_tool_call  # noqa: E402
 
 pytest_plugins = ["runs_support"]
 
@@ -442,6 +442,34 @@ def test_the_event_log_resumes_from_its_last_seq_after_envoy_restarts(console_ru
     assert any(f"after #{shown_before[-1][0]}" in s for s in states), states
     assert event_log(page) == server_log(runs, task_id), "events lost or repeated across the reconnect"
     expect(page.locator("#task-facts")).to_have_attribute("data-status", "completed")
+
+
+def test_a_run_resumed_after_an_agentd_restart_shows_as_one_log_with_its_summaries(console_runs, page, tmp_path):
+    """The page follows a run across an agentd shutdown and restart: the
+    stream comes back after its last seq, `interrupted` and `resumed` show as
+    such, and lakeview's summary of the step after the restart shows too."""
+    runs = console_runs
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    agent = runs.llm.route().script(long_bash(), openai_tool_call("task_done", {}, text="done after the restart"))
+    lakeview = runs.llm.route().script(
+        *[openai_text(" is finishing.</task><details>It calls task_done.</details>"), openai_text("REPORT</tags>")] * 2)
+    task_id = runs.run("outlive a restart", wd, route=agent, config_file=runs.config(agent, lakeview=lakeview))
+    procs = TaskProcesses.of(int(wait_file(wd / "bash.pid")))
+    try:
+        page.goto(f"{runs.stack.trae_url}/console/#/tasks/{task_id}")
+        expect(page.locator('#events li[data-type="tool_call"]')).to_have_count(1)
+        runs.stack.restart_agentd()  # SIGTERM: the run is left to resume
+        assert procs.survivors() == []
+        expect(page.locator('#events li[data-type="end"]')).to_have_count(1)
+        expect(page.locator('#events li[data-type="interrupted"]')).to_contain_text("Interrupted (attempt 1)")
+        expect(page.locator('#events li[data-type="resumed"]')).to_contain_text("Resumed: attempt 2, from the checkpoint of step 1")
+        expect(page.locator('#events li[data-type="lakeview"]').last).to_contain_text("The agent is finishing.")
+        expect(page.locator("#task-facts")).to_have_attribute("data-status", "completed")
+        assert event_log(page) == server_log(runs, task_id), "events lost or repeated across the restart"
+        shot(page, "task-resumed")
+    finally:
+        procs.kill_leftovers()
 
 
 def test_overview_counts_and_usage_chart(console_runs, page, tmp_path):

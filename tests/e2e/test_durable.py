@@ -24,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+import websockets
+from websockets.sync.client import connect
 
 pytest.register_assert_rewrite("runs_support")
 
-from runs_support import TaskProcesses, assert_well_formed_log, key, wait_file  # noqa: E402
+from runs_support import TaskProcesses, assert_well_formed_log, key, wait_file, ws_url  # noqa: E402
 from scripted_llm import openai_tool_call  # noqa: E402
 
 pytest_plugins = ["runs_support"]
@@ -282,7 +284,18 @@ def test_an_agent_protocol_task_continues_its_conversation_after_a_restart(fresh
     for _ in range(2):
         s = requests.post(f"{url}/steps", json={"input": "go on"}, timeout=120)
         assert s.status_code == 200 and not s.json()["is_last"], s.text
-    assert runs.stack.stop_agentd(sig) == (0 if sig == signal.SIGTERM else -sig)
+    if sig == signal.SIGTERM:
+        # A shutdown ends the task's WebSocket with 1012 (service restart), at once.
+        with connect(ws_url(runs.stack.ap_url, f"/ap/v1/agent/tasks/{task['task_id']}/ws"),
+                     open_timeout=10, proxy=None) as ws:
+            ws.recv(timeout=30)  # the snapshot
+            assert runs.stack.stop_agentd(sig) == 0
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=30)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
+    else:
+        assert runs.stack.stop_agentd(sig) == -sig
     runs.stack.start_agentd()
 
     assert requests.get(url, timeout=30).json()["status"] == "running"

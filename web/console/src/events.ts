@@ -116,6 +116,14 @@ export function renderEvent(e: TaskEvent): HTMLElement {
     case "stopped":
       cls = "ev-warn";
       break;
+    case "interrupted":
+      cls = "ev-warn";
+      body = [h("strong", {}, `Interrupted (attempt ${d.attempt ?? "?"})`), " ", e.message ?? ""];
+      break;
+    case "resumed":
+      cls = "ev-warn";
+      body = [h("strong", {}, `Resumed: attempt ${d.attempt ?? "?"}, from the checkpoint of step ${d.step ?? 0}`)];
+      break;
     case "end":
       cls = "ev-end";
       body = [`End: ${d.status ?? ""}`];
