@@ -19,6 +19,11 @@
 //! INSERT, one trip for all of them. If that statement fails (one row's
 //! constraint), SQLite backs it out and the rows are inserted one by one, so
 //! only the bad row fails.
+//!
+//! The cheapest batches cost one trip in all: a lone single-statement write
+//! runs in autocommit (its own transaction), and a batch of rows of one table
+//! is sent as `BEGIN IMMEDIATE; INSERT …; COMMIT` (when that fails, it is
+//! rolled back and the batch goes the general way above).
 
 use std::sync::{
     Arc,
@@ -162,29 +167,119 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The connection is outside any transaction for sure: the last one
+    // ended in a COMMIT or ROLLBACK that succeeded (or in a statement that
+    // succeeded in autocommit). Only then may a statement run alone.
+    let mut settled = true;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if settled && let Some(ok) = run_alone(&mut conn, &mut batch).await {
+            settled = ok;
+            continue;
+        }
+        if settled && commit_rows_at_once(&mut conn, &mut batch).await {
+            continue;
+        }
         let mut jobs = std::mem::take(&mut batch).into_iter().peekable();
         // Normally one transaction; another only when SQLite rolled one back
         // in the middle of the batch.
+        settled = false;
         while jobs.len() > 0 {
-            if !commit_some(&mut conn, &rolled_back, &mut jobs).await {
-                break;
+            match commit_some(&mut conn, &rolled_back, &mut jobs).await {
+                Some(ended) => settled = ended,
+                None => break,
             }
         }
     }
 }
 
+/// A batch of one single-statement write runs in autocommit: SQLite makes
+/// the statement its own transaction and commits it (durably, with
+/// `synchronous=FULL`) before the statement returns, so a success is on disk
+/// and a failure left nothing. One thread round trip instead of three
+/// (`BEGIN`, the statement, `COMMIT`). None: not such a batch.
+async fn run_alone(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> Option<bool> {
+    if batch.len() != 1
+        || !matches!(
+            batch[0],
+            Job::Work {
+                one_statement: true,
+                ..
+            }
+        )
+    {
+        return None;
+    }
+    let Some(Job::Work { work, .. }) = batch.pop() else {
+        unreachable!("one single-statement write")
+    };
+    let (ok, reply) = work(conn).await;
+    // Committed when it succeeded; a failure answers with its own error.
+    reply(Ok(()));
+    Some(ok)
+}
+
+/// A batch of rows for one table only (creates under load) is one statement
+/// to sqlx's worker: `BEGIN IMMEDIATE; INSERT …; COMMIT` (sqlx binds the
+/// values across the statements), one thread round trip instead of three.
+/// True: committed and answered (`batch` is left empty). False: nothing of it is left (rolled back,
+/// or not tried) and the batch goes the way of every other, which tells a bad
+/// row from the rest and handles a transaction SQLite rolled back.
+async fn commit_rows_at_once(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> bool {
+    let Some(Job::Row(first, _)) = batch.first() else {
+        return false;
+    };
+    if batch.len() > MAX_ROWS
+        || !batch
+            .iter()
+            .all(|job| matches!(job, Job::Row(row, _) if row.insert == first.insert))
+    {
+        return false;
+    }
+    let mut sql =
+        String::with_capacity(32 + first.insert.len() + batch.len() * (first.values.len() + 2));
+    sql.push_str("BEGIN IMMEDIATE; ");
+    sql.push_str(first.insert);
+    for i in 0..batch.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(first.values);
+    }
+    sql.push_str("; COMMIT");
+    // Only the rows' constant fragments; every value is bound.
+    let query = batch
+        .iter()
+        .fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, job| match job {
+            Job::Row(row, _) => (row.bind)(q),
+            Job::Work { .. } => unreachable!("only rows"),
+        });
+    if query.execute(&mut *conn).await.is_err() {
+        // Whichever statement failed, the transaction (if one is open) holds
+        // nothing committed; the rows are inserted again below.
+        let _ = exec(conn, "ROLLBACK").await;
+        return false;
+    }
+    // Committed: the replies are sent only now.
+    for job in batch.drain(..) {
+        if let Job::Row(_, tx) = job {
+            let _ = tx.send(Ok(()));
+        }
+    }
+    true
+}
+
 /// Runs jobs from `jobs` in one transaction and answers them; stops early
-/// when SQLite rolled the transaction back. False: no transaction could be
+/// when SQLite rolled the transaction back. None: no transaction could be
 /// started (the jobs left are dropped, their callers see them abandoned).
+/// Else whether it ended in a COMMIT or ROLLBACK that succeeded.
 async fn commit_some(
     conn: &mut SqliteConnection,
     rolled_back: &AtomicBool,
     jobs: &mut Jobs,
-) -> bool {
+) -> Option<bool> {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
         tracing::error!(error = %e, "cannot begin a database transaction");
-        return false;
+        return None;
     }
     rolled_back.store(false, Ordering::SeqCst);
     // A batch of one needs no savepoint (its failure rolls back the
@@ -261,10 +356,11 @@ async fn commit_some(
         }
         outcome.map_err(|e| e.to_string())
     };
+    let ended = !lost && outcome.is_ok();
     for reply in replies {
         reply(outcome.clone());
     }
-    true
+    Some(ended)
 }
 
 /// Inserts `rows` (all of one table): one statement, or one per row when
@@ -348,7 +444,7 @@ async fn exec(
 mod tests {
     use std::sync::Arc;
 
-    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{Connection as _, sqlite::SqliteConnectOptions};
     use tokio::sync::Notify;
 
     use super::Writer;
@@ -461,6 +557,30 @@ mod tests {
 
     async fn settle() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn a_lone_failing_statement_fails_and_the_next_writes_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Arc::new(open(dir.path()).await);
+        insert(&writer, "a").await.unwrap().unwrap();
+        assert!(insert(&writer, "a").await.unwrap().is_err());
+        assert!(insert_row(&writer, "a").await.unwrap().is_err());
+        insert(&writer, "b").await.unwrap().unwrap();
+        insert_row(&writer, "c").await.unwrap().unwrap();
+        assert_eq!(keys(&writer).await, ["a", "b", "c"]);
+        // On disk: another connection sees them.
+        let mut other = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("w.db").display()
+        ))
+        .await
+        .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
     }
 
     #[tokio::test]
