@@ -14,7 +14,9 @@ import urllib3.exceptions
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # For calls that create or run something (POST), only the statuses after
 # which the server did not act (429: refused; 503: Envoy could not reach
-# agentd): a retry must not run a step twice.
+# agentd, or agentd was shutting down): a retry must not run a step twice.
+# A step agentd cut off as it shut down also answers 503: it was answered as
+# interrupted, so its retry is the task's next step, with the same input.
 RETRY_STATUSES_UNSAFE = frozenset({429, 503})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 

@@ -45,8 +45,10 @@ class AutoGPTClient:
         errors, waiting with exponential backoff (backoff_factor * 2**n,
         at most max_backoff seconds) or as long as Retry-After says. Calls
         that create or run something (POST) are retried only when the server
-        did not act: 429 (refused), 503 (Envoy could not reach agentd) and
-        failures to connect, so that a step is not run twice. A Retry-After longer than max_retry_wait is not waited
+        did not act: 429 (refused), 503 (Envoy could not reach agentd, or
+        agentd was shutting down) and failures to connect, so that a step is
+        not run twice (a step cut off by a shutdown is answered 503 too: its
+        retry is the task's next step, with the same input). A Retry-After longer than max_retry_wait is not waited
         for: the error is raised at once.
     """
 
