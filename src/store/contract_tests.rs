@@ -104,6 +104,7 @@ contract!(
     a_large_batch_of_events_is_one_append,
     reads_see_every_write,
     concurrent_writes_are_all_committed_and_fail_alone,
+    concurrent_creates_are_counted_by_status_and_usage,
     nodes_register_and_heartbeat,
     concurrent_claimers_never_claim_a_run_twice,
     a_holder_that_lost_its_lease_writes_nothing,
@@ -993,6 +994,47 @@ async fn concurrent_writes_are_all_committed_and_fail_alone(db: &dyn TestDb) {
     let totals = store.totals().await.unwrap();
     assert_eq!(count(&totals, TaskStatus::Created), 200);
     assert_eq!(totals.input_tokens, 20 * 9);
+}
+
+/// Creates arriving together (PostgreSQL inserts them in one statement)
+/// with every status and usage: the counts and sums are exact, and a bad row
+/// among them (a duplicate id) fails alone.
+async fn concurrent_creates_are_counted_by_status_and_usage(db: &dyn TestDb) {
+    let store = db.open().await;
+    let mut creates = Vec::new();
+    for i in 0..150_i64 {
+        let store = store.clone();
+        creates.push(tokio::spawn(async move {
+            // Every tenth is a duplicate of the create before it.
+            let id = format!("t{:03}", if i % 10 == 9 { i - 1 } else { i });
+            let mut t = task(&id, i);
+            t.status = TaskStatus::ALL[i as usize % TaskStatus::ALL.len()];
+            t.input_tokens = i;
+            t.output_tokens = 1;
+            t.cost_usd = 0.5;
+            (t.clone(), store.insert_task(&t).await.is_ok())
+        }));
+    }
+    let mut stored = BTreeMap::new();
+    for c in creates {
+        let (t, ok) = c.await.unwrap();
+        if ok {
+            assert!(stored.insert(t.task_id.clone(), t).is_none(), "two wins");
+        }
+    }
+    assert_eq!(stored.len(), 135);
+    for t in stored.values() {
+        assert_eq!(&store.get_task(&t.task_id).await.unwrap().unwrap(), t);
+    }
+    let totals = store.totals().await.unwrap();
+    for s in TaskStatus::ALL {
+        let n = stored.values().filter(|t| t.status == s).count() as i64;
+        assert_eq!(count(&totals, s), n, "{s:?}");
+    }
+    let input: i64 = stored.values().map(|t| t.input_tokens).sum();
+    assert_eq!((totals.input_tokens, totals.output_tokens), (input, 135));
+    assert!((totals.cost_usd - 67.5).abs() < 1e-9, "{}", totals.cost_usd);
+    assert_eq!(store.list_tasks(&all(0)).await.unwrap().1, 135);
 }
 
 // ---- nodes and runs ----------------------------------------------------

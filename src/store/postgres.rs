@@ -6,7 +6,9 @@
 //! caller is answered after COMMIT returned. Each connection makes sure
 //! `synchronous_commit` is not `off`, so a commit that returned is flushed to
 //! the WAL; PostgreSQL batches the flushes of concurrent commits itself (its
-//! own group commit), so there is no writer task as in front of SQLite.
+//! own group commit). Creates, the one write that comes in floods, are also
+//! batched by the node: many in one INSERT and one transaction
+//! (`creates.rs`).
 //!
 //! Caching: none for task rows, artifact lists or open event logs: with
 //! several nodes, another node's write would leave a node-local copy stale.
@@ -40,6 +42,7 @@ const MAX_CONNECTIONS: u32 = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod checkpoints;
+mod creates;
 mod runs;
 
 pub struct PgStore {
@@ -48,6 +51,8 @@ pub struct PgStore {
     options: sqlx::postgres::PgConnectOptions,
     /// Finished tasks' event logs only (see the module comment).
     finished_logs: ReadCache,
+    /// Task inserts, group-committed (`creates.rs`).
+    creates: creates::Creates,
 }
 
 impl PgStore {
@@ -87,6 +92,7 @@ impl PgStore {
             .await
             .with_context(|| format!("applying database migrations to {url}"))?;
         Ok(Self {
+            creates: creates::Creates::start(pool.clone()),
             pool,
             options,
             finished_logs: ReadCache::new(cache_bytes),
@@ -229,8 +235,7 @@ macro_rules! page_of_tasks {
 #[async_trait]
 impl Store for PgStore {
     async fn insert_task(&self, t: &Task) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        runs::insert_task_in(&mut conn, t).await
+        self.creates.insert(t).await
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<Task>> {
