@@ -29,6 +29,9 @@ use crate::error::Result;
 
 /// How long a stop waits for a background run to record its end.
 const STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for the database, per call: an unreachable
+/// one must not keep agentd from exiting (the leases run out by themselves).
+const SHUTDOWN_DB_WAIT: Duration = Duration::from_secs(2);
 /// Between SIGTERM and SIGKILL for a stopped task's processes (the bash
 /// tool's own grace).
 pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -173,11 +176,15 @@ impl TaskManager {
         let mut suspend = Vec::new();
         let mut stop = Vec::new();
         for id in ids {
-            match self.store.get_task(&id).await {
-                Ok(Some(task)) if self.on_interrupt(&task) == super::OnInterrupt::Resume => {
-                    suspend.push(id)
+            // A database that does not answer cannot take a run's end
+            // either: the run is left to resume, like after a crash.
+            let task = tokio::time::timeout(SHUTDOWN_DB_WAIT, self.store.get_task(&id)).await;
+            match task {
+                Ok(Ok(Some(task))) if self.on_interrupt(&task) == super::OnInterrupt::Fail => {
+                    stop.push(id)
                 }
-                _ => stop.push(id),
+                Ok(Ok(None)) => stop.push(id), // deleted meanwhile
+                _ => suspend.push(id),
             }
         }
         let stops = stop
@@ -188,10 +195,14 @@ impl TaskManager {
             futures_util::future::join_all(stops),
             futures_util::future::join_all(suspends)
         );
-        if let Some(cluster) = &self.cluster
-            && let Err(e) = cluster.leave().await
-        {
-            tracing::warn!(error = %e, "could not give up this node's leases: other nodes take its runs over when they run out");
+        if let Some(cluster) = &self.cluster {
+            let left = tokio::time::timeout(SHUTDOWN_DB_WAIT, cluster.leave()).await;
+            if let Err(e) = left
+                .map_err(|_| "timed out".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                tracing::warn!(error = %e, "could not give up this node's leases: other nodes take its runs over when they run out");
+            }
         }
         self.cgroups.close();
         // The runs' last events are stored: streams may end now.

@@ -387,7 +387,16 @@ class Stack:
         stop_process(self.envoy)
         stop_process(self.agentd)
         if self.agentd is not None and self.agentd.poll() is not None:
-            remove_task_cgroups(self.data_dir, self.env.get("AGENTD_NODE_ID"))
+            remove_task_cgroups(self.data_dir, self.node_id())
+
+    def node_id(self) -> str | None:
+        """The node agentd names itself on PostgreSQL (its default: host name
+        and port, as `node_id::default_node_id`); None on SQLite."""
+        if "AGENTD_DATABASE_URL" not in self.env:
+            return None
+        host = Path("/proc/sys/kernel/hostname").read_text().strip() or "localhost"
+        host = "".join(c if c.isascii() and (c.isalnum() or c in "-_.:") else "-" for c in host)
+        return self.env.get("AGENTD_NODE_ID") or f"{host}:{self.agentd_port}"
 
     def logs(self) -> str:
         return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -94,6 +95,14 @@ def test_tasks_of_both_dialects_live_in_postgres_across_restarts(fresh_runs, pg,
     assert requests.get(f"{stack.ap_url}{AP}/tasks/{other['task_id']}", timeout=30).status_code == 404
     assert requests.get(f"{stack.trae_url}/api/tasks", timeout=30).json()["total_tasks"] == 2
     assert pg.psql("SELECT count(*) FROM tasks", "agentd") == "2"
+
+    # Its database gone first, agentd still shuts down by itself (no SIGKILL
+    # after the wait), and leaves no control group behind.
+    pg.stop()
+    assert stack.stop_agentd() == 0, stack.logs()
+    name = helpers.cgroup_id(stack.data_dir, stack.node_id())
+    left = [p for p in Path("/sys/fs/cgroup").glob(f"*/{name}")] + list(Path("/sys/fs/cgroup").glob(name))
+    assert not left, left
 
 
 def start_with_database(tmp_path, url: str) -> subprocess.CompletedProcess:
