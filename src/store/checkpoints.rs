@@ -38,4 +38,9 @@ pub trait CheckpointStore: Send + Sync {
     ) -> Result<bool>;
     /// The task's checkpoints, oldest first.
     async fn checkpoints(&self, task_id: &str) -> Result<Vec<Checkpoint>>;
+    /// Records that a stop was asked of the task (the first reason is
+    /// kept), durably, so that an interrupted run is never resumed after it.
+    async fn request_stop(&self, task_id: &str, reason: &str, at: i64) -> Result<()>;
+    /// The reason of the stop asked of the task, if one was.
+    async fn stop_request(&self, task_id: &str) -> Result<Option<String>>;
 }

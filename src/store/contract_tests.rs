@@ -114,6 +114,7 @@ contract!(
     queueing_counts_the_slots_of_live_nodes,
     rings_follow_commits_of_other_connections,
     checkpoints_are_appended_with_their_events_or_not_at_all,
+    stop_requests_are_durable_keep_the_first_reason_and_go_with_the_task,
     a_held_run_goes_back_to_the_queue_for_another_node,
 );
 
@@ -1599,6 +1600,32 @@ async fn checkpoints_are_appended_with_their_events_or_not_at_all(db: &dyn TestD
     assert!(store.checkpoints("other").await.unwrap().is_empty());
     assert!(store.delete_task("t").await.unwrap());
     assert!(store.checkpoints("t").await.unwrap().is_empty());
+}
+
+async fn stop_requests_are_durable_keep_the_first_reason_and_go_with_the_task(db: &dyn TestDb) {
+    let store = db.open().await;
+    store.insert_task(&task("t", 1)).await.unwrap();
+    store.insert_task(&task("u", 2)).await.unwrap();
+    assert_eq!(store.stop_request("t").await.unwrap(), None);
+    store
+        .request_stop("t", "stopped on request", 10)
+        .await
+        .unwrap();
+    store
+        .request_stop("t", "a second reason", 11)
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = db.open().await;
+    assert_eq!(
+        store.stop_request("t").await.unwrap().as_deref(),
+        Some("stopped on request")
+    );
+    assert_eq!(store.stop_request("u").await.unwrap(), None);
+    assert!(store.request_stop("missing", "x", 12).await.is_err());
+    assert!(store.delete_task("t").await.unwrap());
+    assert_eq!(store.stop_request("t").await.unwrap(), None);
 }
 
 /// A node that took a run over without a free slot puts it back in the

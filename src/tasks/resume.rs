@@ -17,10 +17,11 @@
 
 use std::time::Duration;
 
-use agentd_engine::agent::{Checkpoint, CheckpointDelta};
+use agentd_engine::agent::{Checkpoint, CheckpointDelta, RunOutcome};
 
 use super::{
     TaskManager, recovery,
+    stop::StopReason,
     task_event::{EventKind, TaskEvent},
 };
 use crate::{
@@ -88,6 +89,16 @@ impl TaskManager {
     /// Resumes an interrupted run, or fails it with `why` and the reason it
     /// is not resumed. True when resumed.
     pub(in crate::tasks) async fn resume_or_fail(&self, task: Task, why: &str) -> Result<bool> {
+        if let Some(reason) = self.store.stop_request(&task.task_id).await? {
+            // Asked to stop before it was interrupted: it ends as asked.
+            let outcome = RunOutcome::Stopped { reason };
+            let stop = StopReason::Requested;
+            self.runner
+                .finish(&task.task_id, &outcome, Some(&stop))
+                .await?;
+            tracing::warn!(task_id = %task.task_id, "an interrupted run that was asked to stop ended stopped");
+            return Ok(false);
+        }
         let failure = match self.resumption(&task, why).await {
             // Its next step rebuilds the session.
             Ok(plan) if task.origin == Origin::AgentProtocol => {

@@ -113,6 +113,14 @@ impl TaskManager {
     pub async fn stop_task(&self, caller: &Caller, task_id: &str) -> Result<String> {
         let task = self.task(caller, task_id).await?;
         self.audit(caller, "stop", task_id);
+        if task.status == crate::store::TaskStatus::Running {
+            // On disk first: a crash before the run's end is written must
+            // not resume it (see `resume`).
+            let reason = StopReason::Requested.describe();
+            self.store
+                .request_stop(task_id, &reason, crate::clock::now_ms())
+                .await?;
+        }
         if self.stop_anywhere(task_id, StopReason::Requested).await? {
             Ok("Task stopped successfully".into())
         } else {

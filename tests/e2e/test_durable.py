@@ -233,6 +233,46 @@ def test_repeated_crashes_at_any_point_never_tear_a_checkpoint(fresh_runs, tmp_p
           f"{len(lines)} of {steps} lines, {len(route.requests)} model calls")
 
 
+def test_a_run_stopped_a_moment_before_a_crash_ends_stopped_not_resumed(fresh_runs, tmp_path):
+    """The stop is on disk before the run is told: agentd SIGKILLed while the
+    stopped run's command is still being ended (it ignores SIGTERM, so that
+    takes the 2 s grace) leaves the task running, and the next start ends it
+    `stopped` instead of resuming it."""
+    runs = fresh_runs()
+    wd = tmp_path / "wd"
+    route = runs.llm.route().script(
+        bash("echo $$ > bash.pid; trap '' TERM; sleep 300"),
+        openai_tool_call("task_done", {}, text="must not run"),
+    )
+    task_id = runs.run("stopped, then a crash", wd, route=route)
+    procs = TaskProcesses.of(int(wait_file(wd / "bash.pid")))
+    db_file = runs.stack.data_dir / "agentd.db"
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(requests.post, f"{runs.stack.trae_url}/api/tasks/{task_id}/stop", timeout=60)
+            deadline = time.monotonic() + 30
+            while True:
+                with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True) as db:
+                    if db.execute("SELECT 1 FROM stop_requests WHERE task_id = ?", (task_id,)).fetchone():
+                        break
+                assert time.monotonic() < deadline, "the stop was not recorded"
+                time.sleep(0.01)
+            assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        status, types = stored_task(runs, task_id)
+        assert status == "running" and "end" not in types, f"the stop ended first: nothing was tested ({types})"
+        runs.stack.start_agentd()
+        st = runs.status(task_id)
+        assert st["task_status"] == "stopped", st
+        events = runs.sse(task_id)
+        assert_well_formed_log(events, task_id)
+        types = [e["type"] for e in events]
+        assert types[-2:] == ["stopped", "end"] and "resumed" not in types, types
+        assert len(route.requests) == 1
+        assert not procs.wait_gone(timeout=10), procs.survivors()
+    finally:
+        procs.kill_leftovers()
+
+
 def test_a_run_asking_to_fail_on_interrupt_fails(fresh_runs, tmp_path):
     runs = fresh_runs()
     bad = requests.post(f"{runs.stack.trae_url}/api/run", timeout=30, json={

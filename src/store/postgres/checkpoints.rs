@@ -66,4 +66,26 @@ impl CheckpointStore for PgStore {
             })
             .collect())
     }
+
+    async fn request_stop(&self, task_id: &str, reason: &str, at: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO stop_requests (task_id, reason, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id) DO NOTHING",
+        )
+        .bind(task_id)
+        .bind(pg_text(reason))
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn stop_request(&self, task_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT reason FROM stop_requests WHERE task_id = $1")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
 }

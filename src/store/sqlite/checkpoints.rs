@@ -59,6 +59,34 @@ impl CheckpointStore for SqliteStore {
         .await?;
         Ok(rows.into_iter().map(checkpoint_of).collect())
     }
+
+    async fn request_stop(&self, task_id: &str, reason: &str, at: i64) -> Result<()> {
+        let (id, reason) = (task_id.to_string(), reason.to_string());
+        self.write_tasks_statement(&[task_id], move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO stop_requests (task_id, reason, created_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (task_id) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(&reason)
+                .bind(at)
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn stop_request(&self, task_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT reason FROM stop_requests WHERE task_id = ?")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
 }
 
 fn checkpoint_of(
