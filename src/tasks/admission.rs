@@ -54,6 +54,15 @@ impl Admission {
         })
     }
 
+    /// The next free slot, ahead of any later `reserve` (the semaphore is
+    /// fair). Never returns once closed (a shutdown suspends the waiter).
+    pub async fn wait(&self) -> RunSlot {
+        match self.slots.clone().acquire_owned().await {
+            Ok(slot) => slot,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Refuses every run from now on (shutdown): nothing starts that the
     /// shutdown would not see.
     pub fn close(&self) {

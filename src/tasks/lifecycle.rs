@@ -154,8 +154,10 @@ impl Runner {
     }
 
     /// Starts a background run of an already stored, `running` task. The
-    /// slot is held until the run ends.
-    pub fn spawn_run(self: &Arc<Self>, task: Task, plan: RunPlan, slot: RunSlot) {
+    /// slot is held until the run ends; without one (a resumed run on a node
+    /// whose slots are taken), the run waits for the next free slot, ahead
+    /// of new runs, and can be stopped or suspended meanwhile.
+    pub fn spawn_run(self: &Arc<Self>, task: Task, plan: RunPlan, slot: Option<RunSlot>) {
         let cancel = Cancellation::default();
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         self.active().insert(
@@ -185,9 +187,20 @@ impl Runner {
             ));
             // A stop cancels the token: the engine ends the step and, on its
             // way out, every process group its tools started.
+            let mut slot = slot;
             let run = async {
+                let go = async {
+                    if slot.is_none() {
+                        // A stop meanwhile: the agent then ends at once, stopped.
+                        tokio::select! {
+                            s = runner.admission.wait() => slot = Some(s),
+                            () = cancel.token().cancelled() => {}
+                        }
+                    }
+                    agent.run(cancel.token()).await
+                };
                 tokio::select! {
-                    outcome = agent.run(cancel.token()) => outcome,
+                    outcome = go => outcome,
                     () = tokio::time::sleep(left) => {
                         cancel.stop(StopReason::TimedOut(timeout));
                         agent.run(cancel.token()).await

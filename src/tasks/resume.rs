@@ -105,20 +105,37 @@ impl TaskManager {
                 self.record_resumption(&task.task_id, &plan).await?;
                 return Ok(true);
             }
-            Ok(plan) => match self.runner.admission.reserve() {
-                Ok(slot) => match self.resume_trae(task.clone(), plan, slot).await {
+            Ok(plan) => {
+                let slot = match self.runner.admission.reserve() {
+                    Ok(slot) => Some(slot),
+                    // In a cluster, a node with a free slot claims it and resumes it.
+                    Err(_) if self.requeue(&task.task_id).await? => return Ok(true),
+                    // One node: it waits for a slot (see `Runner::spawn_run`).
+                    Err(_) if self.cluster.is_none() => {
+                        tracing::warn!(task_id = %task.task_id, "no free run slot to resume an interrupted run: it waits for one");
+                        None
+                    }
+                    Err(e) => {
+                        return self
+                            .fail_unresumed(task, &format!("{why}; it could not be resumed: {e}"))
+                            .await;
+                    }
+                };
+                match self.resume_trae(task.clone(), plan, slot).await {
                     Ok(()) => return Ok(true),
                     Err(e) => format!("{why}; it could not be resumed: {e}"),
-                },
-                // In a cluster, a node with a free slot claims it and resumes it.
-                Err(_) if self.requeue(&task.task_id).await? => return Ok(true),
-                Err(e) => format!("{why}; it could not be resumed: {e}"),
-            },
+                }
+            }
             Err(reason) => reason,
         };
+        self.fail_unresumed(task, &failure).await
+    }
+
+    /// Fails an interrupted run that is not resumed, with the reason.
+    async fn fail_unresumed(&self, task: Task, failure: &str) -> Result<bool> {
         // The task as stored now (resuming may have written its log).
         let task = self.store.get_task(&task.task_id).await?.unwrap_or(task);
-        recovery::fail_interrupted(&self.events, task, &failure).await?;
+        recovery::fail_interrupted(&self.events, task, failure).await?;
         Ok(false)
     }
 

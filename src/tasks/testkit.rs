@@ -214,7 +214,7 @@ impl Harness {
         let task = self.running_task(task_id).await;
         let plan = self.agent(task_id, llm, tools).await;
         let slot = self.runner.admission.reserve().unwrap();
-        self.runner.spawn_run(task, plan, slot);
+        self.runner.spawn_run(task, plan, Some(slot));
     }
 
     /// Lets the model answer while a requested stop arrives a little later

@@ -81,7 +81,7 @@ impl TaskManager {
                 .resumption(&task, super::recovery::NODE_LOST)
                 .await
                 .map_err(Error::invalid)?;
-            return self.resume_trae(task, plan, slot).await;
+            return self.resume_trae(task, plan, Some(slot)).await;
         }
         let req = request_of(spec.unwrap_or_default());
         let prepared = self.prepare_trae(&req).await?;
@@ -175,7 +175,7 @@ impl TaskManager {
         &self,
         task: Task,
         plan: Resumption,
-        slot: RunSlot,
+        slot: Option<RunSlot>,
     ) -> Result<()> {
         let req = stored_request(&task).ok_or_else(|| Error::invalid("no stored request"))?;
         let prepared = self.prepare_trae(&req).await?;
@@ -252,7 +252,7 @@ impl TaskManager {
             sink,
             started_ago: std::time::Duration::ZERO,
         };
-        self.runner.spawn_run(task, plan, slot);
+        self.runner.spawn_run(task, plan, Some(slot));
         Ok(())
     }
 }

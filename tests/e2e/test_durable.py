@@ -273,6 +273,58 @@ def test_a_run_stopped_a_moment_before_a_crash_ends_stopped_not_resumed(fresh_ru
         procs.kill_leftovers()
 
 
+def test_interrupted_runs_beyond_the_slots_wait_for_one_and_can_be_stopped_meanwhile(fresh_runs, tmp_path):
+    """Three runs interrupted, agentd started again with one run slot: one
+    resumes, the others wait for the slot instead of failing; a stop ends a
+    waiting one `stopped` at once, without a model call, and the slot freed
+    by the running one goes to the run still waiting."""
+    runs = fresh_runs({"AGENTD_MAX_RUNNING_TASKS": "3"})
+    started = {}
+    for name in ("first", "second", "third"):
+        wd = tmp_path / name
+        route = runs.llm.route().script(bash("echo $$ > bash.pid; sleep 300"), bash("echo $$ > again.pid; sleep 300"))
+        task_id = runs.run(name, wd, route=route)
+        started[task_id] = (wd, route)
+    procs = [TaskProcesses.of(int(wait_file(wd / "bash.pid"))) for wd, _ in started.values()]
+
+    def resumed() -> list[str]:
+        return [t for t, (wd, _) in started.items() if (wd / "again.pid").is_file()]
+
+    def wait_resumed(n: int) -> list[str]:
+        deadline = time.monotonic() + 60
+        while len(resumed()) < n:
+            assert time.monotonic() < deadline, f"{n} runs were not resumed: {resumed()}"
+            time.sleep(0.05)
+        return resumed()
+
+    try:
+        assert runs.stack.stop_agentd(signal.SIGKILL) == -signal.SIGKILL
+        runs.stack.env["AGENTD_MAX_RUNNING_TASKS"] = "1"
+        runs.stack.start_agentd()
+        (running,) = wait_resumed(1)
+        procs.append(TaskProcesses.of(int(wait_file(started[running][0] / "again.pid"))))
+        time.sleep(0.5)  # a waiting run that did not wait would call its model now
+        waiting = [t for t in started if t != running]
+        for t in waiting:
+            assert runs.status(t)["task_status"] == "running"
+            assert len(started[t][1].requests) == 1, "a waiting run called its model"
+        # A stop while it waits: stopped at once, its model never called again.
+        assert runs.stop(waiting[0])["message"] == "Task stopped successfully"
+        events = runs.sse(waiting[0])
+        assert_well_formed_log(events, waiting[0])
+        types = [e["type"] for e in events]
+        assert types.count("resumed") == 1 and types[-2:] == ["stopped", "end"], types
+        assert len(started[waiting[0]][1].requests) == 1
+        # The slot the running one frees goes to the run still waiting.
+        assert runs.stop(running)["message"] == "Task stopped successfully"
+        assert sorted(wait_resumed(2)) == sorted([running, waiting[1]])
+        procs.append(TaskProcesses.of(int(wait_file(started[waiting[1]][0] / "again.pid"))))
+        assert runs.stop(waiting[1])["message"] == "Task stopped successfully"
+    finally:
+        for p in procs:
+            p.kill_leftovers()
+
+
 def test_a_run_asking_to_fail_on_interrupt_fails(fresh_runs, tmp_path):
     runs = fresh_runs()
     bad = requests.post(f"{runs.stack.trae_url}/api/run", timeout=30, json={
