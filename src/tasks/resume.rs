@@ -91,12 +91,7 @@ impl TaskManager {
     pub(in crate::tasks) async fn resume_or_fail(&self, task: Task, why: &str) -> Result<bool> {
         if let Some(reason) = self.store.stop_request(&task.task_id).await? {
             // Asked to stop before it was interrupted: it ends as asked.
-            let outcome = RunOutcome::Stopped { reason };
-            let stop = StopReason::Requested;
-            self.runner
-                .finish(&task.task_id, &outcome, Some(&stop))
-                .await?;
-            tracing::warn!(task_id = %task.task_id, "an interrupted run that was asked to stop ended stopped");
+            self.end_stopped(&task.task_id, reason).await?;
             return Ok(false);
         }
         let failure = match self.resumption(&task, why).await {
@@ -106,37 +101,38 @@ impl TaskManager {
                 return Ok(true);
             }
             Ok(plan) => {
-                let slot = match self.runner.admission.reserve() {
-                    Ok(slot) => Some(slot),
+                let resumed = match self.runner.admission.reserve() {
+                    Ok(slot) => self.resume_trae(task.clone(), plan, Some(slot)).await,
                     // In a cluster, a node with a free slot claims it and resumes it.
                     Err(_) if self.requeue(&task.task_id).await? => return Ok(true),
                     // One node: it waits for a slot (see `Runner::spawn_run`).
                     Err(_) if self.cluster.is_none() => {
                         tracing::warn!(task_id = %task.task_id, "no free run slot to resume an interrupted run: it waits for one");
-                        None
+                        self.resume_trae(task.clone(), plan, None).await
                     }
-                    Err(e) => {
-                        return self
-                            .fail_unresumed(task, &format!("{why}; it could not be resumed: {e}"))
-                            .await;
-                    }
+                    Err(e) => Err(e),
                 };
-                match self.resume_trae(task.clone(), plan, slot).await {
+                match resumed {
                     Ok(()) => return Ok(true),
                     Err(e) => format!("{why}; it could not be resumed: {e}"),
                 }
             }
             Err(reason) => reason,
         };
-        self.fail_unresumed(task, &failure).await
-    }
-
-    /// Fails an interrupted run that is not resumed, with the reason.
-    async fn fail_unresumed(&self, task: Task, failure: &str) -> Result<bool> {
         // The task as stored now (resuming may have written its log).
         let task = self.store.get_task(&task.task_id).await?.unwrap_or(task);
-        recovery::fail_interrupted(&self.events, task, failure).await?;
+        recovery::fail_interrupted(&self.events, task, &failure).await?;
         Ok(false)
+    }
+
+    /// Ends an interrupted run that was asked to stop (see `stop_task`),
+    /// `stopped`, instead of resuming it.
+    pub(in crate::tasks) async fn end_stopped(&self, task_id: &str, reason: String) -> Result<()> {
+        let outcome = RunOutcome::Stopped { reason };
+        let stop = StopReason::Requested;
+        self.runner.finish(task_id, &outcome, Some(&stop)).await?;
+        tracing::warn!(%task_id, "an interrupted run that was asked to stop ended stopped");
+        Ok(())
     }
 
     /// Puts the run this node holds for the task back in the cluster's

@@ -204,12 +204,13 @@ impl TaskManager {
             futures_util::future::join_all(suspends)
         );
         if let Some(cluster) = &self.cluster {
-            let left = tokio::time::timeout(SHUTDOWN_DB_WAIT, cluster.leave()).await;
-            if let Err(e) = left
-                .map_err(|_| "timed out".to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-            {
-                tracing::warn!(error = %e, "could not give up this node's leases: other nodes take its runs over when they run out");
+            let error = match tokio::time::timeout(SHUTDOWN_DB_WAIT, cluster.leave()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".to_string()),
+            };
+            if let Some(error) = error {
+                tracing::warn!(%error, "could not give up this node's leases: other nodes take its runs over when they run out");
             }
         }
         self.cgroups.close();

@@ -243,13 +243,9 @@ impl TaskManager {
         }
         if run.cancel_reason.as_deref().map(reason_of) == Some(StopReason::Requested) {
             // Asked to stop before its node died: it ends as asked.
-            let stop = StopReason::Requested;
-            let outcome = RunOutcome::Stopped {
-                reason: stop.describe(),
-            };
-            self.runner.finish(&task_id, &outcome, Some(&stop)).await?;
-            tracing::warn!(%task_id, "ended a run whose node stopped before its requested stop was done: stopped");
-            return Ok(());
+            return self
+                .end_stopped(&task_id, StopReason::Requested.describe())
+                .await;
         }
         let outcome = RunOutcome::Failed {
             error: error.to_string(),
