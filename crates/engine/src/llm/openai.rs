@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::history::{self, paired, result_text};
 use super::http::{Endpoint, Streamed};
 use super::stream::{OpenAiStream, TextSink, step_error};
-use super::wire::{BodyEncoder, RenderedTools};
+use super::wire::{self, BodyEncoder, EncodedHistory, RenderedTools};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
 use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolSpec, Usage};
@@ -31,6 +31,7 @@ pub(crate) struct OpenAiClient {
     endpoint: Endpoint,
     tools: RenderedTools,
     body: BodyEncoder,
+    history: EncodedHistory,
 }
 
 impl OpenAiClient {
@@ -79,6 +80,7 @@ impl OpenAiClient {
             endpoint,
             tools: RenderedTools::default(),
             body: BodyEncoder::default(),
+            history: EncodedHistory::default(),
         }
     }
 
@@ -141,9 +143,7 @@ impl OpenAiClient {
         );
         let reasoning = self.is_reasoning_model();
         let (max_completion_tokens, max_tokens) = self.token_limit();
-        self.body.encode(&ChatRequest {
-            model: &cfg.model,
-            messages: ChatMessages(&history),
+        let rest = ChatOptions {
             parallel_tool_calls: (tools.is_some() && takes_parallel)
                 .then_some(cfg.parallel_tool_calls),
             tools: tools.as_deref(),
@@ -158,7 +158,13 @@ impl OpenAiClient {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-        })
+        };
+        let messages = |out: &mut Vec<u8>| {
+            self.history.write_array(&history, out, |m, buf| {
+                serde_json::to_writer(buf, &ChatMessage::new(m))
+            })
+        };
+        wire::write_body(&self.body, &cfg.model, messages, &rest)
     }
 }
 
@@ -167,12 +173,11 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// A Chat Completions request, borrowing the history and the configuration.
-/// Fields are sent in this order; unset ones are left out.
+/// A Chat Completions request's fields after `model` and `messages` (see
+/// [`wire::write_body`]), borrowing the configuration. Fields are sent in
+/// this order; unset ones are left out.
 #[derive(Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    messages: ChatMessages<'a>,
+struct ChatOptions<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     tools: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,15 +200,6 @@ struct ChatRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
-}
-
-/// The paired history, one [`ChatMessage`] per message.
-struct ChatMessages<'a>(&'a [Cow<'a, Message>]);
-
-impl Serialize for ChatMessages<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|m| ChatMessage::new(m)))
-    }
 }
 
 /// One message: `{"role", "content"}`, plus `tool_calls` for an assistant
@@ -520,6 +516,41 @@ mod tests {
             .to_string()
             .replace(r#""max_tokens":100"#, r#""max_completion_tokens":100"#);
         assert_eq!(String::from_utf8(body).unwrap(), expected);
+    }
+
+    #[test]
+    fn bodies_of_a_changing_history_are_what_a_new_client_sends() {
+        let new_client = || {
+            OpenAiClient::new(
+                Provider::OpenAi,
+                config(Provider::OpenAi, "gpt-4o"),
+                "http://127.0.0.1:1/v1",
+                &ClientOptions::default(),
+            )
+        };
+        let client = new_client();
+        let mut history = conversation("call_3");
+        let check = |history: &[Message], stream| {
+            let tools = [bash_tool()];
+            let body = client.encode(history, &tools, stream).unwrap();
+            let fresh = new_client().encode(history, &tools, stream).unwrap();
+            assert_eq!(String::from_utf8(body), String::from_utf8(fresh));
+        };
+        // The last call unanswered (a result is made up for it), then answered.
+        check(&history, false);
+        history.push(Message::tool(crate::messages::ToolResult {
+            call_id: "call_3".into(),
+            name: "bash".into(),
+            success: true,
+            result: "/work".into(),
+            error: None,
+        }));
+        check(&history, true);
+        history.push(Message::user("Go on"));
+        check(&history, false);
+        // A step undone.
+        history.truncate(5);
+        check(&history, false);
     }
 
     /// `(max_completion_tokens, max_tokens)` as sent to `base_url`.
