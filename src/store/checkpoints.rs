@@ -11,6 +11,16 @@ use async_trait::async_trait;
 use super::{Event, Fence};
 use crate::error::Result;
 
+/// A running task's token usage and cost, as of an append (the columns
+/// `Store::set_usage` writes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskUsage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    pub modified_at: i64,
+}
+
 /// One checkpoint row (the task layer decides what `body` holds).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
@@ -26,14 +36,17 @@ pub struct Checkpoint {
 
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
-    /// Appends `events` and a checkpoint of their task (its `n` is the
-    /// next one; the one given is ignored) in one transaction. With
-    /// `fence`, as `RunStore::append_fenced`: false, and nothing written,
-    /// when the fence no longer holds.
-    async fn append_checkpointed(
+    /// Appends `events` of `task_id`, with a checkpoint of its run (its `n`
+    /// is the next one; the one given is ignored) and its token usage when
+    /// given, in one transaction: a run's step is one write. With `fence`,
+    /// as `RunStore::append_fenced`: false, and nothing written, when the
+    /// fence no longer holds.
+    async fn append_progress(
         &self,
+        task_id: &str,
         events: &[Arc<Event>],
-        checkpoint: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
+        usage: Option<&TaskUsage>,
         fence: Option<&Fence>,
     ) -> Result<bool>;
     /// The task's checkpoints, oldest first.

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::{
     Artifact, Checkpoint, DEFAULT_READ_CACHE_BYTES, DatabaseUrl, Event, Fence, NewRun, Node,
     Origin, PgStore, Ring, RunKind, RunStatus, SqliteStore, Step, Store, Task, TaskQuery,
-    TaskStatus, test_cluster,
+    TaskStatus, TaskUsage, test_cluster,
 };
 
 /// One database of a backend; `open` may be called again (after the last
@@ -1557,22 +1557,55 @@ async fn checkpoints_are_appended_with_their_events_or_not_at_all(db: &dyn TestD
         .fence()
         .unwrap();
     let first = checkpoint("t", 1, r#"{"messages":["a"]}"#);
+    let usage = |n: i64| TaskUsage {
+        input_tokens: n,
+        output_tokens: n + 1,
+        cost_usd: 0.5,
+        modified_at: 200 + n,
+    };
+    let usage_of = |t: Task| (t.input_tokens, t.output_tokens, t.modified_at);
     assert!(
         store
-            .append_checkpointed(&events("t", 1..=2), &first, Some(&fence))
+            .append_progress(
+                "t",
+                &events("t", 1..=2),
+                Some(&first),
+                Some(&usage(10)),
+                Some(&fence)
+            )
             .await
             .unwrap()
     );
+    assert_eq!(
+        usage_of(store.get_task("t").await.unwrap().unwrap()),
+        (10, 11, 210)
+    );
     // Without events, and unfenced.
     let second = checkpoint("t", 1, r#"{"messages":["b"]}"#);
-    assert!(store.append_checkpointed(&[], &second, None).await.unwrap());
-    // seq 2 exists: neither the events nor the checkpoint are written.
+    assert!(
+        store
+            .append_progress("t", &[], Some(&second), None, None)
+            .await
+            .unwrap()
+    );
+    // seq 2 exists: neither the events nor the checkpoint nor the usage
+    // are written.
     let torn = checkpoint("t", 2, "torn");
     assert!(
         store
-            .append_checkpointed(&events("t", 2..=3), &torn, None)
+            .append_progress(
+                "t",
+                &events("t", 2..=3),
+                Some(&torn),
+                Some(&usage(20)),
+                None
+            )
             .await
             .is_err()
+    );
+    assert_eq!(
+        usage_of(store.get_task("t").await.unwrap().unwrap()),
+        (10, 11, 210)
     );
     let bodies = |cps: Vec<Checkpoint>| -> Vec<(i64, i64, String)> {
         cps.into_iter().map(|c| (c.n, c.step, c.body)).collect()
@@ -1588,11 +1621,42 @@ async fn checkpoints_are_appended_with_their_events_or_not_at_all(db: &dyn TestD
     assert_eq!(taken.len(), 1);
     assert!(
         !store
-            .append_checkpointed(&events("t", 3..=3), &torn, Some(&fence))
+            .append_progress(
+                "t",
+                &events("t", 3..=3),
+                Some(&torn),
+                Some(&usage(30)),
+                Some(&fence)
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .append_progress("t", &[], None, Some(&usage(30)), Some(&fence))
             .await
             .unwrap()
     );
     assert_eq!(seqs(&store.event_log("t").await.unwrap()), [1, 2]);
+    assert_eq!(
+        usage_of(store.get_task("t").await.unwrap().unwrap()),
+        (10, 11, 210)
+    );
+    // More events than one statement takes, with usage and no checkpoint.
+    assert!(
+        store
+            .append_progress("t", &events("t", 3..=80), None, Some(&usage(40)), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        seqs(&store.event_log("t").await.unwrap()),
+        (1..=80).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        usage_of(store.get_task("t").await.unwrap().unwrap()),
+        (40, 41, 240)
+    );
     drop(store);
 
     let store = db.open().await;

@@ -26,7 +26,7 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
-pub use checkpoints::{Checkpoint, CheckpointStore};
+pub use checkpoints::{Checkpoint, CheckpointStore, TaskUsage};
 pub use database_url::DatabaseUrl;
 pub use model::*;
 pub use postgres::PgStore;

@@ -179,7 +179,7 @@ async fn upsert_artifact_in(
 
 /// Events inserted by one statement at most: a batch of events costs one
 /// trip to SQLite rather than one per event.
-const EVENT_ROWS: usize = 32;
+pub(super) const EVENT_ROWS: usize = 32;
 
 /// `INSERT INTO events … VALUES (…), (…)` with `rows` rows (1 to [`EVENT_ROWS`]).
 fn insert_events_sql(rows: usize) -> &'static str {

@@ -27,7 +27,7 @@ use crate::{
     clock,
     error::{Error, Result},
     metrics::Metrics,
-    store::{Checkpoint, Event, Fence, Store, Task, is_transient},
+    store::{Checkpoint, Event, Fence, Store, Task, TaskUsage, is_transient},
 };
 
 /// Whether `e` is the `end` that closes every finished task's log.
@@ -88,6 +88,18 @@ struct Topic {
     /// The highest seq published live here: written by this node, or read
     /// back after another node's ring (rings up to it are news no more).
     written: AtomicI64,
+}
+
+/// What an append writes in the events' transaction besides them.
+#[derive(Clone, Copy)]
+enum With<'a> {
+    /// The task row, when given (a run's end).
+    Task(Option<&'a Task>),
+    /// A run's checkpoint and the task's token usage, each when given.
+    Progress {
+        checkpoint: Option<&'a Checkpoint>,
+        usage: Option<&'a TaskUsage>,
+    },
 }
 
 /// Counts one follower of a topic for as long as its stream lives.
@@ -291,35 +303,38 @@ impl EventLog {
         entries: Vec<TaskEvent>,
         task: Option<&Task>,
     ) -> Result<Vec<Arc<Event>>> {
-        self.append_inner(task_id, entries, task, None).await
+        self.append_inner(task_id, entries, With::Task(task)).await
     }
 
-    /// Appends events (none is fine) with a checkpoint of the task's run
-    /// after them, in one transaction (see `store::checkpoints`).
-    pub async fn append_checkpointed(
+    /// Appends a run's progress: events (none is fine), with a checkpoint
+    /// of the run (its step and JSON body) and the task's token usage when
+    /// given, in one transaction (see `store::checkpoints`).
+    pub async fn append_progress(
         &self,
         task_id: &str,
         entries: Vec<TaskEvent>,
-        step: u32,
-        body: String,
+        checkpoint: Option<(u32, String)>,
+        usage: Option<TaskUsage>,
     ) -> Result<Vec<Arc<Event>>> {
-        let checkpoint = Checkpoint {
+        let checkpoint = checkpoint.map(|(step, body)| Checkpoint {
             task_id: task_id.to_string(),
             n: 0,
             step: i64::from(step),
             body,
             created_at: clock::now_ms(),
+        });
+        let with = With::Progress {
+            checkpoint: checkpoint.as_ref(),
+            usage: usage.as_ref(),
         };
-        self.append_inner(task_id, entries, None, Some(&checkpoint))
-            .await
+        self.append_inner(task_id, entries, with).await
     }
 
     async fn append_inner(
         &self,
         task_id: &str,
         entries: Vec<TaskEvent>,
-        task: Option<&Task>,
-        checkpoint: Option<&Checkpoint>,
+        with: With<'_>,
     ) -> Result<Vec<Arc<Event>>> {
         let topic = self.topic(task_id);
         let mut last = topic.last_seq.lock().await;
@@ -349,10 +364,10 @@ impl EventLog {
             .collect();
         let ends = events.iter().any(|e| is_end(e));
         match &fence {
-            None => _ = self.write(&events, task, None, false, checkpoint).await?,
+            None => _ = self.write(task_id, &events, with, None, false).await?,
             Some(fence) => {
                 if !self
-                    .write(&events, task, Some(fence), ends, checkpoint)
+                    .write(task_id, &events, with, Some(fence), ends)
                     .await?
                 {
                     *last = None;
@@ -388,21 +403,30 @@ impl EventLog {
     /// finds the batch stored and does not write it twice.
     async fn write(
         &self,
+        task_id: &str,
         events: &[Arc<Event>],
-        task: Option<&Task>,
+        with: With<'_>,
         fence: Option<&Fence>,
         ends: bool,
-        checkpoint: Option<&Checkpoint>,
     ) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + OUTAGE_WAIT;
         let mut pause = Duration::from_millis(100);
         loop {
-            let written = match (fence, checkpoint) {
+            let written = match (fence, with) {
                 // A retry may store a checkpoint twice: folding the same
-                // delta again gives the same conversation.
-                (_, Some(cp)) => self.store.append_checkpointed(events, cp, fence).await,
-                (None, None) => self.store.append_events(events, task).await.map(|()| true),
-                (Some(f), None) => self.store.append_fenced(events, task, f, ends).await,
+                // delta again gives the same conversation (and usage is set,
+                // not added).
+                (_, With::Progress { checkpoint, usage }) => {
+                    self.store
+                        .append_progress(task_id, events, checkpoint, usage, fence)
+                        .await
+                }
+                (None, With::Task(task)) => {
+                    self.store.append_events(events, task).await.map(|()| true)
+                }
+                (Some(f), With::Task(task)) => {
+                    self.store.append_fenced(events, task, f, ends).await
+                }
             };
             match written {
                 Err(e)

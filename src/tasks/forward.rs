@@ -1,9 +1,10 @@
 //! The engine's event sink of a run and its forwarder: the engine emits
 //! [`EngineEvent`]s through a channel (it must never wait on storage), and
 //! one forwarder per run turns them into [`TaskEvent`]s, appends them in
-//! order to the event log, records token usage on the task and counts the
-//! run's metrics. A flush lets the run's end wait until all of it is stored,
-//! so the terminal events written after it are really last.
+//! order to the event log, with the run's checkpoint and the task's token
+//! usage in the same write, and counts the run's metrics. A flush lets the
+//! run's end wait until all of it is stored, so the terminal events written
+//! after it are really last.
 
 use std::{sync::Arc, time::Instant};
 
@@ -18,7 +19,7 @@ use super::task_event::TaskEvent;
 use crate::{
     clock,
     metrics::{LlmObserver, Metrics},
-    store::Store,
+    store::TaskUsage,
 };
 
 enum Forward {
@@ -39,14 +40,9 @@ pub struct LogSink {
 impl LogSink {
     /// A sink for the run of `task_id`, with its forwarder. The forwarder
     /// ends when the last clone of the sink is dropped.
-    pub fn start(
-        events: Arc<EventLog>,
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
-        task_id: &str,
-    ) -> Self {
+    pub fn start(events: Arc<EventLog>, metrics: Arc<Metrics>, task_id: &str) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(forward(rx, events, store, metrics, task_id.to_string()));
+        tokio::spawn(forward(rx, events, metrics, task_id.to_string()));
         Self { tx }
     }
 
@@ -92,7 +88,6 @@ const FORWARD_BATCH: usize = 256;
 async fn forward(
     mut rx: mpsc::UnboundedReceiver<Forward>,
     events: Arc<EventLog>,
-    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     task_id: String,
 ) {
@@ -121,6 +116,17 @@ async fn forward(
                 }
                 Forward::Lakeview(observer) => {
                     lakeview_llm = Some(observer);
+                    continue;
+                }
+                Forward::Event(EngineEvent::Checkpoint(delta), _) => {
+                    // Moved, not cloned: a checkpoint carries the step's messages.
+                    checkpoint = Some(match checkpoint.take() {
+                        None => *delta,
+                        Some(before) => before.then(*delta).unwrap_or_else(|gap| {
+                            tracing::error!(%task_id, error = %gap.error, "cannot join checkpoints");
+                            *gap.later
+                        }),
+                    });
                     continue;
                 }
                 Forward::Event(e, at) => (e, at),
@@ -191,57 +197,32 @@ async fn forward(
                     metrics.step_tools.observe(*tool_seconds);
                     metrics.step_overhead.observe(*overhead_seconds);
                 }
-                EngineEvent::Checkpoint(delta) => {
-                    let delta = (**delta).clone();
-                    checkpoint = Some(match checkpoint.take() {
-                        None => delta,
-                        Some(before) => before.then(delta.clone()).unwrap_or_else(|e| {
-                            tracing::error!(%task_id, error = %e, "cannot join checkpoints");
-                            delta
-                        }),
-                    });
-                    continue;
-                }
                 _ => {}
             }
             entries.extend(TaskEvent::from_engine(&event));
         }
-        // Both writes share the store's next group commit.
-        let record_usage = async {
-            if let Some((total, cost)) = &usage {
-                let (input, output) = (total.input_tokens as i64, total.output_tokens as i64);
-                let now = clock::now_ms();
-                if let Err(e) = store.set_usage(&task_id, input, output, *cost, now).await {
-                    tracing::warn!(%task_id, error = %e, "could not record token usage");
-                }
+        // The checkpoint (encoded once) and the usage go with the batch's
+        // events: one write per batch.
+        let checkpoint = checkpoint.and_then(|d| match serde_json::to_string(&d) {
+            Ok(body) => Some((d.step, body)),
+            Err(e) => {
+                tracing::error!(%task_id, error = %e, "cannot encode a checkpoint");
+                None
             }
-        };
-        let append = async {
-            let body = checkpoint
-                .as_ref()
-                .map(|d| (d.step, serde_json::to_string(d)));
-            match body {
-                Some((step, Ok(body))) => {
-                    if let Err(e) = events
-                        .append_checkpointed(&task_id, entries, step, body)
-                        .await
-                    {
-                        tracing::error!(%task_id, error = %e, "could not append a checkpoint to the event log");
-                    }
-                }
-                other => {
-                    if let Some((_, Err(e))) = other {
-                        tracing::error!(%task_id, error = %e, "cannot encode a checkpoint");
-                    }
-                    if !entries.is_empty()
-                        && let Err(e) = events.append_all(&task_id, entries, None).await
-                    {
-                        tracing::error!(%task_id, error = %e, "could not append to the event log");
-                    }
-                }
-            }
-        };
-        tokio::join!(record_usage, append);
+        });
+        let usage = usage.map(|(total, cost)| TaskUsage {
+            input_tokens: total.input_tokens as i64,
+            output_tokens: total.output_tokens as i64,
+            cost_usd: cost,
+            modified_at: clock::now_ms(),
+        });
+        if (!entries.is_empty() || checkpoint.is_some() || usage.is_some())
+            && let Err(e) = events
+                .append_progress(&task_id, entries, checkpoint, usage)
+                .await
+        {
+            tracing::error!(%task_id, error = %e, "could not append to the event log");
+        }
         for done in flushed {
             let _ = done.send(());
         }

@@ -126,12 +126,7 @@ impl Runner {
 
     /// The sink an agent of `task_id` reports through (see `forward`).
     pub fn sink(&self, task_id: &str) -> LogSink {
-        LogSink::start(
-            self.events.clone(),
-            self.store.clone(),
-            self.metrics.clone(),
-            task_id,
-        )
+        LogSink::start(self.events.clone(), self.metrics.clone(), task_id)
     }
 
     /// Writes the `start` event of a run (or of an Agent Protocol task's first step).

@@ -1,5 +1,6 @@
-//! [`CheckpointStore`] on PostgreSQL: the checkpoint row joins its events in
-//! one transaction, fenced by the run row's lock like `append_fenced`.
+//! [`CheckpointStore`] on PostgreSQL: the checkpoint row and the task's usage
+//! join their events in one transaction, fenced by the run row's lock like
+//! `append_fenced`.
 
 use std::sync::Arc;
 
@@ -8,15 +9,17 @@ use async_trait::async_trait;
 use super::{PgStore, append_in, pg_text, runs::fence_holds};
 use crate::{
     error::Result,
-    store::{Checkpoint, CheckpointStore, Event, Fence},
+    store::{Checkpoint, CheckpointStore, Event, Fence, TaskUsage},
 };
 
 #[async_trait]
 impl CheckpointStore for PgStore {
-    async fn append_checkpointed(
+    async fn append_progress(
         &self,
+        task_id: &str,
         events: &[Arc<Event>],
-        cp: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
+        usage: Option<&TaskUsage>,
         fence: Option<&Fence>,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
@@ -26,22 +29,37 @@ impl CheckpointStore for PgStore {
             return Ok(false);
         }
         append_in(&mut tx, events, None).await?;
-        // The task row's lock (taken by the events' seq counter, or here)
-        // orders two writers of one task's checkpoints.
-        sqlx::query("SELECT 1 FROM tasks WHERE task_id = $1 FOR UPDATE")
-            .bind(&cp.task_id)
+        if let Some(cp) = checkpoint {
+            // The task row's lock (taken by the events' seq counter, or here)
+            // orders two writers of one task's checkpoints.
+            sqlx::query("SELECT 1 FROM tasks WHERE task_id = $1 FOR UPDATE")
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO checkpoints (task_id, n, step, body, created_at) \
+                 SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4 FROM checkpoints WHERE task_id = $1",
+            )
+            .bind(task_id)
+            .bind(cp.step)
+            .bind(pg_text(&cp.body))
+            .bind(cp.created_at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO checkpoints (task_id, n, step, body, created_at) \
-             SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4 FROM checkpoints WHERE task_id = $1",
-        )
-        .bind(&cp.task_id)
-        .bind(cp.step)
-        .bind(pg_text(&cp.body))
-        .bind(cp.created_at)
-        .execute(&mut *tx)
-        .await?;
+        }
+        if let Some(u) = usage {
+            sqlx::query(
+                "UPDATE tasks SET input_tokens = $1, output_tokens = $2, cost_usd = $3, \
+                 modified_at = $4 WHERE task_id = $5",
+            )
+            .bind(u.input_tokens)
+            .bind(u.output_tokens)
+            .bind(u.cost_usd)
+            .bind(u.modified_at)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         self.after_append(events).await;
         Ok(true)

@@ -60,13 +60,17 @@ impl CheckpointDelta {
     /// This delta followed by `later`, as one: applying the result is
     /// applying both in order (the deltas of one batch of events are stored
     /// in one write).
-    pub fn then(mut self, later: CheckpointDelta) -> Result<CheckpointDelta, String> {
+    pub fn then(mut self, later: CheckpointDelta) -> Result<CheckpointDelta, JoinGap> {
         let end = self.first_message + self.messages.len();
         if later.first_message > end {
-            return Err(format!(
+            let e = format!(
                 "checkpoint of step {} starts at message {} but the one before ends at {end}",
                 later.step, later.first_message
-            ));
+            );
+            return Err(JoinGap {
+                error: e,
+                later: Box::new(later),
+            });
         }
         if later.first_message < self.first_message {
             return Ok(later);
@@ -79,6 +83,14 @@ impl CheckpointDelta {
         self.totals = later.totals;
         Ok(self)
     }
+}
+
+/// Why two deltas do not join (a gap between them), with the later one
+/// given back.
+#[derive(Debug)]
+pub struct JoinGap {
+    pub error: String,
+    pub later: Box<CheckpointDelta>,
 }
 
 /// A run's state as of its last checkpoint: the deltas folded together.

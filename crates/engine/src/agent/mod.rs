@@ -43,7 +43,8 @@ use spend::{Call, Ledger};
 
 pub use budget::{Budget, BudgetExceeded, BudgetLimit, call_tokens as budget_tokens};
 pub use checkpoint::{
-    Checkpoint, CheckpointDelta, CheckpointTotals, INTERRUPTED_TOOL_RESULT, RESUMED_BETWEEN_STEPS,
+    Checkpoint, CheckpointDelta, CheckpointTotals, INTERRUPTED_TOOL_RESULT, JoinGap,
+    RESUMED_BETWEEN_STEPS,
 };
 pub use prompt::MAX_STEPS_EXCEEDED;
 
