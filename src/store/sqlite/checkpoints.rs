@@ -9,7 +9,10 @@ use std::{
 use async_trait::async_trait;
 use sqlx::Row as _;
 
-use super::{EVENT_ROWS, SqliteStore};
+use super::{
+    EVENT_ROWS, SqliteStore,
+    runs::{FENCE_HOLDS, bind_fence},
+};
 use crate::store::writer::RowQuery;
 use crate::{
     error::Result,
@@ -32,20 +35,20 @@ fn progress_sql(rows: usize, checkpoint: bool, usage: bool, fenced: bool) -> &'s
         .unwrap_or_else(|e| e.into_inner());
     // At most (EVENT_ROWS + 1) * 8 texts, so leaking them is bounded.
     known.entry(key).or_insert_with(|| {
-        const HOLDS: &str = "EXISTS (SELECT 1 FROM runs WHERE run_id = ? AND node_id = ? \
-                             AND attempt = ? AND status = 'running')";
         let mut sql = String::new();
         if rows > 0 {
             let values = vec!["(?, ?, ?, ?, ?)"; rows].join(", ");
             sql.push_str("INSERT INTO events (task_id, seq, type, timestamp, body) ");
             if fenced {
-                sql.push_str(&format!("SELECT * FROM (VALUES {values}) WHERE {HOLDS}; "));
+                sql.push_str(&format!(
+                    "SELECT * FROM (VALUES {values}) WHERE {FENCE_HOLDS}; "
+                ));
             } else {
                 sql.push_str(&format!("VALUES {values}; "));
             }
         }
         let and_holds = if fenced {
-            format!(" AND {HOLDS}")
+            format!(" AND {FENCE_HOLDS}")
         } else {
             String::new()
         };
@@ -53,7 +56,7 @@ fn progress_sql(rows: usize, checkpoint: bool, usage: bool, fenced: bool) -> &'s
             // Not an aggregate over the filtered rows: that yields a row
             // (n = 1) even when the fence filters every one of them.
             let where_holds = if fenced {
-                format!(" WHERE {HOLDS}")
+                format!(" WHERE {FENCE_HOLDS}")
             } else {
                 String::new()
             };
@@ -71,16 +74,10 @@ fn progress_sql(rows: usize, checkpoint: bool, usage: bool, fenced: bool) -> &'s
         }
         sql.push_str(if fenced { "SELECT " } else { "SELECT 1" });
         if fenced {
-            sql.push_str(HOLDS);
+            sql.push_str(FENCE_HOLDS);
         }
         Box::leak(sql.into_boxed_str())
     })
-}
-
-fn bind_fence(q: RowQuery, f: &Fence) -> RowQuery {
-    q.bind(f.run_id.clone())
-        .bind(f.node_id.clone())
-        .bind(f.attempt)
 }
 
 #[async_trait]

@@ -3,10 +3,11 @@
 //! no two claims can interleave. Nothing else shares the file, so there is
 //! nothing to listen to.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use serde_json::Value;
+use sqlx::Row as _;
 
 use super::{SqliteStore, append_events_in, insert_task_in};
 use crate::{
@@ -15,6 +16,7 @@ use crate::{
         Event, Task,
         decode::json_text,
         runs::{Fence, NewRun, Node, Ring, Run, RunStore, decode_node, decode_run},
+        writer::RowQuery,
     },
 };
 
@@ -42,16 +44,23 @@ async fn insert_run_in(conn: &mut sqlx::SqliteConnection, r: &NewRun) -> Result<
     Ok(())
 }
 
+/// True while `f`'s run is still held by its node and attempt; binds the
+/// fence's three parameters ([`bind_fence`]) in this order.
+pub(super) const FENCE_HOLDS: &str = "EXISTS (SELECT 1 FROM runs WHERE run_id = ? AND node_id = ? \
+                                      AND attempt = ? AND status = 'running')";
+
+pub(super) fn bind_fence(q: RowQuery, f: &Fence) -> RowQuery {
+    q.bind(f.run_id.clone())
+        .bind(f.node_id.clone())
+        .bind(f.attempt)
+}
+
 pub(super) async fn fence_holds(conn: &mut sqlx::SqliteConnection, f: &Fence) -> Result<bool> {
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM runs WHERE run_id = ? AND node_id = ? AND attempt = ? AND status = 'running'",
-    )
-    .bind(&f.run_id)
-    .bind(&f.node_id)
-    .bind(f.attempt)
-    .fetch_optional(conn)
-    .await?;
-    Ok(held.is_some())
+    static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {FENCE_HOLDS}"));
+    Ok(bind_fence(sqlx::query(SQL.as_str()), f)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)?)
 }
 
 #[async_trait]
