@@ -224,6 +224,10 @@ def config_env(paths: dict[str, Path]) -> dict[str, str]:
 LIVE_STACKS: list["Stack"] = []
 
 
+class EnvoyPortTaken(RuntimeError):
+    """Envoy exited because one of its listener ports was taken meanwhile."""
+
+
 @dataclass
 class Stack:
     """agentd plus the real Envoy in front of it, on free 127.0.0.1 ports."""
@@ -329,6 +333,20 @@ class Stack:
         raise RuntimeError(f"agentd did not become healthy: {last}\n{tail(self.agentd_log)}")
 
     def start_envoy(self) -> None:
+        # A free port is only free when picked: another process (an outgoing
+        # connection's ephemeral port) may bind it before Envoy does. A first
+        # start then picks new ports and tries again; a restart keeps its
+        # ports, which its clients hold.
+        first = self.envoy is None
+        for attempt in range(3):
+            try:
+                return self._launch_envoy()
+            except EnvoyPortTaken:
+                if not first or attempt == 2:
+                    raise
+                self.trae_port, self.ap_port, self.admin_port = free_port(), free_port(), free_port()
+
+    def _launch_envoy(self) -> None:
         cfg_dir = self.root / "envoy"
         env = clean_env() | {
             "AGENTD_LISTEN": self.grpc_target,
@@ -349,6 +367,7 @@ class Stack:
         cfg = out.stdout.strip().splitlines()[-1]
         base_id = (os.getpid() % 50000) * 20 + next(_base_ids)
         log = open(self.envoy_log, "ab")
+        log_start = log.tell()
         self.envoy = subprocess.Popen(
             [ENVOY_BIN, "-c", cfg, "--log-level", "warn", "--base-id", str(base_id)],
             env=env,
@@ -361,7 +380,12 @@ class Stack:
         last: Exception | str | None = None
         while time.monotonic() < deadline:
             if self.envoy.poll() is not None:
-                raise RuntimeError(f"envoy exited with {self.envoy.returncode}:\n{tail(self.envoy_log)}")
+                error = RuntimeError(f"envoy exited with {self.envoy.returncode}:\n{tail(self.envoy_log)}")
+                with open(self.envoy_log, "rb") as f:
+                    f.seek(log_start)
+                    if b"Address already in use" in f.read():
+                        raise EnvoyPortTaken(str(error)) from error
+                raise error
             try:
                 ok = all(
                     requests.get(f"{url}/api/health", timeout=2).status_code == 200
