@@ -75,6 +75,79 @@ impl Message {
     }
 }
 
+/// A list that is only appended to or cut back, none of its items changed
+/// in place: an agent's conversation, the tools it offers. Its [`Stamp`] is
+/// kept while it only grows and renewed when it is cut back or replaced, so
+/// a client that sent it before knows, without comparing them, that the
+/// items it saw are unchanged.
+#[derive(Debug)]
+pub struct Stamped<T> {
+    items: Vec<T>,
+    stamp: Stamp,
+}
+
+/// The messages of a conversation so far.
+pub type Conversation = Stamped<Message>;
+/// The tools on offer.
+pub type ToolSpecs = Stamped<ToolSpec>;
+
+/// Names one growing list; never reused within a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Stamp(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl<T> Stamped<T> {
+    pub fn new(items: Vec<T>) -> Self {
+        Self {
+            items,
+            stamp: Stamp::new(),
+        }
+    }
+
+    pub fn push(&mut self, item: T) {
+        self.items.push(item);
+    }
+
+    /// Keeps the first `len` items; a list that loses any is a new one.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.items.len() {
+            self.items.truncate(len);
+            self.stamp = Stamp::new();
+        }
+    }
+
+    /// The same while the list only grows: under one stamp, its first `n`
+    /// items are the same whenever it has `n` or more.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+}
+
+impl<T> Default for Stamped<T> {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl<T> From<Vec<T>> for Stamped<T> {
+    fn from(items: Vec<T>) -> Self {
+        Self::new(items)
+    }
+}
+
+impl<T> std::ops::Deref for Stamped<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.items
+    }
+}
+
 /// Token usage of one LLM call (or summed over many).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {

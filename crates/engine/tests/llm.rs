@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use agentd_engine::config::{ConfigRequest, Provider, ResolvedConfig, resolve};
 use agentd_engine::llm::{ClientOptions, LlmClient, LlmError, client_with_options};
-use agentd_engine::messages::{Message, Role, ToolCall, ToolResult, ToolSpec};
+use agentd_engine::messages::{
+    Conversation, Message, Role, ToolCall, ToolResult, ToolSpec, ToolSpecs,
+};
 use agentd_engine::testing::{self, ScriptedResponse, ScriptedServer, TEST_API_KEY};
 use serde_json::{Value, json};
 
@@ -747,7 +749,12 @@ async fn streamed_answers_equal_the_non_streamed_ones() {
         let seen = std::sync::Mutex::new(Vec::<String>::new());
         let sink = |t: &str| seen.lock().unwrap().push(t.to_string());
         let mut streamed = llm
-            .chat_streamed(&history, &[bash_tool()], None, &sink)
+            .chat_streamed(
+                &Conversation::new(history.to_vec()),
+                &ToolSpecs::new(vec![bash_tool()]),
+                None,
+                &sink,
+            )
             .await
             .unwrap();
         if provider == Provider::Google {
@@ -799,7 +806,12 @@ async fn streaming_can_be_turned_off_and_servers_that_ignore_it_still_work() {
     let seen = std::sync::Mutex::new(String::new());
     let sink = |t: &str| seen.lock().unwrap().push_str(t);
     let answer = llm
-        .chat_streamed(&[Message::user("hi")], &[], None, &sink)
+        .chat_streamed(
+            &vec![Message::user("hi")].into(),
+            &ToolSpecs::default(),
+            None,
+            &sink,
+        )
         .await
         .unwrap();
     assert_eq!(answer.content, "plain");
@@ -828,7 +840,12 @@ async fn streaming_can_be_turned_off_and_servers_that_ignore_it_still_work() {
     assert!(!cfg.stream);
     server.push(ScriptedResponse::ok(testing::openai::text("plain again")));
     let answer = client(&cfg)
-        .chat_streamed(&[Message::user("hi")], &[], None, &sink)
+        .chat_streamed(
+            &vec![Message::user("hi")].into(),
+            &ToolSpecs::default(),
+            None,
+            &sink,
+        )
         .await
         .unwrap();
     assert_eq!(answer.content, "plain again");
@@ -853,7 +870,12 @@ async fn an_error_inside_a_stream_fails_the_call() {
     .unwrap();
     let llm = client(&server.config(Provider::Anthropic));
     let err = llm
-        .chat_streamed(&[Message::user("hi")], &[], None, &|_| {})
+        .chat_streamed(
+            &vec![Message::user("hi")].into(),
+            &ToolSpecs::default(),
+            None,
+            &|_| {},
+        )
         .await
         .unwrap_err();
     assert!(

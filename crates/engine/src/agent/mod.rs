@@ -33,7 +33,7 @@ use tracing::{Instrument as _, field::Empty};
 use crate::config::{McpServerConfig, ResolvedConfig};
 use crate::events::{EngineEvent, EventSink, FailureKind};
 use crate::llm::{self, LlmClient};
-use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolResult, Usage};
+use crate::messages::{Conversation, LlmResponse, Message, Role, ToolCall, ToolResult, Usage};
 use crate::patch::{GitWorkspace, PatchError};
 use crate::tools::{TASK_DONE, ToolSet, ToolSetError, ToolSetOptions};
 use crate::trajectory::{StepRecord, TrajectoryRecorder};
@@ -156,7 +156,7 @@ pub struct Agent {
     patch_path: Option<PathBuf>,
     workspace: Option<GitWorkspace>,
     trajectory: Option<TrajectoryRecorder>,
-    messages: Vec<Message>,
+    messages: Conversation,
     /// MCP servers (those `allow_mcp_servers` names) still to be started:
     /// at the first step, so creating an agent stays quick and a server
     /// that fails fails the run rather than its request.
@@ -308,10 +308,10 @@ impl Agent {
             None => None,
         };
 
-        let messages = vec![
+        let messages = Conversation::new(vec![
             Message::system(prompt::SYSTEM_PROMPT),
             Message::user(prompt::task_message(&working_dir, &task)),
-        ];
+        ]);
         let mcp_pending =
             crate::tools::mcp::allowed_servers(&config.mcp_servers, &config.allow_mcp_servers)
                 .into_iter()
@@ -781,7 +781,7 @@ impl Agent {
 
     /// Takes over a checkpoint's state (see [`Agent::resume`]).
     async fn restore(&mut self, cp: Checkpoint) {
-        self.messages = cp.messages;
+        self.messages = Conversation::new(cp.messages);
         self.steps_taken = cp.step;
         self.spend.restore(spend::Totals {
             usage: cp.totals.usage,

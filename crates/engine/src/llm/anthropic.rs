@@ -14,7 +14,7 @@ use super::stream::{AnthropicStream, TextSink, step_error};
 use super::wire::{BodyEncoder, RenderedTools, merged_turns};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
-use crate::messages::{LlmResponse, Message, Role, ToolSpec, Usage};
+use crate::messages::{Conversation, LlmResponse, Message, Role, ToolSpec, ToolSpecs, Usage};
 
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
@@ -67,7 +67,7 @@ impl AnthropicClient {
         let history = paired(messages);
         let tools = self
             .tools
-            .offered(tools, cfg.supports_tool_calling, render_tools)?;
+            .offered(tools, None, cfg.supports_tool_calling, render_tools)?;
         self.body.encode(&MessagesRequest {
             model: &cfg.model,
             max_tokens: cfg.max_tokens,
@@ -282,8 +282,8 @@ impl LlmClient for AnthropicClient {
     }
     async fn chat_streamed(
         &self,
-        messages: &[Message],
-        tools: &[ToolSpec],
+        messages: &Conversation,
+        tools: &ToolSpecs,
         deadline: Option<Instant>,
         text: TextSink<'_>,
     ) -> Result<LlmResponse, LlmError> {

@@ -17,7 +17,7 @@ use super::stream::{GeminiStream, TextSink, step_error};
 use super::wire::{BodyEncoder, RenderedTools, merged_turns};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
-use crate::messages::{LlmResponse, Message, Role, ToolSpec, Usage};
+use crate::messages::{Conversation, LlmResponse, Message, Role, ToolSpec, ToolSpecs, Usage};
 
 /// Prefix of call ids agentd invents (Gemini usually sends none); such ids
 /// are not echoed back to Gemini, which matches calls by name and order.
@@ -77,7 +77,7 @@ impl GeminiClient {
         let history = paired(messages);
         let tools = self
             .tools
-            .offered(tools, cfg.supports_tool_calling, render_tools)?;
+            .offered(tools, None, cfg.supports_tool_calling, render_tools)?;
         // Held while the calls in the history borrow their signatures.
         let signatures = self.signatures.lock().unwrap_or_else(|e| e.into_inner());
         self.body.encode(&GenerateContentRequest {
@@ -454,8 +454,8 @@ impl LlmClient for GeminiClient {
     }
     async fn chat_streamed(
         &self,
-        messages: &[Message],
-        tools: &[ToolSpec],
+        messages: &Conversation,
+        tools: &ToolSpecs,
         deadline: Option<Instant>,
         text: TextSink<'_>,
     ) -> Result<LlmResponse, LlmError> {

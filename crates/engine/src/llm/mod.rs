@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, Provider, ResolvedConfig};
-use crate::messages::{LlmResponse, Message, ToolSpec};
+use crate::messages::{Conversation, LlmResponse, Message, ToolSpec, ToolSpecs};
 
 pub use pricing::estimate_cost_usd;
 pub use retry::RetryPolicy;
@@ -47,10 +47,12 @@ pub trait LlmClient: Send + Sync {
     /// by default): the text goes to `text` as it arrives, and the result
     /// is what `chat` would have returned. Dropping the future closes the
     /// connection, so a provider stops generating for a stopped task.
+    /// The stamps of a [`Conversation`] and [`ToolSpecs`] let a client reuse
+    /// what it made of the messages and tools it has sent before.
     async fn chat_streamed(
         &self,
-        messages: &[Message],
-        tools: &[ToolSpec],
+        messages: &Conversation,
+        tools: &ToolSpecs,
         deadline: Option<Instant>,
         text: TextSink<'_>,
     ) -> Result<LlmResponse, LlmError> {

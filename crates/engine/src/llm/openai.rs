@@ -18,7 +18,9 @@ use super::stream::{OpenAiStream, TextSink, step_error};
 use super::wire::{self, BodyEncoder, EncodedHistory, RenderedTools};
 use super::{ClientOptions, LlmClient, LlmError, normalise_finish_reason};
 use crate::config::{Provider, ResolvedConfig};
-use crate::messages::{LlmResponse, Message, Role, ToolCall, ToolSpec, Usage};
+use crate::messages::{
+    Conversation, LlmResponse, Message, Role, Stamp, ToolCall, ToolSpec, ToolSpecs, Usage,
+};
 
 /// Azure API version used when the config names none (the 2024 GA version).
 pub(crate) const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -122,20 +124,27 @@ impl OpenAiClient {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> serde_json::Result<Vec<u8>> {
-        self.encode(messages, tools, false)
+        self.encode(messages, tools, None, false)
     }
 
+    /// With `stamps` (the conversation's and the tools'), the messages and
+    /// tools seen last time are taken as they were encoded then without
+    /// comparing them.
     fn encode(
         &self,
         messages: &[Message],
         tools: &[ToolSpec],
+        stamps: Option<Stamps>,
         stream: bool,
     ) -> serde_json::Result<Vec<u8>> {
         let cfg = &self.cfg;
         let history = paired(messages);
-        let tools = self
-            .tools
-            .offered(tools, cfg.supports_tool_calling, render_tools)?;
+        let tools = self.tools.offered(
+            tools,
+            stamps.map(|s| s.tools),
+            cfg.supports_tool_calling,
+            render_tools,
+        )?;
         // Only OpenAI and the gateways in front of it take this flag.
         let takes_parallel = matches!(
             self.kind,
@@ -160,12 +169,21 @@ impl OpenAiClient {
             }),
         };
         let messages = |out: &mut Vec<u8>| {
-            self.history.write_array(&history, out, |m, buf| {
-                serde_json::to_writer(buf, &ChatMessage::new(m))
-            })
+            let stamp = stamps.map(|s| s.messages);
+            self.history
+                .write_array(messages, stamp, &history, out, |m, buf| {
+                    serde_json::to_writer(buf, &ChatMessage::new(m))
+                })
         };
         wire::write_body(&self.body, &cfg.model, messages, &rest)
     }
+}
+
+/// What a request is made of, as stamped by the agent (see [`Stamp`]).
+#[derive(Clone, Copy)]
+struct Stamps {
+    messages: Stamp,
+    tools: Stamp,
 }
 
 #[derive(Serialize)]
@@ -400,6 +418,19 @@ pub(crate) fn parse_response(
     })
 }
 
+impl OpenAiClient {
+    /// Sends a request that is not streamed and reads its answer.
+    async fn answer(
+        &self,
+        body: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<LlmResponse, LlmError> {
+        let answer = self.endpoint.post(body, deadline).await?;
+        let v: Value = self.endpoint.decode(&answer)?;
+        parse_response(self.kind.as_str(), &self.cfg.model, &v)
+    }
+}
+
 #[async_trait]
 impl LlmClient for OpenAiClient {
     async fn chat(
@@ -411,23 +442,25 @@ impl LlmClient for OpenAiClient {
         let body = self
             .request_body(messages, tools)
             .map_err(|e| self.endpoint.encode_error(e))?;
-        let answer = self.endpoint.post(body, deadline).await?;
-        let v: Value = self.endpoint.decode(&answer)?;
-        parse_response(self.kind.as_str(), &self.cfg.model, &v)
+        self.answer(body, deadline).await
     }
     async fn chat_streamed(
         &self,
-        messages: &[Message],
-        tools: &[ToolSpec],
+        messages: &Conversation,
+        tools: &ToolSpecs,
         deadline: Option<Instant>,
         text: TextSink<'_>,
     ) -> Result<LlmResponse, LlmError> {
-        if !self.cfg.stream {
-            return self.chat(messages, tools, deadline).await;
-        }
+        let stamps = Stamps {
+            messages: messages.stamp(),
+            tools: tools.stamp(),
+        };
         let body = self
-            .encode(messages, tools, true)
+            .encode(messages, tools, Some(stamps), self.cfg.stream)
             .map_err(|e| self.endpoint.encode_error(e))?;
+        if !self.cfg.stream {
+            return self.answer(body, deadline).await;
+        }
         let mut stream = OpenAiStream::default();
         let answer = self
             .endpoint
@@ -528,13 +561,23 @@ mod tests {
                 &ClientOptions::default(),
             )
         };
-        let client = new_client();
-        let mut history = conversation("call_3");
-        let check = |history: &[Message], stream| {
-            let tools = [bash_tool()];
-            let body = client.encode(history, &tools, stream).unwrap();
-            let fresh = new_client().encode(history, &tools, stream).unwrap();
-            assert_eq!(String::from_utf8(body), String::from_utf8(fresh));
+        // One client sent the conversation with its stamp, one without.
+        let (stamped, unstamped) = (new_client(), new_client());
+        let mut history = Conversation::new(conversation("call_3"));
+        let tools = ToolSpecs::new(vec![bash_tool()]);
+        let check = |history: &Conversation, stream| {
+            let fresh = new_client().encode(history, &tools, None, stream).unwrap();
+            let fresh = String::from_utf8(fresh).unwrap();
+            let stamps = Stamps {
+                messages: history.stamp(),
+                tools: tools.stamp(),
+            };
+            let body = stamped
+                .encode(history, &tools, Some(stamps), stream)
+                .unwrap();
+            assert_eq!(String::from_utf8(body).unwrap(), fresh);
+            let body = unstamped.encode(history, &tools, None, stream).unwrap();
+            assert_eq!(String::from_utf8(body).unwrap(), fresh);
         };
         // The last call unanswered (a result is made up for it), then answered.
         check(&history, false);
@@ -548,9 +591,21 @@ mod tests {
         check(&history, true);
         history.push(Message::user("Go on"));
         check(&history, false);
-        // A step undone.
+        // A step undone, and another one in its place.
+        let stamp = history.stamp();
         history.truncate(5);
+        assert_ne!(
+            history.stamp(),
+            stamp,
+            "a cut-back conversation is a new one"
+        );
         check(&history, false);
+        history.push(Message::user("Something else"));
+        check(&history, false);
+        // Another conversation with the same messages but the last.
+        let mut other = Conversation::new(history[..history.len() - 1].to_vec());
+        other.push(Message::user("Something other"));
+        check(&other, false);
     }
 
     /// `(max_completion_tokens, max_tokens)` as sent to `base_url`.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::messages::{Message, ToolSpec};
+use crate::messages::{Message, Stamp, ToolSpec};
 
 /// Encodes a client's request bodies into a buffer sized after the previous
 /// one: the history only grows, and growing the buffer from empty would copy
@@ -43,9 +43,13 @@ impl BodyEncoder {
 /// The JSON of the messages of a client's last request, so that the next one
 /// (the same history and a few messages more) encodes only the new messages:
 /// escaping the whole resent history was a fifth of an engine step's CPU.
-/// A message is reused where it is the same as last time at its position
-/// (exactly: key order included), so a history that was cut back or rewritten
-/// is encoded again from where it changed.
+/// A message is reused where it is the same as last time at its position,
+/// so a history that was cut back or rewritten is encoded again from where
+/// it changed. "The same" is known without looking for a message of the
+/// conversation it was taken from when that conversation's [`Stamp`] is
+/// unchanged (comparing a long history, out of the CPU's caches, cost more
+/// than encoding the new messages); else it is compared exactly, key order
+/// included.
 #[derive(Default)]
 pub(crate) struct EncodedHistory {
     last: Mutex<Encoded>,
@@ -54,56 +58,83 @@ pub(crate) struct EncodedHistory {
 #[derive(Default)]
 struct Encoded {
     messages: Vec<Message>,
+    /// Where each message was in the conversation (None: made by pairing).
+    taken_from: Vec<Option<usize>>,
+    /// The conversation's stamp and length last time.
+    conversation: Option<(Stamp, usize)>,
     /// The messages' JSON, comma-separated; message `i` ends at `ends[i]`.
     json: Vec<u8>,
     ends: Vec<usize>,
 }
 
 impl EncodedHistory {
-    /// Appends the JSON array of `history` to `out`, each message as
-    /// `encode` writes it.
+    /// Appends the JSON array of `history` (made from the conversation
+    /// `all`, stamped `stamp`) to `out`, each message as `encode` writes it.
     pub(crate) fn write_array(
         &self,
+        all: &[Message],
+        stamp: Option<Stamp>,
         history: &[Cow<'_, Message>],
         out: &mut Vec<u8>,
         mut encode: impl FnMut(&Message, &mut Vec<u8>) -> serde_json::Result<()>,
     ) -> serde_json::Result<()> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let origin = |m: &Cow<'_, Message>| match m {
+            Cow::Borrowed(m) => index_in(all, m),
+            Cow::Owned(_) => None,
+        };
+        // Messages the conversation already had, unchanged under its stamp.
+        let known = match (stamp, last.conversation) {
+            (Some(now), Some((then, len))) if now == then => len,
+            _ => 0,
+        };
         let kept = last
             .messages
             .iter()
+            .zip(&last.taken_from)
             .zip(history)
-            .take_while(|(a, b)| same_message(a, b))
+            .take_while(|((a, from), b)| match (**from, origin(b)) {
+                (Some(i), Some(j)) if i == j && i < known => true,
+                _ => same_message(a, b),
+            })
             .count();
         let cut = match kept {
             0 => 0,
             n => last.ends[n - 1],
         };
+        let last = &mut *last;
         last.messages.truncate(kept);
         last.ends.truncate(kept);
         last.json.truncate(cut);
+        last.taken_from.clear();
+        last.taken_from.extend(history[..kept].iter().map(origin));
         for m in &history[kept..] {
-            let Encoded {
-                messages,
-                json,
-                ends,
-            } = &mut *last;
-            if !ends.is_empty() {
-                json.push(b',');
+            if !last.ends.is_empty() {
+                last.json.push(b',');
             }
-            if let Err(e) = encode(m, json) {
+            if let Err(e) = encode(m, &mut last.json) {
                 *last = Encoded::default();
                 return Err(e);
             }
-            ends.push(json.len());
-            messages.push(m.clone().into_owned());
+            last.ends.push(last.json.len());
+            last.messages.push(m.clone().into_owned());
+            last.taken_from.push(origin(m));
         }
+        last.conversation = stamp.map(|s| (s, all.len()));
         out.reserve(last.json.len() + 2);
         out.push(b'[');
         out.extend_from_slice(&last.json);
         out.push(b']');
         Ok(())
     }
+}
+
+/// The position of `m` in `all`, when it is one of its elements.
+fn index_in(all: &[Message], m: &Message) -> Option<usize> {
+    let size = std::mem::size_of::<Message>();
+    let offset = (m as *const Message as usize).checked_sub(all.as_ptr() as usize)?;
+    let i = offset / size;
+    (offset % size == 0 && i < all.len()).then_some(i)
 }
 
 /// Equal, and written the same (see [`same_json`]).
@@ -186,10 +217,17 @@ pub(crate) fn merged_turns<'a, P>(
 
 /// A client's tool list as JSON, rendered once per tool set: every step
 /// offers the same tools, and their schemas and descriptions are a good part
-/// of each request.
+/// of each request. The same [`Stamp`] and length mean the same tools;
+/// without it the tools are compared.
 #[derive(Default)]
 pub(crate) struct RenderedTools {
-    last: Mutex<Option<(Vec<ToolSpec>, Arc<RawValue>)>>,
+    last: Mutex<Option<RenderedSet>>,
+}
+
+struct RenderedSet {
+    specs: Vec<ToolSpec>,
+    stamp: Option<(Stamp, usize)>,
+    json: Arc<RawValue>,
 }
 
 impl RenderedTools {
@@ -198,30 +236,38 @@ impl RenderedTools {
     pub(crate) fn offered(
         &self,
         tools: &[ToolSpec],
+        stamp: Option<Stamp>,
         tool_calling: bool,
         render: impl FnOnce(&[ToolSpec]) -> serde_json::Result<Box<RawValue>>,
     ) -> serde_json::Result<Option<Arc<RawValue>>> {
         if tools.is_empty() || !tool_calling {
             return Ok(None);
         }
-        self.get(tools, render).map(Some)
+        self.get(tools, stamp, render).map(Some)
     }
 
-    /// The JSON of `tools`, from `render` the first time (and whenever the
-    /// tool set changes).
+    /// The JSON of `tools` (stamped `stamp`), from `render` the first time
+    /// (and whenever the tool set changes).
     pub(crate) fn get(
         &self,
         tools: &[ToolSpec],
+        stamp: Option<Stamp>,
         render: impl FnOnce(&[ToolSpec]) -> serde_json::Result<Box<RawValue>>,
     ) -> serde_json::Result<Arc<RawValue>> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((specs, json)) = last.as_ref()
-            && same_tools(specs, tools)
+        let stamp = stamp.map(|s| (s, tools.len()));
+        if let Some(set) = last.as_mut()
+            && ((stamp.is_some() && set.stamp == stamp) || same_tools(&set.specs, tools))
         {
-            return Ok(json.clone());
+            set.stamp = stamp;
+            return Ok(set.json.clone());
         }
         let json: Arc<RawValue> = render(tools)?.into();
-        *last = Some((tools.to_vec(), json.clone()));
+        *last = Some(RenderedSet {
+            specs: tools.to_vec(),
+            stamp,
+            json: json.clone(),
+        });
         Ok(json)
     }
 }
@@ -330,7 +376,7 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::Role;
+    use crate::messages::{Conversation, Role};
     use serde_json::json;
 
     fn spec(parameters: Value) -> ToolSpec {
@@ -341,12 +387,19 @@ mod tests {
         }
     }
 
-    /// Encodes `history` through `cache`, counting the messages encoded.
-    fn array(cache: &EncodedHistory, history: &[Message], encoded: &mut usize) -> String {
-        let history: Vec<_> = history.iter().map(Cow::Borrowed).collect();
+    /// Encodes `all` through `cache` (with its stamp when `stamped`),
+    /// counting the messages encoded.
+    fn array(
+        cache: &EncodedHistory,
+        all: &Conversation,
+        stamped: bool,
+        encoded: &mut usize,
+    ) -> String {
+        let history: Vec<_> = all.iter().map(Cow::Borrowed).collect();
         let mut out = b"x".to_vec();
+        let stamp = stamped.then(|| all.stamp());
         cache
-            .write_array(&history, &mut out, |m, buf| {
+            .write_array(all, stamp, &history, &mut out, |m, buf| {
                 *encoded += 1;
                 serde_json::to_writer(buf, m)
             })
@@ -356,47 +409,78 @@ mod tests {
 
     #[test]
     fn only_new_or_changed_messages_are_encoded_again() {
-        let fresh = |h: &[Message]| format!("x{}", serde_json::to_string(h).unwrap());
+        for stamped in [true, false] {
+            let fresh = |h: &[Message]| format!("x{}", serde_json::to_string(h).unwrap());
+            let cache = EncodedHistory::default();
+            let mut n = 0;
+            let mut history = Conversation::new(fixtures::conversation("call_3"));
+            assert_eq!(array(&cache, &history, stamped, &mut n), fresh(&history));
+            assert_eq!(n, history.len());
+
+            // A grown history: only the new messages.
+            history.push(Message::user("more"));
+            history.push(Message::user("and more"));
+            n = 0;
+            assert_eq!(array(&cache, &history, stamped, &mut n), fresh(&history));
+            assert_eq!(n, 2);
+
+            // A message changed in the middle (here only the key order of
+            // its arguments) of another conversation: encoded again from there on.
+            let mut messages = history.to_vec();
+            messages[2].tool_calls[0].arguments = json!({"b": 1, "a": 2});
+            let changed = Conversation::new(messages);
+            n = 0;
+            assert_eq!(array(&cache, &changed, stamped, &mut n), fresh(&changed));
+            assert_eq!(n, history.len() - 2);
+            n = 0;
+            assert_eq!(array(&cache, &history, stamped, &mut n), fresh(&history));
+            assert_eq!(n, history.len() - 2);
+
+            // Cut back (a step undone), then grown differently.
+            history.truncate(4);
+            n = 0;
+            assert_eq!(array(&cache, &history, stamped, &mut n), fresh(&history));
+            assert_eq!(n, 0);
+            history.push(Message::user("instead"));
+            assert_eq!(array(&cache, &history, stamped, &mut n), fresh(&history));
+            assert_eq!(n, 1);
+
+            // Empty.
+            let empty = Conversation::default();
+            assert_eq!(array(&cache, &empty, stamped, &mut n), "x[]");
+        }
+    }
+
+    /// Under an unchanged stamp the messages seen before are not compared:
+    /// what is reused is what they were encoded as.
+    #[test]
+    fn a_stamped_conversation_reuses_its_messages_without_comparing() {
         let cache = EncodedHistory::default();
+        let mut history = Conversation::new(fixtures::conversation("call_3"));
         let mut n = 0;
-        let mut history = fixtures::conversation("call_3");
-        assert_eq!(array(&cache, &history, &mut n), fresh(&history));
-        assert_eq!(n, history.len());
-
-        // A grown history: only the new messages.
+        array(&cache, &history, true, &mut n);
         history.push(Message::user("more"));
-        history.push(Message::user("and more"));
+        // The cached copy of a message made different from the conversation's:
+        // only a comparison could notice, so under the stamp it is reused.
+        cache.last.lock().unwrap().messages[0].content = "stale".into();
         n = 0;
-        assert_eq!(array(&cache, &history, &mut n), fresh(&history));
-        assert_eq!(n, 2);
-
-        // A message changed in the middle (here only the key order of its
-        // arguments): encoded again from there on.
-        history[2].tool_calls[0].arguments = json!({"b": 1, "a": 2});
-        let cache_b = EncodedHistory::default();
-        array(&cache_b, &history, &mut n);
-        history[2].tool_calls[0].arguments = json!({"a": 2, "b": 1});
-        n = 0;
-        assert_eq!(array(&cache_b, &history, &mut n), fresh(&history));
-        assert_eq!(n, history.len() - 2);
-
-        // Cut back (a step undone), then grown differently.
-        history.truncate(4);
-        n = 0;
-        assert_eq!(array(&cache_b, &history, &mut n), fresh(&history));
-        assert_eq!(n, 0);
-        history.push(Message::user("instead"));
-        assert_eq!(array(&cache_b, &history, &mut n), fresh(&history));
+        let stamped = array(&cache, &history, true, &mut n);
         assert_eq!(n, 1);
-
-        // Empty.
-        assert_eq!(array(&cache_b, &[], &mut n), "x[]");
+        assert_eq!(
+            stamped,
+            format!("x{}", serde_json::to_string(&*history).unwrap())
+        );
+        // Without the stamp it is compared, found different, and encoded again.
+        cache.last.lock().unwrap().messages[0].content = "stale".into();
+        n = 0;
+        array(&cache, &history, false, &mut n);
+        assert_eq!(n, history.len());
     }
 
     #[test]
     fn a_failed_encoding_leaves_nothing_behind() {
         let cache = EncodedHistory::default();
-        let history = fixtures::conversation("call_3");
+        let history = Conversation::new(fixtures::conversation("call_3"));
         let borrowed: Vec<_> = history.iter().map(Cow::Borrowed).collect();
         let fail_at_third = |m: &Message, buf: &mut Vec<u8>| {
             if m.role == Role::Assistant {
@@ -406,13 +490,19 @@ mod tests {
         };
         assert!(
             cache
-                .write_array(&borrowed, &mut Vec::new(), fail_at_third)
+                .write_array(
+                    &history,
+                    Some(history.stamp()),
+                    &borrowed,
+                    &mut Vec::new(),
+                    fail_at_third
+                )
                 .is_err()
         );
         let mut n = 0;
         assert_eq!(
-            array(&cache, &history, &mut n),
-            format!("x{}", serde_json::to_string(&history).unwrap())
+            array(&cache, &history, true, &mut n),
+            format!("x{}", serde_json::to_string(&*history).unwrap())
         );
         assert_eq!(n, history.len());
     }
@@ -445,17 +535,47 @@ mod tests {
         let cache = RenderedTools::default();
         let render = |t: &[ToolSpec]| serde_json::value::to_raw_value(t);
         let a = vec![spec(json!({"type": "object", "required": []}))];
-        let first = cache.get(&a, render).unwrap();
+        let first = cache.get(&a, None, render).unwrap();
         let again = cache
-            .get(&a, |_| panic!("the same tools are not rendered again"))
+            .get(&a, None, |_| {
+                panic!("the same tools are not rendered again")
+            })
             .unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         // Equal as maps, but not in key order: rendered anew.
         let b = vec![spec(json!({"required": [], "type": "object"}))];
-        let other = cache.get(&b, render).unwrap();
+        let other = cache.get(&b, None, render).unwrap();
         assert_eq!(
             other.get(),
             r#"[{"name":"bash","description":"d","parameters":{"required":[],"type":"object"}}]"#
         );
+    }
+
+    #[test]
+    fn stamped_tools_are_compared_only_when_the_stamp_or_length_changes() {
+        let cache = RenderedTools::default();
+        let render = |t: &[ToolSpec]| serde_json::value::to_raw_value(t);
+        let mut tools = crate::messages::ToolSpecs::new(vec![spec(json!({"type": "object"}))]);
+        let first = cache.get(&tools, Some(tools.stamp()), render).unwrap();
+        // The cached copy made different: under the stamp it is not looked at.
+        cache.last.lock().unwrap().as_mut().unwrap().specs[0].description = "stale".into();
+        let again = cache
+            .get(&tools, Some(tools.stamp()), |_| {
+                panic!("not rendered again")
+            })
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // Grown (an MCP server's tools added): rendered anew.
+        tools.push(ToolSpec {
+            name: "mcp_x".into(),
+            ..spec(json!({}))
+        });
+        let grown = cache.get(&tools, Some(tools.stamp()), render).unwrap();
+        assert_eq!(grown.get(), serde_json::to_string(&*tools).unwrap());
+        // Without a stamp the cached copy is compared.
+        cache.last.lock().unwrap().as_mut().unwrap().specs[0].description = "stale".into();
+        let compared = cache.get(&tools, None, render).unwrap();
+        assert!(!Arc::ptr_eq(&grown, &compared));
+        assert_eq!(compared.get(), grown.get());
     }
 }

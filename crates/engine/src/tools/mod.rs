@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use crate::messages::{ToolCall, ToolResult, ToolSpec};
+use crate::messages::{ToolCall, ToolResult, ToolSpec, ToolSpecs};
 
 pub use clip::MAX_RESPONSE_CHARS;
 pub use process_group::{
@@ -166,7 +166,7 @@ pub(crate) trait Tool: Send + Sync {
 /// any process group the tools started; `shutdown` does so gracefully.
 pub struct ToolSet {
     tools: Vec<Box<dyn Tool>>,
-    specs: Vec<ToolSpec>,
+    specs: ToolSpecs,
     working_dir: PathBuf,
     options: ToolSetOptions,
     /// The MCP servers whose tools are in `tools` (ended by `shutdown`).
@@ -235,7 +235,7 @@ impl ToolSet {
         }
         Ok(Self {
             tools,
-            specs,
+            specs: ToolSpecs::new(specs),
             working_dir,
             options,
             mcp_servers: Vec::new(),
@@ -274,7 +274,7 @@ impl ToolSet {
     }
 
     /// What the model is offered, in the order the tools were named.
-    pub fn specs(&self) -> &[ToolSpec] {
+    pub fn specs(&self) -> &ToolSpecs {
         &self.specs
     }
 
