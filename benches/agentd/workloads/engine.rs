@@ -33,6 +33,75 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
         .await?,
     );
     let channels = super::reads::channels(&stack.grpc_url, 4).await?;
+    // Rounds on one stack, the median reported: a 2-core VM shared with
+    // other work moves one round's figures by ±15%.
+    let mut rounds = Vec::new();
+    let (mut steps, mut calls_before) = (0u64, 0);
+    for _ in 0..ROUNDS {
+        let round = run_round(&stack, &channels).await?;
+        steps = round.steps;
+        let calls = llm.requests.load(std::sync::atomic::Ordering::Relaxed);
+        if round.failed > 0 {
+            bail!("{} of {TASKS} tasks did not complete", round.failed);
+        }
+        if calls - calls_before != round.steps {
+            bail!(
+                "{} model calls for {} steps",
+                calls - calls_before,
+                round.steps
+            );
+        }
+        calls_before = calls;
+        rounds.push(round);
+    }
+    let median = |f: &dyn Fn(&Round) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let (rate, rate_lo, rate_hi) = median(&|r| r.steps as f64 / r.took);
+    let (cpu_per_step, cpu_lo, cpu_hi) = median(&|r| r.cpu_us / r.steps.max(1) as f64);
+    let overhead = step_overhead_p99(&stack.grpc_url).await?;
+
+    let w = "Engine, 100 concurrent tasks";
+    rows.push(Row::at_least(
+        w,
+        "steps/s in total",
+        rate,
+        5000.0,
+        &format!(
+            "median of {ROUNDS} rounds ({rate_lo:.0}–{rate_hi:.0}) of {steps} steps, one model call each, every task completed"
+        ),
+    ));
+    rows.push(Row::at_most(
+        w,
+        "agentd CPU µs per step (all work, mean)",
+        cpu_per_step,
+        150.0,
+        &format!("median of {ROUNDS} rounds ({cpu_lo:.0}–{cpu_hi:.0}): HTTP client, JSON, events, SQLite, streams"),
+    ));
+    rows.push(Row::at_most(
+        w,
+        "agentd overhead per step p99 ms (excl. LLM, tools)",
+        overhead * 1000.0,
+        1.0,
+        &format!("agentd CPU {cpu_per_step:.0} µs per step (all work, median round's mean)"),
+    ));
+    Ok(())
+}
+
+/// Rounds of the workload on one stack.
+const ROUNDS: usize = 3;
+
+struct Round {
+    steps: u64,
+    failed: usize,
+    took: f64,
+    cpu_us: f64,
+}
+
+/// `TASKS` runs at once, each to its end.
+async fn run_round(stack: &Arc<Stack>, channels: &[tonic::transport::Channel]) -> Result<Round> {
     let cpu_before = cpu_time(stack.agentd_pid());
     let started = Instant::now();
     let mut runs = Vec::new();
@@ -43,47 +112,18 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
             crate::run_to_end(&mut client, &stack, "engine benchmark").await
         }));
     }
-    let mut steps = 0u64;
-    let mut failed = 0;
+    let (mut steps, mut failed) = (0u64, 0);
     for r in runs {
         let end = r.await??;
         steps += u64::from(end.steps);
         failed += usize::from(!end.completed);
     }
-    let took = started.elapsed().as_secs_f64();
-    let cpu = cpu_time(stack.agentd_pid()) - cpu_before;
-    let overhead = step_overhead_p99(&stack.grpc_url).await?;
-
-    let w = "Engine, 100 concurrent tasks";
-    rows.push(Row::at_least(
-        w,
-        "steps/s in total",
-        steps as f64 / took,
-        5000.0,
-        &format!(
-            "{steps} steps, {} model calls, {failed} tasks not completed",
-            llm.requests.load(std::sync::atomic::Ordering::Relaxed)
-        ),
-    ));
-    let cpu_per_step = cpu.as_secs_f64() * 1e6 / steps.max(1) as f64;
-    rows.push(Row::at_most(
-        w,
-        "agentd CPU µs per step (all work, mean)",
-        cpu_per_step,
-        150.0,
-        "HTTP client, JSON, events, SQLite, streams",
-    ));
-    rows.push(Row::at_most(
-        w,
-        "agentd overhead per step p99 ms (excl. LLM, tools)",
-        overhead * 1000.0,
-        1.0,
-        &format!("agentd CPU {cpu_per_step:.0} µs per step (all work, mean)"),
-    ));
-    if failed > 0 {
-        bail!("{failed} of {TASKS} tasks did not complete");
-    }
-    Ok(())
+    Ok(Round {
+        steps,
+        failed,
+        took: started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_time(stack.agentd_pid()) - cpu_before).as_secs_f64() * 1e6,
+    })
 }
 
 /// p99 of agentd's step-overhead histogram, interpolated inside its bucket.
