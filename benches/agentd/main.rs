@@ -115,6 +115,30 @@ pub struct RunEnd {
     pub completed: bool,
 }
 
+/// `n` Trae runs at once under `root`, spread over `channels`, each followed
+/// to its end: the steps they took and how many did not complete.
+pub async fn run_all_to_end(
+    channels: &[tonic::transport::Channel],
+    root: &Path,
+    n: usize,
+) -> Result<(u64, usize)> {
+    let mut runs = Vec::new();
+    for i in 0..n {
+        let mut client = TraeClient::new(channels[i % channels.len()].clone());
+        let root = root.to_path_buf();
+        runs.push(tokio::spawn(async move {
+            run_to_end_in(&mut client, &root, "engine benchmark").await
+        }));
+    }
+    let (mut steps, mut failed) = (0u64, 0);
+    for r in runs {
+        let end = r.await??;
+        steps += u64::from(end.steps);
+        failed += usize::from(!end.completed);
+    }
+    Ok((steps, failed))
+}
+
 /// Starts a Trae run and follows its event stream to `end`.
 pub async fn run_to_end(client: &mut TraeClient, stack: &Stack, task: &str) -> Result<RunEnd> {
     run_to_end_in(client, stack.root.path(), task).await

@@ -5,10 +5,7 @@
 //! time per step (everything: HTTP client, JSON, SQLite, streams) is shown
 //! alongside.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
@@ -24,14 +21,12 @@ const TURNS: usize = 60;
 
 pub async fn run(rows: &mut Vec<Row>) -> Result<()> {
     let llm = InstantLlm::start(TURNS, Duration::ZERO, true).await;
-    let stack = Arc::new(
-        Stack::start(StackOptions {
-            max_running_tasks: TASKS,
-            trae_config: Some(llm.trae_config(TURNS + 5)),
-            ..Default::default()
-        })
-        .await?,
-    );
+    let stack = Stack::start(StackOptions {
+        max_running_tasks: TASKS,
+        trae_config: Some(llm.trae_config(TURNS + 5)),
+        ..Default::default()
+    })
+    .await?;
     let channels = super::reads::channels(&stack.grpc_url, 4).await?;
     // Rounds on one stack, the median reported: a 2-core VM shared with
     // other work moves one round's figures by ±15%.
@@ -101,23 +96,10 @@ struct Round {
 }
 
 /// `TASKS` runs at once, each to its end.
-async fn run_round(stack: &Arc<Stack>, channels: &[tonic::transport::Channel]) -> Result<Round> {
+async fn run_round(stack: &Stack, channels: &[tonic::transport::Channel]) -> Result<Round> {
     let cpu_before = cpu_time(stack.agentd_pid());
     let started = Instant::now();
-    let mut runs = Vec::new();
-    for i in 0..TASKS {
-        let mut client = crate::TraeClient::new(channels[i % channels.len()].clone());
-        let stack = stack.clone();
-        runs.push(tokio::spawn(async move {
-            crate::run_to_end(&mut client, &stack, "engine benchmark").await
-        }));
-    }
-    let (mut steps, mut failed) = (0u64, 0);
-    for r in runs {
-        let end = r.await??;
-        steps += u64::from(end.steps);
-        failed += usize::from(!end.completed);
-    }
+    let (steps, failed) = crate::run_all_to_end(channels, stack.root.path(), TASKS).await?;
     Ok(Round {
         steps,
         failed,

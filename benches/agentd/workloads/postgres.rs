@@ -387,20 +387,7 @@ async fn run_many(urls: &[String], root: &Path) -> Result<Ran> {
         );
     }
     let started = Instant::now();
-    let mut runs = Vec::new();
-    for i in 0..ENGINE_TASKS {
-        let mut client = crate::TraeClient::new(channels[i % channels.len()].clone());
-        let root = root.to_path_buf();
-        runs.push(tokio::spawn(async move {
-            crate::run_to_end_in(&mut client, &root, "engine benchmark").await
-        }));
-    }
-    let (mut steps, mut failed) = (0u64, 0);
-    for r in runs {
-        let end = r.await??;
-        steps += u64::from(end.steps);
-        failed += usize::from(!end.completed);
-    }
+    let (steps, failed) = crate::run_all_to_end(&channels, root, ENGINE_TASKS).await?;
     Ok(Ran {
         steps,
         failed,
