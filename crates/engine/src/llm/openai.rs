@@ -177,6 +177,17 @@ impl OpenAiClient {
         };
         wire::write_body(&self.body, &cfg.model, messages, &rest)
     }
+
+    /// Sends a request that is not streamed and reads its answer.
+    async fn answer(
+        &self,
+        body: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<LlmResponse, LlmError> {
+        let answer = self.endpoint.post(body, deadline).await?;
+        let v: Value = self.endpoint.decode(&answer)?;
+        parse_response(self.kind.as_str(), &self.cfg.model, &v)
+    }
 }
 
 /// What a request is made of, as stamped by the agent (see [`Stamp`]).
@@ -416,19 +427,6 @@ pub(crate) fn parse_response(
             .to_string(),
         usage,
     })
-}
-
-impl OpenAiClient {
-    /// Sends a request that is not streamed and reads its answer.
-    async fn answer(
-        &self,
-        body: Vec<u8>,
-        deadline: Option<Instant>,
-    ) -> Result<LlmResponse, LlmError> {
-        let answer = self.endpoint.post(body, deadline).await?;
-        let v: Value = self.endpoint.decode(&answer)?;
-        parse_response(self.kind.as_str(), &self.cfg.model, &v)
-    }
 }
 
 #[async_trait]
