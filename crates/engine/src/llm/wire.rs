@@ -45,11 +45,11 @@ impl BodyEncoder {
 /// escaping the whole resent history was a fifth of an engine step's CPU.
 /// A message is reused where it is the same as last time at its position,
 /// so a history that was cut back or rewritten is encoded again from where
-/// it changed. "The same" is known without looking for a message of the
-/// conversation it was taken from when that conversation's [`Stamp`] is
-/// unchanged (comparing a long history, out of the CPU's caches, cost more
-/// than encoding the new messages); else it is compared exactly, key order
-/// included.
+/// it changed. A message taken from the same place of a conversation whose
+/// [`Stamp`] is unchanged, a place it already had last time, is known to be
+/// the same without being looked at (comparing a long history, out of the
+/// CPU's caches, cost more than encoding the new messages); any other is
+/// compared exactly, key order included.
 #[derive(Default)]
 pub(crate) struct EncodedHistory {
     last: Mutex<Encoded>,
